@@ -1,0 +1,15 @@
+//! Clusterflux: clustering for InfluxDB OSS 1.x.
+//!
+//! - [`proto`]: the generated gRPC contract (`clusterflux.v1`).
+//! - [`manager`]: the control plane — gRPC service, legacy HTTP layer, stores.
+
+pub mod manager;
+
+pub mod proto {
+    //! The `clusterflux.v1` contract, generated from `proto/clusterflux/v1/clusterflux.proto`.
+    tonic::include_proto!("clusterflux.v1");
+
+    /// The encoded file descriptor set, served through gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/clusterflux_descriptor.bin"));
+}

@@ -1,0 +1,242 @@
+//! The `clusterflux.v1.Clusterflux` gRPC service: a translation of
+//! [`ControlPlane`] calls to protobuf messages and status codes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::manager::plane::{ControlPlane, PlaneError, Registration};
+use crate::manager::server::PeerAddr;
+use crate::manager::store::{CasOutcome, NodeStatus, Snapshot};
+use crate::proto::{self, clusterflux_server::Clusterflux, push_meta_response};
+
+/// The gRPC face of the control plane.
+pub struct GrpcService {
+    plane: Arc<ControlPlane>,
+}
+
+impl GrpcService {
+    pub fn new(plane: Arc<ControlPlane>) -> Self {
+        GrpcService { plane }
+    }
+
+    /// Runs a handler, recording its latency and status code.
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        fut: impl std::future::Future<Output = Result<T, PlaneError>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let result = fut.await.map(Response::new).map_err(Status::from);
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.plane
+            .metrics
+            .observe("grpc", method, &format!("{code:?}"), start.elapsed());
+        result
+    }
+}
+
+impl From<PlaneError> for Status {
+    fn from(e: PlaneError) -> Self {
+        match e {
+            PlaneError::InvalidArgument(m) => Status::invalid_argument(m),
+            PlaneError::NotFound(m) => Status::not_found(m),
+            PlaneError::Unavailable(m) => Status::unavailable(m),
+            PlaneError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+pub(crate) fn node_message(n: NodeStatus) -> proto::Node {
+    let r = n.record;
+    proto::Node {
+        node_id: r.node_id,
+        cluster: r.cluster,
+        hostname: r.hostname,
+        ips: r.ips,
+        bind_address: r.bind_address,
+        http_addr: r.http_addr,
+        version: r.version,
+        alive: n.alive,
+        registered_at_ms: r.registered_at_ms,
+        last_heartbeat_ms: r.last_heartbeat_ms,
+    }
+}
+
+fn snapshot_message(s: &Snapshot) -> proto::MetaSnapshot {
+    proto::MetaSnapshot {
+        cluster: s.cluster.clone(),
+        version: s.version,
+        data: s.data.clone(),
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<proto::MetaSnapshot, Status>> + Send>>;
+
+/// Keeps the open-streams gauge right however a stream ends.
+struct StreamGauge(Arc<ControlPlane>);
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.metrics.watch_streams.dec();
+    }
+}
+
+#[tonic::async_trait]
+impl Clusterflux for GrpcService {
+    async fn register(
+        &self,
+        request: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerAddr>()
+            .map(|p| p.0.ip().to_string());
+        let r = request.into_inner();
+        self.observe("Register", async {
+            let node = self
+                .plane
+                .register(Registration {
+                    cluster: r.cluster,
+                    node_id: r.node_id,
+                    hostname: r.hostname,
+                    ips: r.ips,
+                    http_addr: r.http_addr,
+                    version: r.version,
+                    bind_address: peer.unwrap_or_default(),
+                })
+                .await?;
+            Ok(proto::RegisterResponse {
+                node_id: node.node_id,
+                bind_address: node.bind_address,
+                heartbeat_interval_ms: self.plane.limits.heartbeat_interval.as_millis() as u64,
+                ttl_ms: self.plane.limits.node_ttl.as_millis() as u64,
+            })
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        self.observe("Heartbeat", async {
+            self.plane.heartbeat(&r.cluster, &r.node_id).await?;
+            Ok(proto::HeartbeatResponse {})
+        })
+        .await
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<proto::DeregisterRequest>,
+    ) -> Result<Response<proto::DeregisterResponse>, Status> {
+        let r = request.into_inner();
+        self.observe("Deregister", async {
+            self.plane.deregister(&r.cluster, &r.node_id).await?;
+            Ok(proto::DeregisterResponse {})
+        })
+        .await
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesResponse>, Status> {
+        let r = request.into_inner();
+        self.observe("ListNodes", async {
+            let nodes = self.plane.list_nodes(&r.cluster).await?;
+            Ok(proto::ListNodesResponse {
+                nodes: nodes.into_iter().map(node_message).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn list_clusters(
+        &self,
+        _request: Request<proto::ListClustersRequest>,
+    ) -> Result<Response<proto::ListClustersResponse>, Status> {
+        self.observe("ListClusters", async {
+            let clusters = self.plane.list_clusters().await?;
+            Ok(proto::ListClustersResponse {
+                clusters: clusters
+                    .into_iter()
+                    .map(|c| proto::ClusterInfo {
+                        name: c.name,
+                        version: c.version,
+                        nodes: c.nodes,
+                        alive_nodes: c.alive_nodes,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_meta(
+        &self,
+        request: Request<proto::GetMetaRequest>,
+    ) -> Result<Response<proto::MetaSnapshot>, Status> {
+        let r = request.into_inner();
+        self.observe("GetMeta", async {
+            Ok(snapshot_message(&self.plane.get_meta(&r.cluster).await?))
+        })
+        .await
+    }
+
+    type WatchMetaStream = SnapshotStream;
+
+    async fn watch_meta(
+        &self,
+        request: Request<proto::WatchMetaRequest>,
+    ) -> Result<Response<Self::WatchMetaStream>, Status> {
+        let r = request.into_inner();
+        let plane = self.plane.clone();
+        self.observe("WatchMeta", async move {
+            let sub = plane.watch(&r.cluster).await?;
+            plane.metrics.watch_streams.inc();
+            let gauge = StreamGauge(plane.clone());
+            tracing::debug!(cluster = %r.cluster, version = r.version, "watch opened");
+            let stream = futures::stream::unfold(
+                (sub, r.version, gauge),
+                |(mut sub, known, gauge)| async move {
+                    let snapshot = sub.next_different(known).await?;
+                    let version = snapshot.version;
+                    Some((Ok(snapshot_message(&snapshot)), (sub, version, gauge)))
+                },
+            );
+            Ok(Box::pin(stream) as SnapshotStream)
+        })
+        .await
+    }
+
+    async fn push_meta(
+        &self,
+        request: Request<proto::PushMetaRequest>,
+    ) -> Result<Response<proto::PushMetaResponse>, Status> {
+        let r = request.into_inner();
+        self.observe("PushMeta", async {
+            let outcome = self
+                .plane
+                .push(&r.cluster, r.expected_version, r.data, &r.node_id)
+                .await?;
+            Ok(proto::PushMetaResponse {
+                result: Some(match outcome {
+                    CasOutcome::Accepted(v) => push_meta_response::Result::AcceptedVersion(v),
+                    CasOutcome::Conflict(s) => {
+                        push_meta_response::Result::Conflict(snapshot_message(&s))
+                    }
+                }),
+            })
+        })
+        .await
+    }
+}

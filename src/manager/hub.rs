@@ -1,0 +1,167 @@
+//! Fan-out of catalog changes to everyone waiting on them.
+//!
+//! Watch streams and legacy long polls subscribe to a cluster; stores publish
+//! every snapshot they learn of (a local compare-and-swap, or an etcd watch
+//! event from another manager). Each cluster has one `tokio::sync::watch`
+//! channel, so a burst of changes coalesces to the latest for a slow reader,
+//! and the bytes travel once however many watchers there are.
+//!
+//! Subscribe first, then read the store and publish what was read: a change
+//! made between the two is then either in the read or published to the
+//! subscription, never lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::manager::store::Snapshot;
+
+type Slot = Option<Arc<Snapshot>>;
+
+/// Per-cluster channels of the latest known snapshot.
+#[derive(Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<String, watch::Sender<Slot>>>,
+}
+
+/// A subscription to one cluster's snapshots.
+pub struct Subscription {
+    rx: watch::Receiver<Slot>,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Hub::default())
+    }
+
+    /// Subscribes to a cluster. The subscription starts empty until the
+    /// caller publishes the store's current snapshot (see the module doc).
+    pub fn subscribe(&self, cluster: &str) -> Subscription {
+        let mut channels = self.lock();
+        let rx = match channels.get(cluster) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                channels.insert(cluster.to_owned(), tx);
+                rx
+            }
+        };
+        Subscription { rx }
+    }
+
+    /// Announces a snapshot. Older or equal versions than the one already
+    /// announced are ignored, so publishing is idempotent and order-free.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let mut channels = self.lock();
+        let Some(tx) = channels.get(&snapshot.cluster) else {
+            return;
+        };
+        if tx.receiver_count() == 0 {
+            channels.remove(&snapshot.cluster);
+            return;
+        }
+        let version = snapshot.version;
+        let newer = |slot: &Slot| slot.as_ref().is_none_or(|s| s.version < version);
+        if newer(&tx.borrow()) {
+            let snapshot = Arc::new(snapshot);
+            tx.send_if_modified(|slot| {
+                if newer(slot) {
+                    *slot = Some(snapshot);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    /// The clusters someone is subscribed to (the etcd store re-reads these
+    /// after its watch was interrupted).
+    pub fn watched_clusters(&self) -> Vec<String> {
+        let mut channels = self.lock();
+        channels.retain(|_, tx| tx.receiver_count() > 0);
+        channels.keys().cloned().collect()
+    }
+
+    /// Wakes every subscriber with "closed", for shutdown.
+    pub fn close_all(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Slot>>> {
+        // A panic while holding this lock leaves the map consistent (every
+        // operation is a single insert/remove/send), so poisoning is ignored.
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Subscription {
+    /// The latest snapshot whose version differs from `known`, waiting for
+    /// one if needed. `None` once the hub is closed (shutdown).
+    pub async fn next_different(&mut self, known: u64) -> Option<Arc<Snapshot>> {
+        loop {
+            {
+                let slot = self.rx.borrow_and_update();
+                if let Some(s) = slot.as_ref() {
+                    if s.version != known {
+                        return Some(s.clone());
+                    }
+                }
+            }
+            self.rx.changed().await.ok()?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn snap(v: u64) -> Snapshot {
+        Snapshot {
+            cluster: "c".into(),
+            version: v,
+            data: Bytes::from(vec![v as u8]),
+        }
+    }
+
+    #[tokio::test]
+    async fn older_publish_is_ignored_and_latest_wins() {
+        let hub = Hub::new();
+        let mut sub = hub.subscribe("c");
+        hub.publish(snap(2));
+        hub.publish(snap(1));
+        hub.publish(snap(3));
+        assert_eq!(sub.next_different(0).await.unwrap().version, 3);
+    }
+
+    #[tokio::test]
+    async fn same_version_waits_for_a_change() {
+        let hub = Hub::new();
+        let mut sub = hub.subscribe("c");
+        hub.publish(snap(1));
+        let waiter = tokio::spawn(async move { sub.next_different(1).await.map(|s| s.version) });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        hub.publish(snap(2));
+        assert_eq!(waiter.await.unwrap(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn close_ends_subscriptions() {
+        let hub = Hub::new();
+        let mut sub = hub.subscribe("c");
+        hub.close_all();
+        assert!(sub.next_different(0).await.is_none());
+    }
+
+    #[test]
+    fn publish_without_subscribers_keeps_nothing() {
+        let hub = Hub::new();
+        drop(hub.subscribe("c"));
+        hub.publish(snap(1));
+        assert!(hub.watched_clusters().is_empty());
+    }
+}

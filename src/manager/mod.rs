@@ -1,0 +1,117 @@
+//! The control plane: `cflux-manager`.
+//!
+//! - [`plane`]: the semantics (registration, liveness, catalogs), transport-free.
+//! - [`grpc`] and [`legacy`]: the two faces of the plane.
+//! - [`server`]: one port for gRPC, legacy HTTP and `/metrics`; TLS; shutdown.
+//! - [`store`]: where state lives (embedded redb or etcd); [`hub`]: change fan-out.
+//! - [`config`]: flags, environment and TOML.
+
+pub mod config;
+pub mod grpc;
+pub mod hub;
+pub mod legacy;
+pub mod metrics;
+pub mod plane;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::config::{ManagerConfig, StoreConfig};
+use crate::manager::hub::Hub;
+use crate::manager::legacy::LegacyOptions;
+use crate::manager::plane::{ControlPlane, Limits};
+use crate::manager::server::ServeOptions;
+use crate::manager::store::{Store, StoreOptions};
+
+/// Opens the configured store.
+pub async fn open_store(config: &ManagerConfig, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Store>> {
+    let opts = StoreOptions {
+        node_ttl: config.node_ttl,
+        advertise: config.advertise.clone(),
+        hub,
+    };
+    Ok(match &config.store {
+        StoreConfig::Embedded { data_dir } => {
+            tracing::info!(data_dir = %data_dir.display(), "embedded store");
+            store::embedded::EmbeddedStore::open(data_dir, opts)
+                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?
+        }
+        StoreConfig::Etcd { endpoints } => {
+            tracing::info!(?endpoints, "etcd store");
+            store::etcd::EtcdStore::connect(endpoints, opts)
+                .await
+                .context("cannot connect to etcd")?
+        }
+    })
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then ends watches and
+/// long polls, lets in-flight requests finish and closes the store.
+pub async fn run(
+    config: ManagerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let hub = Hub::new();
+    let store = open_store(&config, hub.clone()).await?;
+    let limits = Limits {
+        node_ttl: config.node_ttl,
+        heartbeat_interval: config.heartbeat_interval,
+        max_catalog_bytes: config.max_message_size,
+        store_timeout: Duration::from_secs(5),
+    };
+    let plane = Arc::new(ControlPlane::new(
+        store,
+        hub,
+        limits,
+        Arc::new(metrics::Metrics::new()),
+    ));
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let opts = ServeOptions {
+        legacy: LegacyOptions {
+            poll_timeout: config.legacy_poll_timeout,
+            timeout_status: http::StatusCode::from_u16(config.legacy_timeout_status)
+                .context("invalid legacy timeout status")?,
+        },
+        token: config.token.clone(),
+        max_message_bytes: config.max_message_size,
+        tls: tls.clone(),
+    };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let app = server::app(plane.clone(), &opts, health, shutdown.clone())?;
+    let health_task = tokio::spawn(server::track_health(
+        plane.clone(),
+        reporter,
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        tls = tls.is_some(),
+        auth = config.token.is_some(),
+        "manager serving gRPC, legacy HTTP and /metrics"
+    );
+    let ending = {
+        let plane = plane.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: ending watches and long polls");
+            plane.end_watches();
+        })
+    };
+    server::serve(listener, app, tls, shutdown, config.shutdown_grace).await;
+    let _ = ending.await;
+    let _ = health_task.await;
+    plane.close().await;
+    tracing::info!("manager stopped");
+    Ok(())
+}

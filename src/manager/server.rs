@@ -1,0 +1,273 @@
+//! One listening port for everything: gRPC (with health and reflection), the
+//! legacy HTTP protocol and `/metrics`, over plain TCP or TLS, with HTTP/1.1
+//! and HTTP/2 detected per connection. Shutdown is one cancellation token:
+//! the listener stops accepting, watches and long polls end, and in-flight
+//! requests finish before [`serve`] returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::ServingStatus;
+use tower::ServiceExt;
+
+use crate::manager::grpc::GrpcService;
+use crate::manager::legacy::{self, LegacyOptions};
+use crate::manager::plane::ControlPlane;
+use crate::proto::clusterflux_server::ClusterfluxServer;
+
+/// The address a request came from, put into every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// What the HTTP front needs besides the control plane.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub legacy: LegacyOptions,
+    /// Bearer token every RPC and legacy call must carry, if set.
+    pub token: Option<String>,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    pub tls: Option<TlsAcceptor>,
+}
+
+const SERVICE_NAME: &str = "clusterflux.v1.Clusterflux";
+
+/// Builds the whole HTTP application.
+pub fn app(
+    plane: Arc<ControlPlane>,
+    opts: &ServeOptions,
+    health: HealthServer<impl Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Router> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    // Room for a catalog of the full limit plus the request's other fields.
+    let grpc_limit = opts.max_message_bytes + 64 * 1024;
+    let clusterflux = ClusterfluxServer::new(GrpcService::new(plane.clone()))
+        .max_decoding_message_size(grpc_limit)
+        .max_encoding_message_size(grpc_limit);
+
+    let app = tonic::service::Routes::new(clusterflux)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .into_axum_router()
+        .merge(legacy::router(plane.clone(), opts.legacy.clone(), shutdown))
+        .route("/metrics", get(metrics).with_state(plane))
+        .layer(middleware::from_fn_with_state(
+            opts.token.clone().map(Arc::new),
+            authorize,
+        ))
+        .fallback(not_found);
+    Ok(app)
+}
+
+/// Paths that need no token, so probes and scrapers need no secret.
+const OPEN_PATHS: [&str; 3] = ["/grpc.health.v1.", "/grpc.reflection.", "/metrics"];
+
+/// Refuses calls without the configured bearer token, except on [`OPEN_PATHS`].
+async fn authorize(
+    State(token): State<Option<Arc<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let Some(token) = token.filter(|_| !OPEN_PATHS.iter().any(|p| path.starts_with(p))) else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let msg = if given.is_some() {
+        "invalid bearer token"
+    } else {
+        "missing bearer token: send 'authorization: Bearer <token>'"
+    };
+    if is_grpc(&request) {
+        tonic::Status::unauthenticated(msg).into_http()
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({ "error": msg })),
+        )
+            .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn is_grpc(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+async fn not_found(request: Request) -> Response {
+    if is_grpc(&request) {
+        return tonic::Status::unimplemented(format!("unknown method {}", request.uri().path()))
+            .into_http();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({ "error": format!("no route for {} {}", request.method(), request.uri().path()) })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(plane): State<Arc<ControlPlane>>) -> Response {
+    plane.refresh_gauges().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        plane.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Keeps gRPC health in step with the store: NOT_SERVING while it cannot be
+/// reached. Runs until shutdown.
+pub async fn track_health(
+    plane: Arc<ControlPlane>,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let status = if plane.ready().await {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health changed");
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, then waits (up to `grace`) for
+/// in-flight requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone().map_request(move |mut r: Request| {
+            r.extensions_mut().insert(PeerAddr(peer));
+            r
+        });
+        let service =
+            hyper::service::service_fn(move |r: hyper::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(r.map(axum::body::Body::new))
+            });
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls_stream) => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "connections still open after the grace period; closing"),
+    }
+}
+
+/// Loads a PEM certificate chain and key into a TLS acceptor (HTTP/2 and
+/// HTTP/1.1 offered through ALPN).
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("cannot open {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("cannot open {}", key.display()))?,
+    ))
+    .with_context(|| format!("cannot read the key from {}", key.display()))?
+    .with_context(|| format!("no private key in {}", key.display()))?;
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("invalid certificate or key")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

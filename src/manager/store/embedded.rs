@@ -1,0 +1,285 @@
+//! The embedded store: one redb file under `--data-dir`, for a single manager.
+//!
+//! Nodes and catalogs are written in durable redb transactions. Liveness is
+//! kept in memory: a heartbeat is not worth an fsync, and after a restart
+//! every known node gets one TTL of grace before it is listed dead, as the
+//! manager cannot know what happened while it was down.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{
+    now_ms, CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions,
+    StoreResult,
+};
+
+/// (cluster, node id) → JSON node record.
+const NODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("nodes");
+/// cluster → (version, catalog bytes).
+const CATALOGS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("catalogs");
+
+type NodeKey = (String, String);
+
+/// A redb-backed [`Store`].
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    /// Last heartbeat per node, in memory (see the module doc).
+    heartbeats: Mutex<HashMap<NodeKey, u64>>,
+    opts: StoreOptions,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/cflux.redb`.
+    pub fn open(dir: &Path, opts: StoreOptions) -> StoreResult<Arc<Self>> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("cflux.redb")).map_err(internal)?;
+        let txn = db.begin_write().map_err(internal)?;
+        txn.open_table(NODES).map_err(internal)?;
+        txn.open_table(CATALOGS).map_err(internal)?;
+        txn.commit().map_err(internal)?;
+
+        let restart = now_ms();
+        let mut heartbeats = HashMap::new();
+        for node in read_nodes(&db, None)? {
+            let last = node.last_heartbeat_ms.max(restart);
+            heartbeats.insert((node.cluster, node.node_id), last);
+        }
+        Ok(Arc::new(EmbeddedStore {
+            db: Arc::new(db),
+            heartbeats: Mutex::new(heartbeats),
+            opts,
+        }))
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| internal(format!("store task failed: {e}")))?
+    }
+
+    fn beats(&self) -> std::sync::MutexGuard<'_, HashMap<NodeKey, u64>> {
+        self.heartbeats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn status(&self, mut record: NodeRecord, now: u64) -> NodeStatus {
+        let key = (record.cluster.clone(), record.node_id.clone());
+        if let Some(&beat) = self.beats().get(&key) {
+            record.last_heartbeat_ms = record.last_heartbeat_ms.max(beat);
+        }
+        let ttl = self.opts.node_ttl.as_millis() as u64;
+        let alive = now.saturating_sub(record.last_heartbeat_ms) < ttl;
+        NodeStatus { record, alive }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn put_node(&self, node: NodeRecord) -> StoreResult<()> {
+        let key = (node.cluster.clone(), node.node_id.clone());
+        let beat = node.last_heartbeat_ms;
+        let value = serde_json::to_vec(&node).map_err(internal)?;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(internal)?;
+            txn.open_table(NODES)
+                .map_err(internal)?
+                .insert(
+                    (node.cluster.as_str(), node.node_id.as_str()),
+                    value.as_slice(),
+                )
+                .map_err(internal)?;
+            txn.commit().map_err(internal)
+        })
+        .await?;
+        self.beats().insert(key, beat);
+        Ok(())
+    }
+
+    async fn get_node(&self, cluster: &str, node_id: &str) -> StoreResult<Option<NodeRecord>> {
+        let (c, id) = (cluster.to_owned(), node_id.to_owned());
+        let record = self
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = txn.open_table(NODES).map_err(internal)?;
+                let value = table.get((c.as_str(), id.as_str())).map_err(internal)?;
+                value.map(|v| decode_node(v.value())).transpose()
+            })
+            .await?;
+        Ok(record.map(|r| self.status(r, now_ms()).record))
+    }
+
+    async fn heartbeat(&self, cluster: &str, node_id: &str, now: u64) -> StoreResult<bool> {
+        if self.get_node(cluster, node_id).await?.is_none() {
+            return Ok(false);
+        }
+        let mut beats = self.beats();
+        let beat = beats
+            .entry((cluster.to_owned(), node_id.to_owned()))
+            .or_insert(now);
+        *beat = (*beat).max(now);
+        Ok(true)
+    }
+
+    async fn delete_node(&self, cluster: &str, node_id: &str) -> StoreResult<bool> {
+        let (c, id) = (cluster.to_owned(), node_id.to_owned());
+        let existed = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(internal)?;
+                let existed = txn
+                    .open_table(NODES)
+                    .map_err(internal)?
+                    .remove((c.as_str(), id.as_str()))
+                    .map_err(internal)?
+                    .is_some();
+                txn.commit().map_err(internal)?;
+                Ok(existed)
+            })
+            .await?;
+        self.beats()
+            .remove(&(cluster.to_owned(), node_id.to_owned()));
+        Ok(existed)
+    }
+
+    async fn list_nodes(&self, cluster: Option<&str>) -> StoreResult<Vec<NodeStatus>> {
+        let cluster = cluster.map(str::to_owned);
+        let records = self
+            .blocking(move |db| read_nodes(db, cluster.as_deref()))
+            .await?;
+        let now = now_ms();
+        Ok(records.into_iter().map(|r| self.status(r, now)).collect())
+    }
+
+    async fn get_meta(&self, cluster: &str) -> StoreResult<Snapshot> {
+        let c = cluster.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(internal)?;
+            let table = txn.open_table(CATALOGS).map_err(internal)?;
+            read_snapshot(&table, &c)
+        })
+        .await
+    }
+
+    async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome> {
+        let c = cluster.to_owned();
+        let outcome = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(internal)?;
+                let outcome = {
+                    let mut table = txn.open_table(CATALOGS).map_err(internal)?;
+                    let current = read_snapshot(&table, &c)?;
+                    if current.version != expected {
+                        CasOutcome::Conflict(current)
+                    } else {
+                        let version = expected + 1;
+                        table
+                            .insert(c.as_str(), (version, data.as_ref()))
+                            .map_err(internal)?;
+                        CasOutcome::Accepted(version)
+                    }
+                };
+                match outcome {
+                    CasOutcome::Accepted(version) => {
+                        txn.commit().map_err(internal)?;
+                        Ok((
+                            outcome,
+                            Some(Snapshot {
+                                cluster: c,
+                                version,
+                                data,
+                            }),
+                        ))
+                    }
+                    CasOutcome::Conflict(_) => {
+                        txn.abort().map_err(internal)?;
+                        Ok((outcome, None))
+                    }
+                }
+            })
+            .await?;
+        if let (_, Some(snapshot)) = &outcome {
+            self.opts.hub.publish(snapshot.clone());
+        }
+        Ok(outcome.0)
+    }
+
+    async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(internal)?;
+            let table = txn.open_table(CATALOGS).map_err(internal)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(internal)? {
+                let (k, v) = entry.map_err(internal)?;
+                out.push((k.value().to_owned(), v.value().0));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_managers(&self) -> StoreResult<Vec<String>> {
+        Ok(vec![self.opts.advertise.clone()])
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn close(&self) {
+        // redb commits are durable when they return; dropping the last handle
+        // closes the file. Nothing is buffered here.
+    }
+}
+
+fn read_nodes(db: &Database, cluster: Option<&str>) -> StoreResult<Vec<NodeRecord>> {
+    let txn = db.begin_read().map_err(internal)?;
+    let table = txn.open_table(NODES).map_err(internal)?;
+    let mut out = Vec::new();
+    let iter = match cluster {
+        // Tuple keys sort by cluster first: ("c", "") is the start of cluster c.
+        Some(c) => table.range((c, "")..).map_err(internal)?,
+        None => table.iter().map_err(internal)?,
+    };
+    for entry in iter {
+        let (key, value) = entry.map_err(internal)?;
+        if cluster.is_some_and(|c| key.value().0 != c) {
+            break;
+        }
+        out.push(decode_node(value.value())?);
+    }
+    Ok(out)
+}
+
+fn read_snapshot(
+    table: &impl ReadableTable<&'static str, (u64, &'static [u8])>,
+    cluster: &str,
+) -> StoreResult<Snapshot> {
+    Ok(match table.get(cluster).map_err(internal)? {
+        Some(v) => {
+            let (version, data) = v.value();
+            Snapshot {
+                cluster: cluster.to_owned(),
+                version,
+                data: Bytes::copy_from_slice(data),
+            }
+        }
+        None => Snapshot::empty(cluster),
+    })
+}
+
+fn decode_node(bytes: &[u8]) -> StoreResult<NodeRecord> {
+    serde_json::from_slice(bytes).map_err(|e| internal(format!("corrupt node record: {e}")))
+}
+
+fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(e.to_string())
+}

@@ -1,0 +1,1207 @@
+//! The HA store: nodes, liveness and catalogs in a real etcd cluster.
+//!
+//! Several managers connect to one etcd and serve the same state; none keeps
+//! anything of its own. Every key lives under a prefix (`/cflux/v1/` by
+//! default). Cluster names may hold any UTF-8 (`/` included), so they appear
+//! in keys hex-encoded, which also keeps etcd's byte order equal to the
+//! names' order:
+//!
+//! | key                                   | value                                   |
+//! |---------------------------------------|-----------------------------------------|
+//! | `nodes/{hexcluster}/{node_id}`        | JSON [`NodeRecord`]                     |
+//! | `alive/{hexcluster}/{node_id}`        | empty, bound to a lease of the node TTL |
+//! | `meta/{hexcluster}`                   | JSON head `{version, blob, chunks, len}`|
+//! | `blobs/{hexcluster}/{blob}/{i:08}`    | one chunk (≤ 1 MiB) of a catalog        |
+//! | `managers/{advertise}`                | empty, bound to this manager's lease    |
+//!
+//! *Liveness.* Registering or heartbeating grants a fresh lease of the node
+//! TTL and, in one transaction, rewrites the record and binds the `alive/` key
+//! to the new lease; older leases simply run out. A node is alive while its
+//! `alive/` key exists.
+//!
+//! *Catalogs* may exceed etcd's request limit (1.5 MiB by default), so a new
+//! version is first written as chunks under a fresh blob id, then published by
+//! one transaction that compares the head's `mod_revision` (or its absence for
+//! version 0) and replaces it. The winner deletes the previous blob; a loser
+//! deletes its own. Readers fetch the head and then every chunk *at the head's
+//! read revision*, so they never mix two versions; should that revision be
+//! compacted meanwhile, they start over.
+//!
+//! *Change feed.* A background task reads the catalogs someone is subscribed
+//! to (see [`Hub::watched_clusters`]), publishes them, then watches `meta/`
+//! from the read's revision + 1 and publishes every new head it sees. When
+//! the watch breaks (a member died, the history was compacted) it reads again
+//! and watches again, backing off while etcd stays unreachable.
+//!
+//! Every etcd call runs under a deadline: an unreachable etcd surfaces as
+//! [`StoreError::Unavailable`] within seconds, never as a hang.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, KeyValue,
+    KvClient, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult,
+};
+use crate::manager::hub::Hub;
+
+/// The key prefix every store shares unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "/cflux/v1/";
+
+/// Largest catalog chunk written in one request (etcd refuses requests over
+/// 1.5 MiB by default).
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+/// Deadline of one store operation against etcd (retries included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of establishing a TCP connection to one member.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of [`Store::ping`].
+const PING_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Lease of this manager's `managers/` key, refreshed every third of it.
+const MANAGER_TTL_SECS: i64 = 10;
+/// Range reads fetch at most this many keys per request.
+const PAGE_SIZE: i64 = 500;
+/// Whole-read restarts after a compaction before giving up.
+const COMPACTION_RETRIES: usize = 8;
+/// Optimistic retries of a heartbeat racing other writers of the record.
+const HEARTBEAT_RETRIES: usize = 8;
+/// Catalog chunks written concurrently.
+const CHUNK_WRITERS: usize = 4;
+/// Back-off of the background tasks while etcd stays unreachable.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A watch that stayed up this long resets the back-off.
+const HEALTHY_WATCH: Duration = Duration::from_secs(10);
+/// Decoding limit of range responses (pages of node records).
+const MAX_DECODE: usize = 64 * 1024 * 1024;
+
+/// The current version of a catalog, stored at `meta/{hexcluster}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Head {
+    version: u64,
+    /// The blob id whose chunks hold the data.
+    blob: String,
+    chunks: u32,
+    len: u64,
+}
+
+/// A failed etcd call: either the history we asked for is gone (restart the
+/// read) or a plain store error.
+#[derive(Debug)]
+enum Fail {
+    Compacted,
+    Store(StoreError),
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl Fail {
+    fn into_store(self, what: &str) -> StoreError {
+        match self {
+            Fail::Compacted => {
+                StoreError::Unavailable(format!("etcd {what}: the revision read was compacted"))
+            }
+            Fail::Store(e) => e,
+        }
+    }
+}
+
+/// Classifies an etcd client error.
+fn classify(what: &str, e: etcd_client::Error) -> Fail {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            Code::OutOfRange => Fail::Compacted,
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::Unimplemented => Fail::Store(StoreError::Internal(format!(
+                "etcd {what}: {}: {}",
+                status.code(),
+                status.message()
+            ))),
+            _ => Fail::Store(StoreError::Unavailable(format!(
+                "etcd {what}: {}: {}",
+                status.code(),
+                status.message()
+            ))),
+        },
+        etcd_client::Error::InvalidArgs(m) => {
+            Fail::Store(StoreError::Internal(format!("etcd {what}: {m}")))
+        }
+        other => Fail::Store(StoreError::Unavailable(format!("etcd {what}: {other}"))),
+    }
+}
+
+fn internal(msg: impl Into<String>) -> StoreError {
+    StoreError::Internal(msg.into())
+}
+
+/// Runs one etcd request under `deadline`, retrying transient failures (a
+/// request routed to a member that just died fails fast; another member
+/// answers the retry). Every request issued this way is safe to repeat.
+async fn call_within<T, F, Fut>(what: &str, deadline: Duration, mut op: F) -> Result<T, Fail>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let attempts = async {
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => match classify(what, e) {
+                    Fail::Store(StoreError::Unavailable(m)) => {
+                        tracing::debug!("{m}; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(500));
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, attempts).await {
+        Ok(r) => r,
+        Err(_) => Err(Fail::Store(StoreError::Unavailable(format!(
+            "etcd {what}: no answer within {deadline:?}"
+        )))),
+    }
+}
+
+async fn call<T, F, Fut>(what: &str, op: F) -> Result<T, Fail>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    call_within(what, REQUEST_TIMEOUT, op).await
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only 0xff bytes: everything from the prefix on.
+    vec![0]
+}
+
+fn read_revision(resp: &GetResponse) -> StoreResult<i64> {
+    resp.header()
+        .map(|h| h.revision())
+        .filter(|r| *r > 0)
+        .ok_or_else(|| internal("etcd answered without a revision"))
+}
+
+/// The etcd-backed [`Store`].
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Inner {
+    client: Client,
+    kv: KvClient,
+    prefix: String,
+    node_ttl_secs: i64,
+    advertise: String,
+    hub: Arc<Hub>,
+    cancel: CancellationToken,
+    /// The lease of this manager's `managers/` key (0: none).
+    manager_lease: AtomicI64,
+}
+
+impl EtcdStore {
+    /// Connects to an etcd cluster (give every member: the client fails over
+    /// between them), registers this manager and starts the change feed.
+    ///
+    /// Fails with [`StoreError::Unavailable`] within seconds when etcd cannot
+    /// be reached.
+    pub async fn connect(endpoints: &[String], opts: StoreOptions) -> StoreResult<Arc<EtcdStore>> {
+        Self::connect_with_prefix(endpoints, DEFAULT_PREFIX, opts).await
+    }
+
+    /// [`EtcdStore::connect`] with a key prefix other than [`DEFAULT_PREFIX`]
+    /// (several independent deployments sharing one etcd).
+    pub async fn connect_with_prefix(
+        endpoints: &[String],
+        prefix: &str,
+        opts: StoreOptions,
+    ) -> StoreResult<Arc<EtcdStore>> {
+        if endpoints.is_empty() {
+            return Err(internal("no etcd endpoints given"));
+        }
+        let mut prefix = prefix.to_owned();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            // etcd refuses pings more often than every 5 s, and any ping on a
+            // connection without streams (keep_alive_while_idle stays off).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_tcp_keepalive(Duration::from_secs(30))
+            // A member cut off from the quorum fails requests (and cancels
+            // watches) instead of serving stale data silently.
+            .with_require_leader(true);
+        let client =
+            match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(classify("connect", e).into_store("connect")),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd connect: no answer within {REQUEST_TIMEOUT:?}"
+                    )))
+                }
+            };
+        let kv = client.kv_client().max_decoding_message_size(MAX_DECODE);
+        let node_ttl_secs = (opts.node_ttl.as_millis().div_ceil(1000) as i64).max(1);
+        let inner = Arc::new(Inner {
+            client,
+            kv,
+            prefix,
+            node_ttl_secs,
+            advertise: opts.advertise,
+            hub: opts.hub,
+            cancel: CancellationToken::new(),
+            manager_lease: AtomicI64::new(0),
+        });
+        // Proves etcd reachable (and writable) before anything runs.
+        inner.register_manager().await?;
+
+        let feed = tokio::spawn(inner.clone().feed_loop());
+        let keeper = tokio::spawn(inner.clone().manager_loop());
+        Ok(Arc::new(EtcdStore {
+            inner,
+            tasks: Mutex::new(vec![feed, keeper]),
+        }))
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // The background tasks hold only `Inner`: stop them with the store.
+        self.inner.cancel.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Keys
+
+impl Inner {
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}{}", self.prefix, rest).into_bytes()
+    }
+
+    fn node_key(&self, cluster: &str, node_id: &str) -> Vec<u8> {
+        self.key(&format!("nodes/{}/{}", hex::encode(cluster), node_id))
+    }
+
+    fn alive_key(&self, cluster: &str, node_id: &str) -> Vec<u8> {
+        self.key(&format!("alive/{}/{}", hex::encode(cluster), node_id))
+    }
+
+    fn meta_prefix(&self) -> Vec<u8> {
+        self.key("meta/")
+    }
+
+    fn meta_key(&self, cluster: &str) -> Vec<u8> {
+        self.key(&format!("meta/{}", hex::encode(cluster)))
+    }
+
+    fn blob_prefix(&self, cluster: &str, blob: &str) -> Vec<u8> {
+        self.key(&format!("blobs/{}/{}/", hex::encode(cluster), blob))
+    }
+
+    fn chunk_key(&self, cluster: &str, blob: &str, index: u32) -> Vec<u8> {
+        let mut key = self.blob_prefix(cluster, blob);
+        key.extend_from_slice(format!("{index:08}").as_bytes());
+        key
+    }
+
+    fn manager_prefix(&self) -> Vec<u8> {
+        self.key("managers/")
+    }
+
+    /// The cluster of a `meta/{hexcluster}` key.
+    fn cluster_of_meta_key(&self, key: &[u8]) -> StoreResult<String> {
+        let prefix = self.meta_prefix();
+        let hexname = key
+            .strip_prefix(prefix.as_slice())
+            .ok_or_else(|| internal("catalog head outside the meta/ prefix"))?;
+        let raw = hex::decode(hexname)
+            .map_err(|e| internal(format!("catalog head key is not hex-encoded: {e}")))?;
+        String::from_utf8(raw).map_err(|e| internal(format!("cluster name is not UTF-8: {e}")))
+    }
+
+    fn closed(&self) -> StoreResult<()> {
+        if self.cancel.is_cancelled() {
+            Err(StoreError::Unavailable("etcd store closed".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn parse_head(kv: &KeyValue) -> StoreResult<Head> {
+    serde_json::from_slice(kv.value()).map_err(|e| internal(format!("malformed catalog head: {e}")))
+}
+
+fn parse_node(kv: &KeyValue) -> StoreResult<NodeRecord> {
+    serde_json::from_slice(kv.value()).map_err(|e| internal(format!("malformed node record: {e}")))
+}
+
+fn to_json<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| internal(format!("cannot encode: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+// Reads and writes
+
+impl Inner {
+    async fn get(
+        &self,
+        what: &str,
+        key: Vec<u8>,
+        opts: Option<GetOptions>,
+    ) -> Result<GetResponse, Fail> {
+        call(what, || {
+            let mut kv = self.kv.clone();
+            let key = key.clone();
+            let opts = opts.clone();
+            async move { kv.get(key, opts).await }
+        })
+        .await
+    }
+
+    async fn txn(&self, what: &str, txn: Txn) -> StoreResult<etcd_client::TxnResponse> {
+        call(what, || {
+            let mut kv = self.kv.clone();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|f| f.into_store(what))
+    }
+
+    async fn grant(&self, what: &str, ttl: i64) -> StoreResult<i64> {
+        let resp = call(what, || {
+            let mut client = self.client.clone();
+            async move { client.lease_grant(ttl, None).await }
+        })
+        .await
+        .map_err(|f| f.into_store(what))?;
+        if resp.id() == 0 {
+            return Err(internal(format!(
+                "etcd {what}: no lease granted: {}",
+                resp.error()
+            )));
+        }
+        Ok(resp.id())
+    }
+
+    /// Every key under `prefix`, paging through a range too big for one
+    /// response, all at one revision (`revision` or, with 0, the current one).
+    /// Returns the keys and that revision.
+    async fn range_all(
+        &self,
+        what: &str,
+        prefix: &[u8],
+        revision: i64,
+        keys_only: bool,
+    ) -> Result<(Vec<KeyValue>, i64), Fail> {
+        let end = prefix_end(prefix);
+        let mut start = prefix.to_vec();
+        let mut revision = revision;
+        let mut out = Vec::new();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE_SIZE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            if keys_only {
+                opts = opts.with_keys_only();
+            }
+            let mut resp = self.get(what, start.clone(), Some(opts)).await?;
+            if revision == 0 {
+                revision = read_revision(&resp)?;
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let Some(last) = kvs.last() else { break };
+            start = last.key().to_vec();
+            start.push(0);
+            out.extend(kvs);
+            if !more {
+                break;
+            }
+        }
+        Ok((out, revision))
+    }
+
+    /// The current head of a catalog with its `mod_revision`, and the read's revision.
+    async fn read_head(&self, cluster: &str) -> Result<(Option<(Head, i64)>, i64), Fail> {
+        let resp = self
+            .get("read catalog head", self.meta_key(cluster), None)
+            .await?;
+        let revision = read_revision(&resp)?;
+        match resp.kvs().first() {
+            None => Ok((None, revision)),
+            Some(kv) => Ok((Some((parse_head(kv)?, kv.mod_revision())), revision)),
+        }
+    }
+
+    /// The chunks of `head` as they were at `revision`.
+    async fn read_blob(&self, cluster: &str, head: &Head, revision: i64) -> Result<Bytes, Fail> {
+        let len = usize::try_from(head.len).map_err(|_| internal("catalog too large"))?;
+        let mut data = BytesMut::with_capacity(len.min(1 << 30));
+        // One key per request: a page of several chunks could exceed the
+        // client's decoding limit.
+        for index in 0..head.chunks {
+            let key = self.chunk_key(cluster, &head.blob, index);
+            let opts = GetOptions::new().with_revision(revision);
+            let resp = self.get("read catalog chunk", key, Some(opts)).await?;
+            let kv = resp.kvs().first().ok_or_else(|| {
+                internal(format!(
+                    "catalog of {cluster:?} v{}: chunk {index} of blob {} is missing",
+                    head.version, head.blob
+                ))
+            })?;
+            data.extend_from_slice(kv.value());
+        }
+        if data.len() as u64 != head.len {
+            return Err(internal(format!(
+                "catalog of {cluster:?} v{}: {} bytes read, {} expected",
+                head.version,
+                data.len(),
+                head.len
+            ))
+            .into());
+        }
+        Ok(data.freeze())
+    }
+
+    /// A consistent snapshot of a catalog (retried across compactions).
+    async fn read_snapshot(&self, cluster: &str) -> StoreResult<Snapshot> {
+        for _ in 0..COMPACTION_RETRIES {
+            let (head, revision) = self
+                .read_head(cluster)
+                .await
+                .map_err(|f| f.into_store("read catalog head"))?;
+            let Some((head, _)) = head else {
+                return Ok(Snapshot::empty(cluster));
+            };
+            match self.read_blob(cluster, &head, revision).await {
+                Ok(data) => {
+                    return Ok(Snapshot {
+                        cluster: cluster.to_owned(),
+                        version: head.version,
+                        data,
+                    })
+                }
+                Err(Fail::Compacted) => continue,
+                Err(Fail::Store(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "catalog of {cluster:?}: compacted under every read attempt"
+        )))
+    }
+
+    /// Deletes a blob's chunks, logging failures (what is left is garbage,
+    /// never referenced).
+    async fn delete_blob(&self, cluster: &str, blob: &str) {
+        let prefix = self.blob_prefix(cluster, blob);
+        let result = call("delete catalog blob", || {
+            let mut kv = self.kv.clone();
+            let prefix = prefix.clone();
+            async move {
+                kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                    .await
+            }
+        })
+        .await;
+        if let Err(f) = result {
+            tracing::warn!(
+                cluster,
+                blob,
+                "leaving an unreferenced catalog blob behind: {}",
+                f.into_store("delete catalog blob")
+            );
+        }
+    }
+
+    async fn write_blob(&self, cluster: &str, blob: &str, data: &Bytes) -> StoreResult<u32> {
+        let chunks: Vec<(u32, Bytes)> = data
+            .chunks(CHUNK_SIZE)
+            .enumerate()
+            .map(|(i, c)| (i as u32, data.slice_ref(c)))
+            .collect();
+        let count = u32::try_from(chunks.len()).map_err(|_| internal("catalog too large"))?;
+        futures::stream::iter(chunks)
+            .map(|(index, chunk)| {
+                let key = self.chunk_key(cluster, blob, index);
+                async move {
+                    call("write catalog chunk", || {
+                        let mut kv = self.kv.clone();
+                        let key = key.clone();
+                        let value = chunk.to_vec();
+                        async move { kv.put(key, value, None).await }
+                    })
+                    .await
+                    .map_err(|f| f.into_store("write catalog chunk"))
+                }
+            })
+            .buffer_unordered(CHUNK_WRITERS)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(count)
+    }
+
+    async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome> {
+        let (current, _) = self
+            .read_head(cluster)
+            .await
+            .map_err(|f| f.into_store("read catalog head"))?;
+        let current_version = current.as_ref().map_or(0, |(h, _)| h.version);
+        if current_version != expected {
+            return Ok(CasOutcome::Conflict(self.read_snapshot(cluster).await?));
+        }
+        let version = expected
+            .checked_add(1)
+            .ok_or_else(|| internal("catalog version overflow"))?;
+
+        let blob = uuid::Uuid::new_v4().simple().to_string();
+        let chunks = match self.write_blob(cluster, &blob, &data).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.delete_blob(cluster, &blob).await;
+                return Err(e);
+            }
+        };
+        let head = Head {
+            version,
+            blob: blob.clone(),
+            chunks,
+            len: data.len() as u64,
+        };
+        let meta_key = self.meta_key(cluster);
+        let compare = match &current {
+            Some((_, mod_revision)) => {
+                Compare::mod_revision(meta_key.clone(), CompareOp::Equal, *mod_revision)
+            }
+            None => Compare::create_revision(meta_key.clone(), CompareOp::Equal, 0),
+        };
+        let txn =
+            Txn::new()
+                .when([compare])
+                .and_then([TxnOp::put(meta_key, to_json(&head)?, None)]);
+        let succeeded = match self.txn("swap catalog head", txn).await {
+            Ok(resp) => resp.succeeded(),
+            Err(e) => {
+                // The outcome is unknown (the request may still be applied):
+                // look at the head before touching either blob.
+                return match self.read_head(cluster).await {
+                    Ok((Some((now, _)), _)) if now.blob == blob => {
+                        self.after_swap(cluster, current.map(|(h, _)| h)).await;
+                        Ok(CasOutcome::Accepted(version))
+                    }
+                    Ok((now, _))
+                        if now.as_ref().map(|(_, r)| *r) != current.as_ref().map(|(_, r)| *r) =>
+                    {
+                        // The head moved on without us: our swap can never apply.
+                        self.delete_blob(cluster, &blob).await;
+                        Err(e)
+                    }
+                    _ => Err(e),
+                };
+            }
+        };
+        if succeeded {
+            self.after_swap(cluster, current.map(|(h, _)| h)).await;
+            return Ok(CasOutcome::Accepted(version));
+        }
+        // Someone else swapped first — or a retried request of ours did, its
+        // answer lost on the way back.
+        match self.read_head(cluster).await {
+            Ok((Some((now, _)), _)) if now.blob == blob => {
+                self.after_swap(cluster, current.map(|(h, _)| h)).await;
+                Ok(CasOutcome::Accepted(version))
+            }
+            Ok(_) => {
+                // The head moved past the revision we compared: our blob can
+                // never become current.
+                self.delete_blob(cluster, &blob).await;
+                Ok(CasOutcome::Conflict(self.read_snapshot(cluster).await?))
+            }
+            Err(f) => Err(f.into_store("read catalog head")),
+        }
+    }
+
+    async fn after_swap(&self, cluster: &str, old: Option<Head>) {
+        if let Some(old) = old {
+            self.delete_blob(cluster, &old.blob).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Nodes
+
+impl Inner {
+    async fn put_node(&self, node: NodeRecord) -> StoreResult<()> {
+        let lease = self.grant("grant node lease", self.node_ttl_secs).await?;
+        let txn = Txn::new().and_then([
+            TxnOp::put(
+                self.node_key(&node.cluster, &node.node_id),
+                to_json(&node)?,
+                None,
+            ),
+            TxnOp::put(
+                self.alive_key(&node.cluster, &node.node_id),
+                Vec::new(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        ]);
+        self.txn("put node", txn).await?;
+        Ok(())
+    }
+
+    async fn get_node(&self, cluster: &str, node_id: &str) -> StoreResult<Option<NodeRecord>> {
+        let resp = self
+            .get("get node", self.node_key(cluster, node_id), None)
+            .await
+            .map_err(|f| f.into_store("get node"))?;
+        resp.kvs().first().map(parse_node).transpose()
+    }
+
+    async fn heartbeat(&self, cluster: &str, node_id: &str, now_ms: u64) -> StoreResult<bool> {
+        let node_key = self.node_key(cluster, node_id);
+        let mut lease = None;
+        for _ in 0..HEARTBEAT_RETRIES {
+            let read = self.get("read node", node_key.clone(), None);
+            let (resp, granted) = match lease {
+                Some(id) => (read.await, Ok(id)),
+                None => tokio::join!(read, self.grant("grant node lease", self.node_ttl_secs)),
+            };
+            let resp = resp.map_err(|f| f.into_store("read node"))?;
+            let Some(kv) = resp.kvs().first() else {
+                // Unknown node; a lease granted for it just runs out.
+                return Ok(false);
+            };
+            let lease_id = granted?;
+            lease = Some(lease_id);
+            let mut record = parse_node(kv)?;
+            record.last_heartbeat_ms = now_ms;
+            // Only if the record is still the one read: a node deleted (or
+            // re-registered) meanwhile is neither resurrected nor overwritten.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    node_key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([
+                    TxnOp::put(node_key.clone(), to_json(&record)?, None),
+                    TxnOp::put(
+                        self.alive_key(cluster, node_id),
+                        Vec::new(),
+                        Some(PutOptions::new().with_lease(lease_id)),
+                    ),
+                ]);
+            if self.txn("heartbeat", txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "heartbeat of {cluster:?}/{node_id:?}: the record kept changing"
+        )))
+    }
+
+    async fn delete_node(&self, cluster: &str, node_id: &str) -> StoreResult<bool> {
+        let node_key = self.node_key(cluster, node_id);
+        let txn = Txn::new()
+            .when([Compare::version(node_key.clone(), CompareOp::Greater, 0)])
+            .and_then([
+                TxnOp::delete(node_key, None),
+                TxnOp::delete(self.alive_key(cluster, node_id), None),
+            ]);
+        Ok(self.txn("delete node", txn).await?.succeeded())
+    }
+
+    async fn list_nodes(&self, cluster: Option<&str>) -> StoreResult<Vec<NodeStatus>> {
+        let scope = match cluster {
+            Some(c) => format!("{}/", hex::encode(c)),
+            None => String::new(),
+        };
+        let nodes_prefix = self.key(&format!("nodes/{scope}"));
+        let alive_prefix = self.key(&format!("alive/{scope}"));
+        let nodes_root = self.key("nodes/");
+        let alive_root = self.key("alive/");
+        for _ in 0..COMPACTION_RETRIES {
+            let (nodes, revision) = self
+                .range_all("list nodes", &nodes_prefix, 0, false)
+                .await
+                .map_err(|f| f.into_store("list nodes"))?;
+            let alive = match self
+                .range_all("list live nodes", &alive_prefix, revision, true)
+                .await
+            {
+                Ok((alive, _)) => alive,
+                Err(Fail::Compacted) => continue,
+                Err(Fail::Store(e)) => return Err(e),
+            };
+            let alive: HashSet<&[u8]> = alive
+                .iter()
+                .filter_map(|kv| kv.key().strip_prefix(alive_root.as_slice()))
+                .collect();
+            let mut out = Vec::with_capacity(nodes.len());
+            for kv in &nodes {
+                let record = parse_node(kv)?;
+                let suffix = kv
+                    .key()
+                    .strip_prefix(nodes_root.as_slice())
+                    .ok_or_else(|| internal("node key outside the nodes/ prefix"))?;
+                out.push(NodeStatus {
+                    alive: alive.contains(suffix),
+                    record,
+                });
+            }
+            out.sort_by(|a, b| {
+                (&a.record.cluster, &a.record.node_id).cmp(&(&b.record.cluster, &b.record.node_id))
+            });
+            return Ok(out);
+        }
+        Err(StoreError::Unavailable(
+            "list nodes: compacted under every read attempt".into(),
+        ))
+    }
+
+    async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {
+        let (heads, _) = self
+            .range_all("list catalogs", &self.meta_prefix(), 0, false)
+            .await
+            .map_err(|f| f.into_store("list catalogs"))?;
+        let mut out = heads
+            .iter()
+            .map(|kv| Ok((self.cluster_of_meta_key(kv.key())?, parse_head(kv)?.version)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.sort();
+        Ok(out)
+    }
+
+    async fn list_managers(&self) -> StoreResult<Vec<String>> {
+        let prefix = self.manager_prefix();
+        let (keys, _) = self
+            .range_all("list managers", &prefix, 0, true)
+            .await
+            .map_err(|f| f.into_store("list managers"))?;
+        let mut out = keys
+            .iter()
+            .filter_map(|kv| kv.key().strip_prefix(prefix.as_slice()))
+            .map(|k| {
+                String::from_utf8(k.to_vec())
+                    .map_err(|e| internal(format!("manager address is not UTF-8: {e}")))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let key = self.key("ping");
+        // A linearizable read: answered only with a quorum behind it.
+        call_within("ping", PING_TIMEOUT, || {
+            let mut kv = self.kv.clone();
+            let key = key.clone();
+            async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await
+        .map(|_| ())
+        .map_err(|f| f.into_store("ping"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// This manager's registration
+
+enum KeepAliveEnd {
+    /// The lease is gone: register anew.
+    Expired,
+    /// The stream broke: keep the lease, open another stream.
+    Broken(StoreError),
+}
+
+impl Inner {
+    /// Grants a lease and puts `managers/{advertise}` on it.
+    async fn register_manager(&self) -> StoreResult<i64> {
+        let lease = self.grant("grant manager lease", MANAGER_TTL_SECS).await?;
+        let key = self.key(&format!("managers/{}", self.advertise));
+        call("register manager", || {
+            let mut kv = self.kv.clone();
+            let key = key.clone();
+            async move {
+                kv.put(key, Vec::new(), Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await
+        .map_err(|f| f.into_store("register manager"))?;
+        self.manager_lease.store(lease, Ordering::SeqCst);
+        Ok(lease)
+    }
+
+    /// Keeps this manager's lease alive (re-registering after it expired)
+    /// until the store closes.
+    async fn manager_loop(self: Arc<Self>) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let lease = self.manager_lease.load(Ordering::SeqCst);
+            let outcome = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = async {
+                    if lease == 0 {
+                        self.register_manager().await.map(|_| ())
+                    } else {
+                        match self.keep_alive(lease).await {
+                            KeepAliveEnd::Expired => {
+                                tracing::warn!("manager lease expired; registering again");
+                                self.manager_lease.store(0, Ordering::SeqCst);
+                                Ok(())
+                            }
+                            KeepAliveEnd::Broken(e) => Err(e),
+                        }
+                    }
+                } => r,
+            };
+            match outcome {
+                Ok(()) => backoff = MIN_BACKOFF,
+                Err(e) => {
+                    tracing::warn!("manager registration: {e}");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Refreshes `lease` every third of its TTL; returns when it expired or
+    /// the stream broke.
+    async fn keep_alive(&self, lease: i64) -> KeepAliveEnd {
+        let opened = call("keep manager lease alive", || {
+            let mut client = self.client.clone();
+            async move { client.lease_keep_alive(lease).await }
+        })
+        .await;
+        let (mut keeper, mut stream) = match opened {
+            Ok(pair) => pair,
+            Err(f) => return KeepAliveEnd::Broken(f.into_store("keep manager lease alive")),
+        };
+        let period = Duration::from_secs((MANAGER_TTL_SECS / 3).max(1) as u64);
+        loop {
+            if let Err(e) = keeper.keep_alive().await {
+                return KeepAliveEnd::Broken(
+                    classify("lease keep-alive", e).into_store("lease keep-alive"),
+                );
+            }
+            match tokio::time::timeout(REQUEST_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return KeepAliveEnd::Expired,
+                Ok(Ok(None)) => {
+                    return KeepAliveEnd::Broken(StoreError::Unavailable(
+                        "lease keep-alive stream ended".into(),
+                    ))
+                }
+                Ok(Err(e)) => {
+                    return KeepAliveEnd::Broken(
+                        classify("lease keep-alive", e).into_store("lease keep-alive"),
+                    )
+                }
+                Err(_) => {
+                    return KeepAliveEnd::Broken(StoreError::Unavailable(
+                        "lease keep-alive: no answer in time".into(),
+                    ))
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The change feed
+
+impl Inner {
+    /// Reads, publishes and watches until the store closes.
+    async fn feed_loop(self: Arc<Self>) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let ended = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                e = self.feed_once() => e,
+            };
+            if started.elapsed() >= HEALTHY_WATCH {
+                backoff = MIN_BACKOFF;
+            }
+            tracing::debug!("catalog watch interrupted: {ended}; reading again in {backoff:?}");
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One read-then-watch round; returns why the watch ended.
+    async fn feed_once(&self) -> StoreError {
+        // A revision before every read below: whatever changes after it, the
+        // watch delivers; whatever came before, the reads saw.
+        let revision = match self
+            .get(
+                "read revision",
+                self.meta_prefix(),
+                Some(
+                    GetOptions::new()
+                        .with_range(prefix_end(&self.meta_prefix()))
+                        .with_count_only(),
+                ),
+            )
+            .await
+        {
+            Ok(resp) => match read_revision(&resp) {
+                Ok(r) => r,
+                Err(e) => return e,
+            },
+            Err(f) => return f.into_store("read revision"),
+        };
+        for cluster in self.hub.watched_clusters() {
+            match self.read_snapshot(&cluster).await {
+                Ok(snapshot) => self.hub.publish(snapshot),
+                Err(e) => return e,
+            }
+        }
+
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_filters([WatchFilterType::NoDelete]);
+        let mut client = self.client.clone();
+        let key = self.meta_prefix();
+        // Spawned: the client asserts on the server's first answer, and a
+        // panic must end this round, not the feed.
+        let created = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            tokio::spawn(async move { client.watch(key, Some(options)).await }),
+        )
+        .await;
+        let (_watcher, mut stream) = match created {
+            Ok(Ok(Ok(pair))) => pair,
+            Ok(Ok(Err(e))) => return classify("watch", e).into_store("watch"),
+            Ok(Err(join)) => return StoreError::Unavailable(format!("etcd watch: {join}")),
+            Err(_) => return StoreError::Unavailable("etcd watch: no answer in time".into()),
+        };
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return StoreError::Unavailable("watch stream ended".into()),
+                Err(e) => return classify("watch", e).into_store("watch"),
+            };
+            if resp.compact_revision() != 0 {
+                return StoreError::Unavailable(format!(
+                    "watch history compacted up to revision {}",
+                    resp.compact_revision()
+                ));
+            }
+            if resp.canceled() {
+                return StoreError::Unavailable(format!(
+                    "watch cancelled: {}",
+                    resp.cancel_reason()
+                ));
+            }
+            // The newest head of each cluster in this batch.
+            let mut latest: HashMap<String, (Head, i64)> = HashMap::new();
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                if kv.value().is_empty() {
+                    continue; // a deletion slipping past the filter
+                }
+                let parsed = self
+                    .cluster_of_meta_key(kv.key())
+                    .and_then(|c| Ok((c, parse_head(kv)?)));
+                match parsed {
+                    Ok((cluster, head)) => {
+                        latest.insert(cluster, (head, kv.mod_revision()));
+                    }
+                    Err(e) => tracing::warn!("ignoring a catalog head: {e}"),
+                }
+            }
+            if latest.is_empty() {
+                continue;
+            }
+            let watched: HashSet<String> = self.hub.watched_clusters().into_iter().collect();
+            for (cluster, (head, revision)) in latest {
+                if !watched.contains(&cluster) {
+                    continue;
+                }
+                let snapshot = match self.read_blob(&cluster, &head, revision).await {
+                    Ok(data) => Snapshot {
+                        cluster,
+                        version: head.version,
+                        data,
+                    },
+                    // Too old to read: the current version will do.
+                    Err(Fail::Compacted) => match self.read_snapshot(&cluster).await {
+                        Ok(s) => s,
+                        Err(e) => return e,
+                    },
+                    Err(Fail::Store(e)) => return e,
+                };
+                self.hub.publish(snapshot);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn put_node(&self, node: NodeRecord) -> StoreResult<()> {
+        self.inner.closed()?;
+        self.inner.put_node(node).await
+    }
+
+    async fn get_node(&self, cluster: &str, node_id: &str) -> StoreResult<Option<NodeRecord>> {
+        self.inner.closed()?;
+        self.inner.get_node(cluster, node_id).await
+    }
+
+    async fn heartbeat(&self, cluster: &str, node_id: &str, now_ms: u64) -> StoreResult<bool> {
+        self.inner.closed()?;
+        self.inner.heartbeat(cluster, node_id, now_ms).await
+    }
+
+    async fn delete_node(&self, cluster: &str, node_id: &str) -> StoreResult<bool> {
+        self.inner.closed()?;
+        self.inner.delete_node(cluster, node_id).await
+    }
+
+    async fn list_nodes(&self, cluster: Option<&str>) -> StoreResult<Vec<NodeStatus>> {
+        self.inner.closed()?;
+        self.inner.list_nodes(cluster).await
+    }
+
+    async fn get_meta(&self, cluster: &str) -> StoreResult<Snapshot> {
+        self.inner.closed()?;
+        self.inner.read_snapshot(cluster).await
+    }
+
+    async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome> {
+        self.inner.closed()?;
+        let outcome = self.inner.cas_meta(cluster, expected, data.clone()).await?;
+        if let CasOutcome::Accepted(version) = outcome {
+            // Subscribers of this manager need not wait for the watch.
+            self.inner.hub.publish(Snapshot {
+                cluster: cluster.to_owned(),
+                version,
+                data,
+            });
+        }
+        Ok(outcome)
+    }
+
+    async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.inner.closed()?;
+        self.inner.list_catalogs().await
+    }
+
+    async fn list_managers(&self) -> StoreResult<Vec<String>> {
+        self.inner.closed()?;
+        self.inner.list_managers().await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.closed()?;
+        self.inner.ping().await
+    }
+
+    async fn close(&self) {
+        self.inner.cancel.cancel();
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut guard = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            guard.drain(..).collect()
+        };
+        for task in tasks {
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, task).await;
+        }
+        // Leave the manager list now rather than when the lease runs out.
+        let lease = self.inner.manager_lease.swap(0, Ordering::SeqCst);
+        if lease != 0 {
+            let mut client = self.inner.client.clone();
+            let _ = tokio::time::timeout(PING_TIMEOUT, client.lease_revoke(lease)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"/cflux/v1/meta/"), b"/cflux/v1/meta0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn hex_keeps_the_order_of_names() {
+        let mut names = vec!["b", "a/b", "a", "ab", "é", "a b", ""];
+        let mut keys: Vec<String> = names
+            .iter()
+            .map(|n| format!("{}/", hex::encode(n)))
+            .collect();
+        names.sort();
+        keys.sort();
+        let decoded: Vec<String> = keys
+            .iter()
+            .map(|k| String::from_utf8(hex::decode(&k[..k.len() - 1]).unwrap()).unwrap())
+            .collect();
+        assert_eq!(decoded, names);
+    }
+}
