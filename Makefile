@@ -1,0 +1,41 @@
+# Clusterflux. Every target installs what a fresh machine lacks (scripts/setup.sh)
+# and shares one release build, so tests, benchmarks and binaries compile once.
+
+CARGO ?= cargo
+RUN_DIR ?= .run
+MANAGER_ADDR ?= 127.0.0.1:8000
+
+.PHONY: setup build test run bench proto-check lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --bins
+
+# The whole suite: contract checks, unit tests, and integration tests that
+# start real managers, etcd clusters, influxd servers and a Python client.
+test: setup proto-check
+	$(CARGO) fmt --check
+	$(CARGO) test --release --all-targets
+
+# A manager on embedded defaults, in the foreground (Ctrl-C stops it).
+run: build
+	@mkdir -p $(RUN_DIR)
+	target/release/cflux-manager --listen $(MANAGER_ADDR) --data-dir $(RUN_DIR)/manager
+
+bench: setup
+	$(CARGO) bench --bench manager
+
+# Lint the contract and check it against the last released version.
+proto-check: setup
+	buf lint
+	buf breaking --against proto/releases/clusterflux-v1.binpb
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(RUN_DIR)

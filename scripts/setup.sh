@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build, run and test Clusterflux.
+# Idempotent: every step checks first, so `make run` / `make test` can call it
+# every time at almost no cost.
+set -euo pipefail
+
+need_apt=()
+command -v influxd >/dev/null || need_apt+=(influxdb)
+command -v influx >/dev/null || need_apt+=(influxdb-client)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler) # etcd-client's build needs it
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} (apt)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  # Debian's packages start their services on install where an init system
+  # runs; the tests start their own servers, so keep the packaged ones off.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  $SUDO systemctl disable --now influxdb etcd >/dev/null 2>&1 || true
+fi
+
+if ! python3 -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
+  echo "setup: installing grpcio and grpcio-tools (pip)"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check 'grpcio==1.85.*' 'grpcio-tools==1.85.*'
+fi
+
+if ! command -v buf >/dev/null; then
+  echo "setup: installing buf (npm @bufbuild/buf)"
+  npm install --global --silent --no-fund --no-audit @bufbuild/buf@1.75.0 >/dev/null
+fi
