@@ -1,1 +1,620 @@
-fn main() {}
+//! `make bench` (`cargo bench --bench manager`): what the manager costs, measured
+//! against a real `cflux-manager` process.
+//!
+//! The benchmark starts the manager binary built with it (embedded store in a
+//! temporary directory, plain HTTP/2 on a free loopback port, `RUST_LOG=warn`),
+//! drives it with the generated tonic client and kills it at the end. It
+//! prints figures and ratios as markdown tables; it asserts nothing about
+//! timings, which depend on the machine (the header says how many CPUs there
+//! are: the manager and this client share them).
+//!
+//! - **Push → wake latency** over `WatchMeta`, with 1, 100 and 1,000 open
+//!   streams (at most 100 per HTTP/2 connection, below the server's 200
+//!   concurrent streams): one `PushMeta` at a time, timed from sending the
+//!   push to the first and to the last watcher having received that version;
+//!   every watcher gets the version before the next push.
+//! - **The same over the legacy long poll** (`GET /clusters/{c}/versions/{v}`,
+//!   one HTTP/1.1 connection per waiter), with 1 and 100 waiters. The pusher is
+//!   the same gRPC `PushMeta`, so only the waiting side differs. Each round
+//!   starts once the manager's `cflux_long_polls` gauge shows every poll held.
+//! - **Throughput**: accepted compare-and-swap pushes per second and
+//!   heartbeats per second through gRPC, each beside the same operation done
+//!   straight against an in-process [`EmbeddedStore`] (fresh directory, same
+//!   catalog size, same concurrency) in the same run. The ratio is what the
+//!   manager (gRPC, HTTP/2, the control plane, a second process) costs.
+//!
+//! Every catalog is 4 KiB. Each phase stops after its count or a time cap, so
+//! a run takes about half a minute and stays well under three minutes.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use cflux::manager::hub::Hub;
+use cflux::manager::store::embedded::EmbeddedStore;
+use cflux::manager::store::{now_ms, CasOutcome, NodeRecord, Store, StoreOptions};
+use cflux::proto::clusterflux_client::ClusterfluxClient;
+use cflux::proto::{self, push_meta_response};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+type Client = ClusterfluxClient<Channel>;
+
+/// The size of every catalog pushed.
+const CATALOG_BYTES: usize = 4 * 1024;
+/// Watch streams per HTTP/2 connection (hyper's server allows 200).
+const STREAMS_PER_CONNECTION: usize = 100;
+/// Watch fan-out: (open streams, pushes).
+const WATCH_CASES: [(usize, usize); 3] = [(1, 200), (100, 100), (1000, 50)];
+/// Legacy long polls: (held polls, pushes).
+const LEGACY_CASES: [(usize, usize); 2] = [(1, 100), (100, 50)];
+/// Concurrent clients in the throughput phases.
+const CONCURRENCY: [usize; 2] = [1, 4];
+/// How long each throughput measurement runs.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(3);
+/// The most a latency phase may take; it stops early (and says so) past it.
+const PHASE_CAP: Duration = Duration::from_secs(25);
+/// The most one push may take to reach every waiter before the phase fails.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most opening the watchers of a phase may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let started = Instant::now();
+    header();
+    let manager = Manager::start().await?;
+    println!("manager: `{}` pid {} on {}, embedded store in a temp dir; client: tonic (HTTP/2) and reqwest (HTTP/1.1)\n",
+        env!("CARGO_BIN_EXE_cflux-manager"), manager.child.id(), manager.addr);
+
+    println!("## Push → wake latency\n");
+    println!("Time from sending `PushMeta` until the first / the last waiter has the new version (4 KiB catalog), one push at a time. `ack` is the push's own round trip.\n");
+    println!("| waiters over | open | pushes | first woken p50 | first p99 | last woken p50 | last p99 | push ack p50 | note |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (n, pushes) in WATCH_CASES {
+        let result = watch_latency(manager.addr, n, pushes).await;
+        print_latency("gRPC WatchMeta", n, result);
+    }
+    for (n, pushes) in LEGACY_CASES {
+        let result = legacy_latency(manager.addr, n, pushes).await;
+        print_latency("legacy long poll", n, result);
+    }
+
+    println!("\n## Throughput: manager vs the store underneath\n");
+    println!(
+        "Each figure runs {:?}; concurrent clients work on separate clusters / nodes. `manager ÷ store` is the fraction of the store's rate the manager delivers; `added per op` is concurrency/manager − concurrency/store (negative when the store run happened to be the slower one: noise, mostly fsync).\n",
+        THROUGHPUT_WINDOW
+    );
+    println!("| operation | clients | via manager (gRPC) | straight on EmbeddedStore | manager ÷ store | added per op |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let store_dir = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(
+        &store_dir.path().join("store"),
+        StoreOptions {
+            node_ttl: Duration::from_secs(15),
+            advertise: "bench".into(),
+            hub: Hub::new(),
+        },
+    )
+    .map_err(|e| anyhow!("cannot open the embedded store: {e}"))?;
+    for c in CONCURRENCY {
+        let via = grpc_pushes(manager.addr, c).await;
+        let direct = store_pushes(store.clone(), c).await;
+        print_rate("accepted CAS pushes/s", c, via, direct);
+    }
+    for c in CONCURRENCY {
+        let via = grpc_heartbeats(manager.addr, c).await;
+        let direct = store_heartbeats(store.clone(), c).await;
+        print_rate("heartbeats/s", c, via, direct);
+    }
+    drop(manager);
+    println!(
+        "\nTotal run time: {:.1} s. Figures only: nothing here is asserted.",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn header() {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into());
+    println!("# cflux-manager benchmark\n");
+    println!(
+        "machine: {cpus} CPUs (nproc), load average {load} at start; the manager process and this client share the CPUs (on a small shared machine expect noise between runs)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The manager process.
+
+/// A running `cflux-manager`, killed when dropped.
+struct Manager {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Manager {
+    async fn start() -> anyhow::Result<Manager> {
+        let dir = tempfile::tempdir()?;
+        let addr = StdListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cflux-manager"));
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("manager"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        // Settings from the caller's environment (a token, etcd) would change what is measured.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CFLUX_MANAGER_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command.spawn().context("cannot start cflux-manager")?;
+        let mut manager = Manager {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = manager.child.try_wait()? {
+                bail!("cflux-manager exited before serving: {status}");
+            }
+            if let Ok(channel) = connect(addr).await {
+                let mut client = Client::new(channel);
+                if client
+                    .list_clusters(proto::ListClustersRequest {})
+                    .await
+                    .is_ok()
+                {
+                    return Ok(manager);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("cflux-manager did not serve on {addr} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?)
+}
+
+fn catalog() -> Bytes {
+    Bytes::from((0..CATALOG_BYTES).map(|i| i as u8).collect::<Vec<_>>())
+}
+
+/// One compare-and-swap push that must be accepted; returns the new version.
+async fn push(
+    client: &mut Client,
+    cluster: &str,
+    expected: u64,
+    data: Bytes,
+) -> anyhow::Result<u64> {
+    let answer = client
+        .push_meta(proto::PushMetaRequest {
+            cluster: cluster.to_owned(),
+            expected_version: expected,
+            data,
+            node_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    match answer.result {
+        Some(push_meta_response::Result::AcceptedVersion(v)) => Ok(v),
+        Some(push_meta_response::Result::Conflict(s)) => {
+            bail!(
+                "push to {cluster} at {expected} conflicted with version {}",
+                s.version
+            )
+        }
+        None => bail!("push to {cluster}: empty answer"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Push → wake latency.
+
+#[derive(Default)]
+struct Latency {
+    first: Vec<Duration>,
+    last: Vec<Duration>,
+    ack: Vec<Duration>,
+    note: String,
+}
+
+/// Opens `n` WatchMeta streams on one cluster and times `pushes` pushes.
+async fn watch_latency(addr: SocketAddr, n: usize, pushes: usize) -> anyhow::Result<Latency> {
+    let cluster = format!("bench-watch-{n}");
+    let data = catalog();
+    let mut pusher = Client::new(connect(addr).await?);
+    let mut version = push(&mut pusher, &cluster, 0, data.clone()).await?;
+
+    let mut channels = Vec::new();
+    for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(connect(addr).await?);
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let mut watchers = JoinSet::new();
+    for i in 0..n {
+        let mut client = Client::new(channels[i / STREAMS_PER_CONNECTION].clone());
+        let (tx, cluster) = (tx.clone(), cluster.clone());
+        watchers.spawn(async move {
+            // Version 0: the current catalog comes at once, which proves the watch is live.
+            let mut stream = client
+                .watch_meta(proto::WatchMetaRequest {
+                    cluster,
+                    version: 0,
+                })
+                .await?
+                .into_inner();
+            while let Some(snapshot) = stream.message().await? {
+                if tx.send((snapshot.version, Instant::now())).is_err() {
+                    break;
+                }
+            }
+            Ok::<_, tonic::Status>(())
+        });
+    }
+    drop(tx);
+    let result = async {
+        wait_for_all(&mut rx, version, n, SETUP_TIMEOUT)
+            .await
+            .context("opening the watch streams")?;
+        let mut out = Latency::default();
+        let phase_end = Instant::now() + PHASE_CAP;
+        for _ in 0..pushes {
+            if Instant::now() > phase_end {
+                out.note = format!("time cap {PHASE_CAP:?} reached");
+                break;
+            }
+            let sent = Instant::now();
+            version = push(&mut pusher, &cluster, version, data.clone()).await?;
+            out.ack.push(sent.elapsed());
+            let (first, last) = wait_for_all(&mut rx, version, n, ROUND_TIMEOUT)
+                .await
+                .with_context(|| format!("waiting for version {version}"))?;
+            out.first.push(first.saturating_duration_since(sent));
+            out.last.push(last.saturating_duration_since(sent));
+        }
+        Ok(out)
+    }
+    .await;
+    watchers.abort_all();
+    while watchers.join_next().await.is_some() {}
+    result
+}
+
+/// Waits until `n` watchers report `version`; returns the first and last arrival.
+async fn wait_for_all(
+    rx: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    version: u64,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<(Instant, Instant)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (mut seen, mut first, mut last) = (0, None::<Instant>, None::<Instant>);
+    while seen < n {
+        let (v, at) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| {
+                anyhow!("only {seen} of {n} watchers had version {version} after {timeout:?}")
+            })?
+            .ok_or_else(|| anyhow!("watch streams ended ({seen} of {n} had version {version})"))?;
+        if v == version {
+            seen += 1;
+            first = Some(first.map_or(at, |f| f.min(at)));
+            last = Some(last.map_or(at, |l| l.max(at)));
+        }
+    }
+    Ok((first.expect("n > 0"), last.expect("n > 0")))
+}
+
+/// Holds `n` legacy long polls per round and times `pushes` pushes.
+async fn legacy_latency(addr: SocketAddr, n: usize, pushes: usize) -> anyhow::Result<Latency> {
+    let cluster = format!("bench-legacy-{n}");
+    let data = catalog();
+    let mut pusher = Client::new(connect(addr).await?);
+    let mut version = push(&mut pusher, &cluster, 0, data.clone()).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(n + 1)
+        .timeout(ROUND_TIMEOUT)
+        .tcp_nodelay(true)
+        .build()?;
+    let mut out = Latency::default();
+    let phase_end = Instant::now() + PHASE_CAP;
+    for _ in 0..pushes {
+        if Instant::now() > phase_end {
+            out.note = format!("time cap {PHASE_CAP:?} reached");
+            break;
+        }
+        let url = format!("http://{addr}/clusters/{cluster}/versions/{version}");
+        let mut polls = JoinSet::new();
+        for _ in 0..n {
+            let (http, url) = (http.clone(), url.clone());
+            polls.spawn(async move {
+                let response = http.get(&url).send().await?;
+                let status = response.status();
+                let got = response
+                    .headers()
+                    .get("Version")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let body = response.bytes().await?;
+                let at = Instant::now();
+                if status != reqwest::StatusCode::OK || body.len() != CATALOG_BYTES {
+                    bail!("long poll answered {status} with {} bytes", body.len());
+                }
+                Ok((got, at))
+            });
+        }
+        wait_for_polls(&http, addr, n)
+            .await
+            .context("holding the long polls")?;
+        let sent = Instant::now();
+        version = push(&mut pusher, &cluster, version, data.clone()).await?;
+        out.ack.push(sent.elapsed());
+        let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+        while let Some(joined) = polls.join_next().await {
+            let (got, at) = joined??;
+            if got != Some(version) {
+                bail!("a long poll woke with version {got:?}, not {version}");
+            }
+            first = Some(first.map_or(at, |f| f.min(at)));
+            last = Some(last.map_or(at, |l| l.max(at)));
+        }
+        out.first
+            .push(first.expect("n > 0").saturating_duration_since(sent));
+        out.last
+            .push(last.expect("n > 0").saturating_duration_since(sent));
+    }
+    Ok(out)
+}
+
+/// Waits until the manager's `cflux_long_polls` gauge shows `n` held polls.
+async fn wait_for_polls(http: &reqwest::Client, addr: SocketAddr, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + ROUND_TIMEOUT;
+    let url = format!("http://{addr}/metrics");
+    loop {
+        let text = http.get(&url).send().await?.text().await?;
+        let held = text
+            .lines()
+            .find_map(|l| l.strip_prefix("cflux_long_polls "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as usize;
+        if held >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {held} of {n} long polls held after {ROUND_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("–".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+}
+
+fn print_latency(over: &str, n: usize, result: anyhow::Result<Latency>) {
+    match result {
+        Ok(l) => println!(
+            "| {over} | {n} | {} | {} | {} | {} | {} | {} | {} |",
+            l.last.len(),
+            ms(percentile(&l.first, 0.50)),
+            ms(percentile(&l.first, 0.99)),
+            ms(percentile(&l.last, 0.50)),
+            ms(percentile(&l.last, 0.99)),
+            ms(percentile(&l.ack, 0.50)),
+            l.note
+        ),
+        Err(e) => println!("| {over} | {n} | 0 | – | – | – | – | – | failed: {e:#} |"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Throughput.
+
+/// Runs workers that each return (operations, when they stopped); operations per second.
+async fn rate<F>(start: Instant, workers: Vec<F>) -> anyhow::Result<f64>
+where
+    F: Future<Output = anyhow::Result<(u64, Instant)>> + Send + 'static,
+{
+    let mut set = JoinSet::new();
+    for w in workers {
+        set.spawn(w);
+    }
+    let (mut ops, mut end) = (0, start);
+    while let Some(joined) = set.join_next().await {
+        let (n, stopped) = joined??;
+        ops += n;
+        end = end.max(stopped);
+    }
+    Ok(ops as f64 / end.duration_since(start).as_secs_f64())
+}
+
+async fn grpc_pushes(addr: SocketAddr, clients: usize) -> anyhow::Result<f64> {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(Client::new(connect(addr).await?));
+    }
+    let data = catalog();
+    let start = Instant::now();
+    let deadline = start + THROUGHPUT_WINDOW;
+    let workers = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            let data = data.clone();
+            async move {
+                let cluster = format!("bench-rate-{clients}-{i}");
+                let (mut version, mut ops) = (0, 0);
+                while Instant::now() < deadline {
+                    version = push(&mut client, &cluster, version, data.clone()).await?;
+                    ops += 1;
+                }
+                Ok((ops, Instant::now()))
+            }
+        })
+        .collect();
+    rate(start, workers).await
+}
+
+async fn store_pushes(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::Result<f64> {
+    let data = catalog();
+    let start = Instant::now();
+    let deadline = start + THROUGHPUT_WINDOW;
+    let workers = (0..clients)
+        .map(|i| {
+            let (store, data) = (store.clone(), data.clone());
+            async move {
+                let cluster = format!("bench-rate-{clients}-{i}");
+                let (mut version, mut ops) = (0, 0);
+                while Instant::now() < deadline {
+                    match store.cas_meta(&cluster, version, data.clone()).await? {
+                        CasOutcome::Accepted(v) => version = v,
+                        CasOutcome::Conflict(s) => bail!("store CAS conflicted at {}", s.version),
+                    }
+                    ops += 1;
+                }
+                Ok((ops, Instant::now()))
+            }
+        })
+        .collect();
+    rate(start, workers).await
+}
+
+async fn grpc_heartbeats(addr: SocketAddr, clients: usize) -> anyhow::Result<f64> {
+    let cluster = format!("bench-heartbeat-{clients}");
+    let mut nodes = Vec::new();
+    for i in 0..clients {
+        let mut client = Client::new(connect(addr).await?);
+        let node_id = client
+            .register(proto::RegisterRequest {
+                cluster: cluster.clone(),
+                hostname: format!("bench-{i}"),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .node_id;
+        nodes.push((client, node_id));
+    }
+    let start = Instant::now();
+    let deadline = start + THROUGHPUT_WINDOW;
+    let workers = nodes
+        .into_iter()
+        .map(|(mut client, node_id)| {
+            let cluster = cluster.clone();
+            async move {
+                let mut ops = 0;
+                while Instant::now() < deadline {
+                    client
+                        .heartbeat(proto::HeartbeatRequest {
+                            cluster: cluster.clone(),
+                            node_id: node_id.clone(),
+                        })
+                        .await?;
+                    ops += 1;
+                }
+                Ok((ops, Instant::now()))
+            }
+        })
+        .collect();
+    rate(start, workers).await
+}
+
+async fn store_heartbeats(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::Result<f64> {
+    let cluster = format!("bench-heartbeat-{clients}");
+    for i in 0..clients {
+        store
+            .put_node(NodeRecord {
+                node_id: format!("node-{i}"),
+                cluster: cluster.clone(),
+                hostname: format!("bench-{i}"),
+                registered_at_ms: now_ms(),
+                last_heartbeat_ms: now_ms(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let start = Instant::now();
+    let deadline = start + THROUGHPUT_WINDOW;
+    let workers = (0..clients)
+        .map(|i| {
+            let (store, cluster) = (store.clone(), cluster.clone());
+            async move {
+                let node_id = format!("node-{i}");
+                let mut ops = 0;
+                while Instant::now() < deadline {
+                    if !store.heartbeat(&cluster, &node_id, now_ms()).await? {
+                        bail!("the store does not know {node_id}");
+                    }
+                    ops += 1;
+                }
+                Ok((ops, Instant::now()))
+            }
+        })
+        .collect();
+    rate(start, workers).await
+}
+
+fn print_rate(op: &str, clients: usize, via: anyhow::Result<f64>, direct: anyhow::Result<f64>) {
+    let show = |r: &anyhow::Result<f64>| match r {
+        Ok(v) => format!("{v:.0} /s"),
+        Err(e) => format!("failed: {e:#}"),
+    };
+    let (ratio, added) = match (&via, &direct) {
+        (Ok(v), Ok(d)) if *v > 0.0 && *d > 0.0 => (
+            format!("{:.2}", v / d),
+            format!("{:.0} µs", (clients as f64 / v - clients as f64 / d) * 1e6),
+        ),
+        _ => ("–".into(), "–".into()),
+    };
+    println!(
+        "| {op} | {clients} | {} | {} | {ratio} | {added} |",
+        show(&via),
+        show(&direct)
+    );
+}

@@ -19,9 +19,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO systemctl disable --now influxdb etcd >/dev/null 2>&1 || true
 fi
 
-if ! python3 -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
-  echo "setup: installing grpcio and grpcio-tools (pip)"
-  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check 'grpcio==1.85.*' 'grpcio-tools==1.85.*'
+if ! python3 -c 'import grpc, grpc_tools, grpc_reflection' >/dev/null 2>&1; then
+  echo "setup: installing grpcio, grpcio-tools and grpcio-reflection (pip)"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check 'grpcio==1.85.*' 'grpcio-tools==1.85.*' 'grpcio-reflection==1.85.*'
 fi
 
 if ! command -v buf >/dev/null; then

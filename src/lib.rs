@@ -2,8 +2,14 @@
 //!
 //! - [`proto`]: the generated gRPC contract (`clusterflux.v1`).
 //! - [`manager`]: the control plane — gRPC service, legacy HTTP layer, stores.
+//! - [`influx`]: the node side's view of InfluxDB 1.x metadata — the catalog,
+//!   `meta.db` bytes, the three-way merge and the diff to InfluxQL.
 
+pub mod agent;
+pub mod client;
+pub mod influx;
 pub mod manager;
+pub mod signals;
 
 pub mod proto {
     //! The `clusterflux.v1` contract, generated from `proto/clusterflux/v1/clusterflux.proto`.

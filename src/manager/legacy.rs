@@ -127,6 +127,10 @@ struct RegisterBody {
     ip: String,
     #[serde(default)]
     hostname: String,
+    /// Our extension: the ID the node had before, so a restarted node stays
+    /// one node (an original manager ignores it; an original node omits it).
+    #[serde(default)]
+    id: String,
 }
 
 #[derive(Serialize)]
@@ -197,6 +201,7 @@ async fn register(
         .plane
         .register(Registration {
             cluster,
+            node_id: body.id,
             hostname: body.hostname,
             ips,
             bind_address: peer.map(|p| p.0 .0.ip().to_string()).unwrap_or_default(),

@@ -52,11 +52,15 @@ pub fn app(
     health: HealthServer<impl Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Router> {
+    // Health is described too, so `grpcurl HOST:PORT grpc.health.v1.Health/Check`
+    // works with no proto files at hand.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     // Room for a catalog of the full limit plus the request's other fields.
     let grpc_limit = opts.max_message_bytes + 64 * 1024;

@@ -1,0 +1,209 @@
+//! The agent's [`MetaClient`]: a stock influxd as the node's metadata owner.
+//!
+//! - Reads the catalog from influxd's own `meta.db` (written whole and renamed
+//!   over by influxd on every change), and watches its directory so a local
+//!   `CREATE DATABASE` is noticed at once; the client's periodic resync is the
+//!   safety net for a missed event.
+//! - Applies the cluster's catalog through InfluxQL over the HTTP API, in the
+//!   dependency order [`crate::influx::diff`] gives, so a remote `DROP`
+//!   deletes data exactly as a local one does.
+//! - Users: InfluxQL cannot set a password hash, so a user created (or
+//!   re-passworded) from the cluster gets a random local password. The agent
+//!   remembers which local hash stands for which cluster hash (`user-hashes.json`
+//!   in its state directory) and reports the cluster's hash for it, so its own
+//!   random passwords are never pushed back as local changes, while a real
+//!   local `SET PASSWORD` still is.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use notify::Watcher;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::agent::influxql::Influxd;
+use crate::client::meta::{MetaClient, MetaError};
+use crate::influx::catalog::Catalog;
+use crate::influx::diff::{diff, quote_ident, quote_string, Change, Password};
+
+/// A local hash the agent caused, and the cluster hash it stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct HashPair {
+    local: String,
+    cluster: String,
+}
+
+/// influxd as a [`MetaClient`].
+pub struct InfluxdMeta {
+    influxd: Influxd,
+    meta_db: PathBuf,
+    hashes_file: PathBuf,
+    hashes: Mutex<BTreeMap<String, HashPair>>,
+    changes: watch::Sender<u64>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl InfluxdMeta {
+    /// Watches `meta_dir/meta.db`; keeps its own files in `state_dir`.
+    pub fn new(influxd: Influxd, meta_dir: &Path, state_dir: &Path) -> Result<Self, MetaError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| MetaError::Failed(format!("{}: {e}", state_dir.display())))?;
+        let hashes_file = state_dir.join("user-hashes.json");
+        let hashes = match std::fs::read(&hashes_file) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| MetaError::Failed(format!("{}: {e}", hashes_file.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(MetaError::Failed(format!("{}: {e}", hashes_file.display()))),
+        };
+        let changes = watch::channel(0).0;
+        let watcher = watch_meta_dir(meta_dir, changes.clone());
+        Ok(InfluxdMeta {
+            influxd,
+            meta_db: meta_dir.join("meta.db"),
+            hashes_file,
+            hashes: Mutex::new(hashes),
+            changes,
+            _watcher: watcher,
+        })
+    }
+
+    fn read_raw(&self) -> Result<Catalog, MetaError> {
+        let bytes = std::fs::read(&self.meta_db).map_err(|e| {
+            MetaError::Unavailable(format!(
+                "cannot read {}: {e} (is influxd running with this meta directory?)",
+                self.meta_db.display()
+            ))
+        })?;
+        Catalog::from_meta_bytes(&bytes)
+            .map_err(|e| MetaError::Failed(format!("{}: {e}", self.meta_db.display())))
+    }
+
+    fn pairs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, HashPair>> {
+        self.hashes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The catalog in the cluster's terms: hashes the agent caused are
+    /// reported as the cluster hashes they stand for.
+    fn to_cluster_terms(&self, mut c: Catalog) -> Catalog {
+        let pairs = self.pairs();
+        for (name, user) in c.users.iter_mut() {
+            if let Some(p) = pairs.get(name).filter(|p| p.local == user.hash) {
+                user.hash = p.cluster.clone();
+            }
+        }
+        c
+    }
+
+    /// The target in local terms: cluster hashes already stood for by a
+    /// local hash need no change.
+    fn to_local_terms(&self, mut c: Catalog) -> Catalog {
+        let pairs = self.pairs();
+        for (name, user) in c.users.iter_mut() {
+            if let Some(p) = pairs.get(name).filter(|p| p.cluster == user.hash) {
+                user.hash = p.local.clone();
+            }
+        }
+        c
+    }
+
+    fn remember_hashes(&self, target: &Catalog, after: &Catalog) -> Result<(), MetaError> {
+        let mut pairs = self.pairs();
+        pairs.clear();
+        for (name, wanted) in &target.users {
+            if let Some(local) = after.users.get(name).filter(|l| l.hash != wanted.hash) {
+                pairs.insert(
+                    name.clone(),
+                    HashPair {
+                        local: local.hash.clone(),
+                        cluster: wanted.hash.clone(),
+                    },
+                );
+            }
+        }
+        let json =
+            serde_json::to_vec_pretty(&*pairs).map_err(|e| MetaError::Failed(e.to_string()))?;
+        let tmp = self.hashes_file.with_extension("tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|_| std::fs::rename(&tmp, &self.hashes_file))
+            .map_err(|e| MetaError::Failed(format!("{}: {e}", self.hashes_file.display())))
+    }
+}
+
+/// Bumps `changes` whenever something happens to `meta.db` in `dir`. A
+/// watcher that cannot be set up is logged; the periodic resync still works.
+fn watch_meta_dir(dir: &Path, changes: watch::Sender<u64>) -> Option<notify::RecommendedWatcher> {
+    let handler = move |event: notify::Result<notify::Event>| {
+        let touches_meta = match &event {
+            Ok(e) => e
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| n == "meta.db")),
+            Err(_) => true,
+        };
+        if touches_meta {
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the meta directory; relying on the periodic re-read");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the meta directory; relying on the periodic re-read");
+        return None;
+    }
+    Some(watcher)
+}
+
+/// A user influxd will accept in a JWT: the first admin.
+fn some_admin(c: &Catalog) -> Option<String> {
+    c.users.values().find(|u| u.admin).map(|u| u.name.clone())
+}
+
+#[async_trait]
+impl MetaClient for InfluxdMeta {
+    async fn catalog(&self) -> Result<Catalog, MetaError> {
+        Ok(self.to_cluster_terms(self.read_raw()?))
+    }
+
+    async fn apply(&self, target: &Catalog) -> Result<(), MetaError> {
+        let before = self.read_raw()?;
+        let goal = self.to_local_terms(target.clone());
+        let mut admin = some_admin(&before);
+        for statement in diff(&before, &goal) {
+            let influxql = match (&statement.change, &statement.influxql) {
+                (_, Some(q)) => q.clone(),
+                (Change::PasswordHashChanged { user }, None) => {
+                    // The cluster's hash cannot be set here: lock the old
+                    // local password out with a random one instead.
+                    format!(
+                        "SET PASSWORD FOR {} = {}",
+                        quote_ident(user),
+                        quote_string(Password::random().expose())
+                    )
+                }
+                _ => continue,
+            };
+            let shown = statement
+                .redacted()
+                .unwrap_or_else(|| "SET PASSWORD FOR … = '***'".into());
+            tracing::info!(statement = %shown, "applying");
+            self.influxd.execute(&influxql, admin.as_deref()).await?;
+            if admin.is_none() {
+                // The first admin user may just have been created.
+                admin = some_admin(&self.read_raw()?);
+            }
+        }
+        let after = self.read_raw()?;
+        self.remember_hashes(target, &after)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}

@@ -1,0 +1,171 @@
+//! The agent's line to its influxd: InfluxQL over the HTTP API (`POST /query`),
+//! authenticated with a short-lived JWT signed with influxd's shared secret,
+//! basic credentials, or nothing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
+use crate::agent::config::InfluxAuth;
+use crate::client::meta::MetaError;
+
+/// How long a signed JWT is valid.
+const JWT_LIFETIME: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HS256 JWT for `username`, as influxd's `shared-secret` expects.
+pub fn sign_jwt(secret: &str, username: &str, lifetime: Duration) -> String {
+    let exp = SystemTime::now()
+        .checked_add(lifetime)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims =
+        URL_SAFE_NO_PAD.encode(serde_json::json!({ "username": username, "exp": exp }).to_string());
+    let signing_input = format!("{header}.{claims}");
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(signing_input.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{signature}")
+}
+
+/// influxd's HTTP API.
+#[derive(Clone)]
+pub struct Influxd {
+    base: String,
+    auth: InfluxAuth,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Influxd {
+    pub fn new(base: &str, auth: InfluxAuth) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        Influxd {
+            base: base.trim_end_matches('/').to_owned(),
+            auth,
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// The `Authorization` header for a request acting as `admin` (the
+    /// shared-secret mode needs an existing user to name in the JWT).
+    fn authorization(&self, admin: Option<&str>) -> Option<String> {
+        match &self.auth {
+            InfluxAuth::None => None,
+            InfluxAuth::Basic { username, password } => Some(format!(
+                "Basic {}",
+                STANDARD.encode(format!("{username}:{password}"))
+            )),
+            InfluxAuth::SharedSecret { secret, user } => {
+                let name = user.as_deref().or(admin)?;
+                Some(format!("Bearer {}", sign_jwt(secret, name, JWT_LIFETIME)))
+            }
+        }
+    }
+
+    /// Whether influxd answers `/ping`.
+    pub async fn ping(&self) -> bool {
+        let req = hyper::Request::get(format!("{}/ping", self.base)).body(Full::new(Bytes::new()));
+        let Ok(req) = req else { return false };
+        matches!(
+            tokio::time::timeout(TIMEOUT, self.http.request(req)).await,
+            Ok(Ok(r)) if r.status().is_success()
+        )
+    }
+
+    /// Runs one InfluxQL statement; `admin` is a user to act as in
+    /// shared-secret mode when none is configured.
+    pub async fn execute(&self, statement: &str, admin: Option<&str>) -> Result<(), MetaError> {
+        let body = format!("q={}", utf8_percent_encode(statement, NON_ALPHANUMERIC));
+        let mut req = hyper::Request::post(format!("{}/query", self.base))
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(a) = self.authorization(admin) {
+            req = req.header("authorization", a);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| MetaError::Failed(format!("cannot build request: {e}")))?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| MetaError::Unavailable(format!("{}: {e}", self.base)))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| MetaError::Unavailable(format!("{}: {e}", self.base)))?
+                .to_bytes();
+            Ok::<_, MetaError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                MetaError::Unavailable(format!("{}: no answer within {TIMEOUT:?}", self.base))
+            })??;
+        if let Some(err) = query_error(&body) {
+            return Err(MetaError::Failed(format!("{statement:?}: {err}")));
+        }
+        if !status.is_success() {
+            return Err(MetaError::Failed(format!("{statement:?}: HTTP {status}")));
+        }
+        Ok(())
+    }
+}
+
+/// The first error in a `/query` answer, top-level or per statement.
+fn query_error(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        return Some(e.to_owned());
+    }
+    v.get("results")?
+        .as_array()?
+        .iter()
+        .find_map(|r| r.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_has_three_parts_and_the_claims() {
+        let t = sign_jwt("s3cret", "admin", Duration::from_secs(60));
+        let parts: Vec<&str> = t.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(claims["username"], "admin");
+        assert!(claims["exp"].as_u64().unwrap() > 1_700_000_000);
+        // Same input, same key, same second: same signature; another key differs.
+        let other = sign_jwt("other", "admin", Duration::from_secs(60));
+        assert_ne!(t.rsplit('.').next(), other.rsplit('.').next());
+    }
+
+    #[test]
+    fn errors_are_found_in_answers() {
+        assert_eq!(query_error(br#"{"results":[{"statement_id":0}]}"#), None);
+        assert_eq!(
+            query_error(br#"{"results":[{"statement_id":0,"error":"database not found"}]}"#)
+                .as_deref(),
+            Some("database not found")
+        );
+        assert_eq!(
+            query_error(br#"{"error":"unable to parse authentication credentials"}"#).as_deref(),
+            Some("unable to parse authentication credentials")
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! `cflux-agent`: runs beside a stock InfluxDB 1.x server and makes it a
+//! cluster node — [`influxd::InfluxdMeta`] is the server as a `MetaClient`,
+//! driven by `cflux::Client`; the agent serves its own `/health` and `/metrics`.
+
+pub mod config;
+pub mod influxd;
+pub mod influxql;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::config::AgentConfig;
+use crate::agent::influxd::InfluxdMeta;
+use crate::agent::influxql::Influxd;
+use crate::client::{Client, NodeSettings};
+
+struct AgentState {
+    client: Client<InfluxdMeta>,
+    influxd: Influxd,
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let influxd = Influxd::new(&config.influxdb_url, config.auth.clone());
+    let meta = InfluxdMeta::new(influxd.clone(), &config.meta_dir, &config.state_dir)
+        .context("cannot set up the InfluxDB adapter")?;
+    let settings = NodeSettings {
+        cluster: config.cluster.clone(),
+        hostname: config.hostname.clone(),
+        ips: host_ips(&config.hostname).await,
+        http_addr: config.http_addr.clone(),
+        version: format!("cflux-agent={}", env!("CARGO_PKG_VERSION")),
+        state_dir: config.state_dir.clone(),
+        resync_interval: config.resync_interval,
+    };
+    let client = Client::new(settings, &config.manager, Arc::new(meta))
+        .context("cannot start the node client")?;
+    let state = Arc::new(AgentState { client, influxd });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let app = axum::Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state.clone());
+    tracing::info!(
+        cluster = %config.cluster,
+        managers = ?config.manager.endpoints,
+        influxdb = %config.influxdb_url,
+        listen = %config.listen,
+        "agent started"
+    );
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (served, ()) = tokio::join!(async { server.await }, state.client.run(shutdown));
+    served.context("the health and metrics server failed")?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// The host's IPv4 addresses, as the original node reported them.
+async fn host_ips(hostname: &str) -> Vec<String> {
+    match tokio::net::lookup_host((hostname, 0)).await {
+        Ok(addrs) => {
+            let mut ips: Vec<String> = addrs
+                .filter(|a| a.is_ipv4())
+                .map(|a| a.ip().to_string())
+                .collect();
+            ips.sort();
+            ips.dedup();
+            ips
+        }
+        Err(e) => {
+            tracing::warn!(%hostname, error = %e, "cannot resolve the host name; reporting no addresses");
+            Vec::new()
+        }
+    }
+}
+
+/// 200 with the node's state when influxd answers, 503 otherwise.
+async fn health(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
+    let up = s.influxd.ping().await;
+    let body = serde_json::json!({
+        "influxdb": if up { "up" } else { "down" },
+        "node_id": s.client.node_id(),
+        "catalog_version": s.client.metrics().version(),
+    });
+    let code = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body))
+}
+
+async fn metrics(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.client.metrics().render(),
+    )
+}

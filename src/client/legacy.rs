@@ -1,0 +1,298 @@
+//! The legacy HTTP transport: a [`Call`] spoken in the original Clusterflux
+//! protocol, for managers that predate gRPC. `WatchMeta` becomes a loop of
+//! long polls where 504 and 204 both mean "ask again".
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+use crate::client::call::{Call, CallError, Reply};
+use crate::proto;
+
+/// How long one long poll may be held: above any manager's poll window.
+const LONG_POLL_LIMIT: Duration = Duration::from_secs(6 * 60);
+
+/// One manager over the legacy protocol.
+#[derive(Clone)]
+pub struct LegacyTransport {
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+struct Answer {
+    status: StatusCode,
+    version: Option<u64>,
+    body: Bytes,
+}
+
+#[derive(Deserialize)]
+struct Registered {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct LegacyNode {
+    id: String,
+    #[serde(default)]
+    ip: String,
+    #[serde(default)]
+    hostname: String,
+    #[serde(default, rename = "bind-address")]
+    bind_address: String,
+    #[serde(default)]
+    alive: bool,
+}
+
+fn seg(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+impl LegacyTransport {
+    /// A transport for `url` (`http://host:port`).
+    pub fn new(url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, CallError> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(CallError::Refused(format!(
+                "legacy endpoint {url:?} must be an http:// URL"
+            )));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        Ok(LegacyTransport {
+            base,
+            token: token.map(str::to_owned),
+            timeout,
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        limit: Duration,
+    ) -> Result<Answer, CallError> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| CallError::Refused(format!("cannot build request: {e}")))?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| CallError::Transient(format!("{}: {e}", self.base)))?;
+            let status = resp.status();
+            let version = resp
+                .headers()
+                .get("Version")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CallError::Transient(format!("{}: {e}", self.base)))?
+                .to_bytes();
+            Ok::<_, CallError>(Answer {
+                status,
+                version,
+                body,
+            })
+        };
+        let answer = tokio::time::timeout(limit, exchange).await.map_err(|_| {
+            CallError::Transient(format!("{}: no answer within {limit:?}", self.base))
+        })??;
+        match answer.status {
+            s if s.is_success()
+                || s == StatusCode::CONFLICT
+                || s == StatusCode::GATEWAY_TIMEOUT =>
+            {
+                Ok(answer)
+            }
+            StatusCode::NOT_FOUND => Err(CallError::NotFound(text(&answer.body))),
+            StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::TOO_MANY_REQUESTS => Err(CallError::Transient(format!(
+                "{}: {}",
+                answer.status,
+                text(&answer.body)
+            ))),
+            s => Err(CallError::Refused(format!("{s}: {}", text(&answer.body)))),
+        }
+    }
+
+    /// One long poll: `Some(snapshot)` when the version differs, `None` when
+    /// the manager says "ask again" (504 or 204).
+    async fn poll(
+        &self,
+        cluster: &str,
+        version: u64,
+        limit: Duration,
+    ) -> Result<Option<proto::MetaSnapshot>, CallError> {
+        let path = format!("/clusters/{}/versions/{version}", seg(cluster));
+        let a = self.send(Method::GET, &path, Bytes::new(), limit).await?;
+        match a.status {
+            StatusCode::OK => Ok(Some(proto::MetaSnapshot {
+                cluster: cluster.to_owned(),
+                version: a
+                    .version
+                    .ok_or_else(|| CallError::Protocol("no Version header".into()))?,
+                data: a.body,
+            })),
+            StatusCode::GATEWAY_TIMEOUT | StatusCode::NO_CONTENT => Ok(None),
+            s => Err(CallError::Protocol(format!("long poll answered {s}"))),
+        }
+    }
+
+    pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        match call {
+            Call::Register(r) => {
+                let ips: String = r.ips.iter().map(|ip| format!("{ip},")).collect();
+                let body =
+                    serde_json::json!({ "ip": ips, "hostname": r.hostname, "id": r.node_id });
+                let a = self
+                    .send(
+                        Method::POST,
+                        &format!("/nodes/{}", seg(&r.cluster)),
+                        body.to_string().into(),
+                        self.timeout,
+                    )
+                    .await?;
+                let reg: Registered = serde_json::from_slice(&a.body)
+                    .map_err(|e| CallError::Protocol(format!("registration answer: {e}")))?;
+                Ok(Reply::Registered(proto::RegisterResponse {
+                    node_id: reg.id,
+                    // The legacy protocol hands out neither; these are the original's.
+                    bind_address: String::new(),
+                    heartbeat_interval_ms: 5_000,
+                    ttl_ms: 15_000,
+                }))
+            }
+            Call::Heartbeat(r) => {
+                let path = format!("/nodes/{}/{}", seg(&r.cluster), seg(&r.node_id));
+                self.send(Method::PUT, &path, Bytes::new(), self.timeout)
+                    .await?;
+                Ok(Reply::Done)
+            }
+            Call::Deregister(r) => {
+                let path = format!("/nodes/{}/{}", seg(&r.cluster), seg(&r.node_id));
+                self.send(Method::DELETE, &path, Bytes::new(), self.timeout)
+                    .await?;
+                Ok(Reply::Done)
+            }
+            Call::ListNodes(r) => {
+                let a = self
+                    .send(
+                        Method::GET,
+                        &format!("/nodes/{}", seg(&r.cluster)),
+                        Bytes::new(),
+                        self.timeout,
+                    )
+                    .await?;
+                let nodes: Vec<LegacyNode> = serde_json::from_slice(&a.body)
+                    .map_err(|e| CallError::Protocol(format!("node list: {e}")))?;
+                Ok(Reply::Nodes(proto::ListNodesResponse {
+                    nodes: nodes
+                        .into_iter()
+                        .map(|n| proto::Node {
+                            node_id: n.id,
+                            cluster: r.cluster.clone(),
+                            hostname: n.hostname,
+                            ips: n
+                                .ip
+                                .split(',')
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_owned)
+                                .collect(),
+                            bind_address: n.bind_address,
+                            alive: n.alive,
+                            ..Default::default()
+                        })
+                        .collect(),
+                }))
+            }
+            Call::GetMeta(r) => {
+                // A version no catalog has answers at once with the current one.
+                let snapshot = self.poll(&r.cluster, u64::MAX, self.timeout).await?;
+                snapshot
+                    .map(Reply::Snapshot)
+                    .ok_or_else(|| CallError::Protocol("GetMeta long poll was held".into()))
+            }
+            Call::PushMeta(r) => {
+                let path = format!(
+                    "/clusters/{}/versions/{}",
+                    seg(&r.cluster),
+                    r.expected_version
+                );
+                let a = self.send(Method::POST, &path, r.data, self.timeout).await?;
+                let version = a
+                    .version
+                    .ok_or_else(|| CallError::Protocol("no Version header".into()))?;
+                use proto::push_meta_response::Result as R;
+                let result = if a.status == StatusCode::CONFLICT {
+                    R::Conflict(proto::MetaSnapshot {
+                        cluster: r.cluster,
+                        version,
+                        data: a.body,
+                    })
+                } else {
+                    R::AcceptedVersion(version)
+                };
+                Ok(Reply::Pushed(proto::PushMetaResponse {
+                    result: Some(result),
+                }))
+            }
+            Call::WatchMeta(r) => {
+                // The first poll is made here, so a manager that is down fails
+                // the call (and the retry layer sees it), not the stream.
+                let first = self.poll(&r.cluster, r.version, LONG_POLL_LIMIT).await?;
+                let this = self.clone();
+                let stream = futures::stream::unfold(
+                    (this, r.cluster, r.version, first),
+                    |(t, cluster, mut version, mut pending)| async move {
+                        loop {
+                            if let Some(s) = pending.take() {
+                                version = s.version;
+                                return Some((Ok(s), (t, cluster, version, None)));
+                            }
+                            match t.poll(&cluster, version, LONG_POLL_LIMIT).await {
+                                Ok(next) => pending = next,
+                                Err(e) => return Some((Err(e), (t, cluster, version, None))),
+                            }
+                        }
+                    },
+                );
+                Ok(Reply::Watch(Box::pin(stream)))
+            }
+        }
+    }
+
+    /// Whether `base` answers the legacy protocol (used to pick a transport
+    /// in `auto` mode when gRPC fails).
+    pub async fn speaks_legacy(&self) -> bool {
+        self.send(Method::GET, "/nodes", Bytes::new(), self.timeout)
+            .await
+            .is_ok()
+    }
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(300).collect()
+}

@@ -1,0 +1,141 @@
+//! Prometheus metrics of a node's sync, for the agent's `/metrics`.
+
+use std::time::Instant;
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Counters and gauges of one node's sync.
+pub struct NodeMetrics {
+    registry: Registry,
+    pushes: IntCounterVec,
+    pulls: IntCounter,
+    failures: IntCounterVec,
+    version: IntGauge,
+    since_sync: prometheus::Gauge,
+    last_sync: std::sync::Mutex<Option<Instant>>,
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: prometheus::Result<M>,
+) -> M {
+    // Fixed names and labels: a failure is a programming error the unit test catches.
+    let m = m.unwrap_or_else(|e| panic!("invalid metric definition: {e}"));
+    r.register(Box::new(m.clone()))
+        .unwrap_or_else(|e| panic!("duplicate metric: {e}"));
+    m
+}
+
+impl NodeMetrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        NodeMetrics {
+            pushes: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_node_pushes_total",
+                        "Catalog pushes by result (accepted, conflict).",
+                    ),
+                    &["result"],
+                ),
+            ),
+            pulls: register(
+                &r,
+                IntCounter::new(
+                    "cflux_node_pulls_total",
+                    "Cluster catalogs applied to the local server.",
+                ),
+            ),
+            failures: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_node_failures_total",
+                        "Failed sync steps after retries, by step.",
+                    ),
+                    &["step"],
+                ),
+            ),
+            version: register(
+                &r,
+                IntGauge::new(
+                    "cflux_node_catalog_version",
+                    "Cluster catalog version last synced.",
+                ),
+            ),
+            since_sync: register(
+                &r,
+                prometheus::Gauge::new(
+                    "cflux_node_seconds_since_sync",
+                    "Seconds since the last successful sync (-1: never).",
+                ),
+            ),
+            last_sync: std::sync::Mutex::new(None),
+            registry: r,
+        }
+    }
+
+    pub fn pushed(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "conflict" };
+        self.pushes.with_label_values(&[result]).inc();
+    }
+
+    pub fn pulled(&self) {
+        self.pulls.inc();
+    }
+
+    pub fn failure(&self, step: &str) {
+        self.failures.with_label_values(&[step]).inc();
+    }
+
+    pub fn set_version(&self, v: u64) {
+        self.version.set(i64::try_from(v).unwrap_or(i64::MAX));
+    }
+
+    pub fn synced(&self) {
+        *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// The catalog version last synced.
+    pub fn version(&self) -> u64 {
+        u64::try_from(self.version.get()).unwrap_or(0)
+    }
+
+    /// Prometheus text of every metric.
+    pub fn render(&self) -> String {
+        let since = self
+            .last_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or(-1.0, |t| t.elapsed().as_secs_f64());
+        self.since_sync.set(since);
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render() {
+        let m = NodeMetrics::new();
+        m.pushed(false);
+        m.set_version(4);
+        let text = m.render();
+        assert!(text.contains(r#"cflux_node_pushes_total{result="conflict"} 1"#));
+        assert!(text.contains("cflux_node_catalog_version 4"));
+        assert!(text.contains("cflux_node_seconds_since_sync -1"));
+    }
+}

@@ -1,0 +1,21 @@
+//! The node side: `cflux::Client` and the pieces it is made of.
+//!
+//! - [`call`]: every manager call as a value ([`call::Call`]) and its errors.
+//! - [`retry`]: the tower retry layer (5 attempts, exponential backoff, jitter).
+//! - [`manager`]: [`manager::ManagerClient`] — retry around failover around
+//!   the transports, [`grpc`] and [`legacy`].
+//! - [`node`]: [`Client`], registration, heartbeats, sync and push; [`state`]:
+//!   what it keeps on disk; [`meta`]: the [`MetaClient`] it wraps.
+
+pub mod call;
+pub mod grpc;
+pub mod legacy;
+pub mod manager;
+pub mod meta;
+pub mod metrics;
+pub mod node;
+pub mod retry;
+pub mod state;
+
+pub use meta::{InMemoryMeta, MetaClient, MetaError};
+pub use node::{Client, NodeSettings};
