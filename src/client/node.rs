@@ -291,20 +291,29 @@ impl<M: MetaClient> Client<M> {
         if s.version == base.version {
             return Ok(());
         }
-        if s.version < base.version {
-            // The manager lost its state: re-seed it from this node, merging
-            // as on a first join with whatever it holds now.
+        let s = if s.version < base.version {
+            // Either a snapshot overtaken by this node's own accepted push, or
+            // a manager that lost its state: only the manager's current
+            // version tells them apart.
+            let current = self.manager.get_meta(&self.settings.cluster).await?;
+            if current.version >= base.version {
+                return Ok(());
+            }
+            // Re-seed it from this node, merging as on a first join with
+            // whatever it holds now.
             tracing::warn!(
                 node_version = base.version,
-                manager_version = s.version,
+                manager_version = current.version,
                 "manager is behind this node; re-seeding it"
             );
-            let no_base = SyncedBase {
-                version: s.version,
+            *base = SyncedBase {
+                version: current.version,
                 catalog: None,
             };
-            *base = no_base;
-        }
+            current
+        } else {
+            s
+        };
         let remote = decode(&s.data)?;
         let local = self.meta.catalog().await?;
         let base_catalog = base.catalog.as_deref().map(decode).transpose()?;

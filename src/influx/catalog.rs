@@ -5,7 +5,7 @@
 //! node's own `meta.Data` bytes as a base, replaces the cluster-wide parts and
 //! copies everything else — shard groups, shards, node lists, counters, Raft
 //! index and term, and every field this code does not know — byte for byte
-//! (see [`super::wire`]). A newer InfluxDB's extra fields therefore survive a
+//! (the private `wire` module). A newer InfluxDB's extra fields therefore survive a
 //! round trip, at the top level and inside each database, retention policy,
 //! subscription, continuous query, user and privilege that still exists.
 //!

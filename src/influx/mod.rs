@@ -28,8 +28,6 @@
 
 pub mod catalog;
 pub mod diff;
-#[cfg(test)]
-mod live_check;
 pub mod merge;
 #[cfg(test)]
 mod testgen;
