@@ -19,10 +19,10 @@ test: setup proto-check
 	$(CARGO) fmt --check
 	$(CARGO) test --release --all-targets
 
-# A manager on embedded defaults, in the foreground (Ctrl-C stops it).
+# A local cluster on embedded defaults: a manager and three influxd servers,
+# each with its agent, in the foreground (Ctrl-C stops it all).
 run: build
-	@mkdir -p $(RUN_DIR)
-	target/release/cflux-manager --listen $(MANAGER_ADDR) --data-dir $(RUN_DIR)/manager
+	RUN_DIR=$(RUN_DIR) MANAGER_ADDR=$(MANAGER_ADDR) bash scripts/local-cluster.sh
 
 bench: setup
 	$(CARGO) bench --bench manager
