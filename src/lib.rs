@@ -10,6 +10,7 @@ pub mod client;
 pub mod influx;
 pub mod manager;
 pub mod signals;
+pub mod telemetry;
 
 pub mod proto {
     //! The `clusterflux.v1` contract, generated from `proto/clusterflux/v1/clusterflux.proto`.

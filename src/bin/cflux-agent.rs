@@ -7,12 +7,7 @@ use cflux::agent::config::AgentArgs;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cflux::telemetry::init_tracing();
     let config = AgentArgs::parse().resolve()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cflux::signals::cancel_on_signal(shutdown.clone()));

@@ -8,12 +8,7 @@ use cflux::manager::config::ManagerArgs;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cflux::telemetry::init_tracing();
     let config = ManagerArgs::parse().resolve()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

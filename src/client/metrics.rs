@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::telemetry::register;
 
 /// Counters and gauges of one node's sync.
 pub struct NodeMetrics {
@@ -13,17 +15,6 @@ pub struct NodeMetrics {
     version: IntGauge,
     since_sync: prometheus::Gauge,
     last_sync: std::sync::Mutex<Option<Instant>>,
-}
-
-fn register<M: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    m: prometheus::Result<M>,
-) -> M {
-    // Fixed names and labels: a failure is a programming error the unit test catches.
-    let m = m.unwrap_or_else(|e| panic!("invalid metric definition: {e}"));
-    r.register(Box::new(m.clone()))
-        .unwrap_or_else(|e| panic!("duplicate metric: {e}"));
-    m
 }
 
 impl NodeMetrics {
@@ -110,11 +101,7 @@ impl NodeMetrics {
             .unwrap_or_else(|e| e.into_inner())
             .map_or(-1.0, |t| t.elapsed().as_secs_f64());
         self.since_sync.set(since);
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        crate::telemetry::render(&self.registry)
     }
 }
 

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::manager::store::{NodeStatus, StoreError};
+use crate::telemetry::register;
 
 /// Every metric the manager exports.
 pub struct Metrics {
@@ -22,24 +22,11 @@ pub struct Metrics {
     store_errors: IntCounterVec,
 }
 
-fn build<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: prometheus::Result<M>,
-) -> M {
-    // The names and labels below are fixed at compile time; a failure here is
-    // a programming error caught by the unit test, not a runtime condition.
-    let metric = metric.unwrap_or_else(|e| panic!("invalid metric definition: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("duplicate metric: {e}"));
-    metric
-}
-
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         Metrics {
-            requests: build(
+            requests: register(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -49,7 +36,7 @@ impl Metrics {
                     &["layer", "method", "status"],
                 ),
             ),
-            latency: build(
+            latency: register(
                 &r,
                 HistogramVec::new(
                     HistogramOpts::new(
@@ -63,36 +50,36 @@ impl Metrics {
                     &["layer", "method"],
                 ),
             ),
-            nodes: build(
+            nodes: register(
                 &r,
                 IntGaugeVec::new(
                     Opts::new("cflux_nodes", "Registered nodes per cluster."),
                     &["cluster"],
                 ),
             ),
-            alive_nodes: build(
+            alive_nodes: register(
                 &r,
                 IntGaugeVec::new(
                     Opts::new("cflux_nodes_alive", "Alive nodes per cluster."),
                     &["cluster"],
                 ),
             ),
-            watch_streams: build(
+            watch_streams: register(
                 &r,
                 IntGauge::new("cflux_watch_streams", "Open WatchMeta streams."),
             ),
-            long_polls: build(
+            long_polls: register(
                 &r,
                 IntGauge::new("cflux_long_polls", "Held legacy long polls."),
             ),
-            conflicts: build(
+            conflicts: register(
                 &r,
                 IntCounter::new(
                     "cflux_push_conflicts_total",
                     "Catalog pushes refused by compare-and-swap.",
                 ),
             ),
-            store_errors: build(
+            store_errors: register(
                 &r,
                 IntCounterVec::new(
                     Opts::new("cflux_store_errors_total", "Failed store calls by kind."),
@@ -137,12 +124,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        crate::telemetry::render(&self.registry)
     }
 }
 

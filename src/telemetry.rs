@@ -1,0 +1,36 @@
+//! Logs and metrics plumbing shared by the manager and the agent.
+
+use prometheus::{Encoder, Registry, TextEncoder};
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Registers a metric built from fixed names and labels. A failure is a
+/// programming error (caught by the metrics unit tests), not a runtime
+/// condition, hence the panic.
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.unwrap_or_else(|e| panic!("invalid metric definition: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("duplicate metric: {e}"));
+    metric
+}
+
+/// The Prometheus text exposition of every metric in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
