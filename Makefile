@@ -26,6 +26,8 @@ run: build
 
 bench: setup
 	$(CARGO) bench --bench manager
+	$(CARGO) bench --bench frontdoor
+	$(CARGO) bench --bench propagation
 
 # Lint the contract and check it against the last released version.
 proto-check: setup

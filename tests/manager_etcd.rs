@@ -43,12 +43,16 @@ const SERVICES: [&str; 2] = ["", "clusterflux.v1.Clusterflux"];
 
 type Client = ClusterfluxClient<Channel>;
 
-/// A manager on `etcd` (every member's client URL), with `extra` flags.
+/// A manager on `etcd` (every member's client URL), with `extra` flags,
+/// once it serves. (It listens before it has connected to etcd and registered
+/// itself there; health answers SERVING only after.)
 async fn etcd_manager(etcd: &EtcdCluster, extra: &[&str]) -> Manager {
     let endpoints = etcd.endpoints().join(",");
     let mut args = vec!["--etcd-endpoints", endpoints.as_str()];
     args.extend_from_slice(extra);
-    Manager::start_with(&args).await
+    let m = Manager::start_with(&args).await;
+    wait_health(&m, ServingStatus::Serving, DEADLINE).await;
+    m
 }
 
 /// A gRPC client that takes catalogs up to the manager's 16 MiB default.
@@ -193,7 +197,8 @@ async fn scrape(m: &Manager) -> String {
 }
 
 async fn health(channel: Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
-    let check = HealthClient::new(channel).check(HealthCheckRequest {
+    let mut health = HealthClient::new(channel);
+    let check = health.check(HealthCheckRequest {
         service: service.into(),
     });
     let status = tokio::time::timeout(Duration::from_secs(3), check)
@@ -429,6 +434,42 @@ async fn two_managers_share_watches_nodes_and_versions() {
     )
     .await;
     assert_eq!((s.version, s.data.as_ref()), (4, &b"from-b"[..]));
+
+    // Racing pushes on v4 through both managers at once: exactly one wins,
+    // every other one conflicts with the winner's catalog.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let mut cl = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+            tokio::spawn(async move {
+                let data = format!("racer-{i}");
+                (data.clone(), push(&mut cl, c, 4, data.as_bytes()).await)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for r in racers {
+        results.push(r.await.expect("racer task"));
+    }
+    let winners: Vec<&String> = results
+        .iter()
+        .filter(|(_, r)| *r == push_meta_response::Result::AcceptedVersion(5))
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(winners.len(), 1, "one winner among {results:?}");
+    for (data, r) in &results {
+        match r {
+            push_meta_response::Result::AcceptedVersion(5) => {}
+            push_meta_response::Result::Conflict(s) => assert_eq!(
+                (s.version, s.data.as_ref()),
+                (5, winners[0].as_bytes()),
+                "{data} lost to {}",
+                winners[0]
+            ),
+            other => panic!("{data}: {other:?}"),
+        }
+    }
+    let s = next(&mut on_a, DEADLINE, "A's watch to see the race's winner").await;
+    assert_eq!((s.version, s.data.as_ref()), (5, winners[0].as_bytes()));
 }
 
 /// One round of a node's life and a push, spread over two managers: `x`
@@ -580,6 +621,31 @@ async fn losing_the_etcd_leader_keeps_both_managers_serving() {
     }
     wait_health(&a, ServingStatus::Serving, DEADLINE).await;
     wait_health(&b, ServingStatus::Serving, DEADLINE).await;
+
+    // A manager started while the member is still down (its endpoint still
+    // given) serves as well, and its pushes reach the others' watches.
+    let late = etcd_manager(&etcd, &[]).await;
+    let mut cl = client(&late).await;
+    let mut all = vec![
+        a.addr.to_string(),
+        b.addr.to_string(),
+        late.addr.to_string(),
+    ];
+    all.sort();
+    assert_eq!(listed_managers(&late).await, all);
+    let v = within(CALL_BOUND, "a round through the late manager", async {
+        round(&mut cl, &mut ca, &a, c, &node).await
+    })
+    .await
+    .unwrap_or_else(|e| panic!("a round through the late manager failed: {e}"));
+    assert_eq!(v, version + 1);
+    for (name, stream) in [("A", &mut on_a), ("B", &mut on_b)] {
+        let s = next(stream, DEADLINE, &format!("{name}'s watch, late push")).await;
+        assert_eq!(
+            (s.version, s.data.as_ref()),
+            (v, format!("v{v}").as_bytes())
+        );
+    }
     eprintln!("killed leader m{leader}; the first full round succeeded after {recovered:?}");
 }
 
@@ -815,9 +881,6 @@ async fn losing_all_of_etcd_fails_calls_fast_and_turns_health_not_serving_until_
         push(&mut ca, c, 0, b"v1").await,
         push_meta_response::Result::AcceptedVersion(1)
     );
-    for m in [&a, &b] {
-        wait_health(m, ServingStatus::Serving, DEADLINE).await;
-    }
     // A watch on B held through the outage.
     let mut on_b = watch(&mut cb, c, 1).await;
 
