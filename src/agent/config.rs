@@ -96,6 +96,36 @@ pub struct AgentArgs {
     #[arg(long, env = "CFLUX_RESYNC_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde::option")]
     pub resync_interval: Option<Duration>,
+
+    /// Serve InfluxDB's HTTP API here as the node's front door (e.g. 0.0.0.0:8086), forwarding to --influxdb-url (bind influxd to 127.0.0.1 with auth-enabled); passwords are checked against the cluster's users and influxd gets a short-lived JWT signed with --shared-secret [default: off].
+    #[arg(long, env = "CFLUX_FRONTDOOR_LISTEN", value_name = "ADDR")]
+    pub frontdoor_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain: the front door speaks HTTPS (with --frontdoor-tls-key).
+    #[arg(
+        long,
+        env = "CFLUX_FRONTDOOR_TLS_CERT",
+        value_name = "FILE",
+        requires = "frontdoor_tls_key"
+    )]
+    pub frontdoor_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --frontdoor-tls-cert.
+    #[arg(
+        long,
+        env = "CFLUX_FRONTDOOR_TLS_KEY",
+        value_name = "FILE",
+        requires = "frontdoor_tls_cert"
+    )]
+    pub frontdoor_tls_key: Option<PathBuf>,
+}
+
+/// The node's front door (see [`crate::agent::frontdoor`]).
+#[derive(Clone, Debug)]
+pub struct FrontDoorConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key, for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// How the agent reaches its influxd.
@@ -126,6 +156,8 @@ pub struct AgentConfig {
     pub hostname: String,
     pub listen: SocketAddr,
     pub resync_interval: Duration,
+    /// Off unless `--frontdoor-listen` is set.
+    pub frontdoor: Option<FrontDoorConfig>,
 }
 
 impl AgentArgs {
@@ -184,6 +216,29 @@ impl AgentArgs {
             }
             _ => InfluxAuth::None,
         };
+        let frontdoor_tls = match (
+            a.frontdoor_tls_cert.or(f.frontdoor_tls_cert),
+            a.frontdoor_tls_key.or(f.frontdoor_tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("--frontdoor-tls-cert and --frontdoor-tls-key go together"),
+        };
+        let frontdoor = match a.frontdoor_listen.or(f.frontdoor_listen) {
+            Some(listen) => {
+                if authority.parse::<SocketAddr>().ok() == Some(listen) {
+                    bail!("--frontdoor-listen {listen} is --influxdb-url itself: bind influxd to another (private) address");
+                }
+                Some(FrontDoorConfig {
+                    listen,
+                    tls: frontdoor_tls,
+                })
+            }
+            None if frontdoor_tls.is_some() => {
+                bail!("--frontdoor-tls-cert needs --frontdoor-listen")
+            }
+            None => None,
+        };
         let hostname = match a.hostname.or(f.hostname) {
             Some(h) => h,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -222,6 +277,7 @@ impl AgentArgs {
                 .resync_interval
                 .or(f.resync_interval)
                 .unwrap_or(Duration::from_secs(2)),
+            frontdoor,
         })
     }
 }
@@ -265,6 +321,44 @@ mod tests {
         assert_eq!(c.cluster, "from-flag");
         assert_eq!(c.manager.transport, TransportKind::Http);
         assert_eq!(c.resync_interval, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn the_front_door_is_off_unless_asked_for() {
+        assert!(parse(&[]).unwrap().frontdoor.is_none());
+        let c = parse(&[
+            "--influxdb-url",
+            "http://127.0.0.1:18086",
+            "--frontdoor-listen",
+            "0.0.0.0:8086",
+        ])
+        .unwrap();
+        let fd = c.frontdoor.unwrap();
+        assert_eq!(fd.listen, "0.0.0.0:8086".parse().unwrap());
+        assert!(fd.tls.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "frontdoor-listen = \"127.0.0.1:9086\"\nfrontdoor-tls-cert = \"/c.pem\"\nfrontdoor-tls-key = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let fd = parse(&["--config", path.to_str().unwrap()])
+            .unwrap()
+            .frontdoor
+            .unwrap();
+        assert_eq!(fd.listen, "127.0.0.1:9086".parse().unwrap());
+        assert_eq!(fd.tls, Some(("/c.pem".into(), "/k.pem".into())));
+        // Forwarding to itself, TLS without a listener, half a TLS pair.
+        assert!(parse(&["--frontdoor-listen", "127.0.0.1:8086"]).is_err());
+        assert!(parse(&["--frontdoor-tls-cert", "/c", "--frontdoor-tls-key", "/k"]).is_err());
+        assert!(parse(&[
+            "--frontdoor-listen",
+            "0.0.0.0:8086",
+            "--frontdoor-tls-cert",
+            "/c"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!   in its state directory) and reports the cluster's hash for it, so its own
 //!   random passwords are never pushed back as local changes, while a real
 //!   local `SET PASSWORD` still is.
+//! - A local change racing with an apply is kept: the caller computed its
+//!   target from the catalog [`MetaClient::catalog`] last returned, so what
+//!   `meta.db` holds beyond that when the apply starts (a `CREATE DATABASE`
+//!   answered meanwhile) is merged back on top of the target instead of
+//!   being undone; the caller's next read sees it and pushes it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +32,7 @@ use crate::agent::influxql::Influxd;
 use crate::client::meta::{MetaClient, MetaError};
 use crate::influx::catalog::Catalog;
 use crate::influx::diff::{diff, quote_ident, quote_string, Change, Password};
+use crate::influx::merge::merge;
 
 /// A local hash the agent caused, and the cluster hash it stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +47,9 @@ pub struct InfluxdMeta {
     meta_db: PathBuf,
     hashes_file: PathBuf,
     hashes: Mutex<BTreeMap<String, HashPair>>,
+    /// What `catalog()` last returned: the catalog the caller's next target
+    /// is computed from.
+    seen: Mutex<Option<Catalog>>,
     changes: watch::Sender<u64>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -64,6 +73,7 @@ impl InfluxdMeta {
             meta_db: meta_dir.join("meta.db"),
             hashes_file,
             hashes: Mutex::new(hashes),
+            seen: Mutex::new(None),
             changes,
             _watcher: watcher,
         })
@@ -136,6 +146,18 @@ impl InfluxdMeta {
 fn watch_meta_dir(dir: &Path, changes: watch::Sender<u64>) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
         let touches_meta = match &event {
+            // Opening or reading meta.db (as the agent itself does on every
+            // reconcile) and metadata-only changes are no change of content;
+            // counting them would make every read trigger the next one.
+            Ok(e)
+                if matches!(
+                    e.kind,
+                    notify::EventKind::Access(_)
+                        | notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+                ) =>
+            {
+                false
+            }
             Ok(e) => e
                 .paths
                 .iter()
@@ -168,11 +190,30 @@ fn some_admin(c: &Catalog) -> Option<String> {
 #[async_trait]
 impl MetaClient for InfluxdMeta {
     async fn catalog(&self) -> Result<Catalog, MetaError> {
-        Ok(self.to_cluster_terms(self.read_raw()?))
+        let catalog = self.to_cluster_terms(self.read_raw()?);
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(catalog.clone());
+        Ok(catalog)
     }
 
     async fn apply(&self, target: &Catalog) -> Result<(), MetaError> {
         let before = self.read_raw()?;
+        let now = self.to_cluster_terms(before.clone());
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let target = match seen {
+            // Local changes since the caller's read are not in `target`:
+            // keep them rather than undo them (a DROP of a database just
+            // created here).
+            Some(seen) if seen != now => {
+                let m = merge(Some(&seen), &now, target);
+                for w in &m.warnings {
+                    tracing::warn!("merge with a concurrent local change: {w}");
+                }
+                tracing::info!("local changes made during the sync are kept");
+                m.merged
+            }
+            _ => target.clone(),
+        };
+        let target = &target;
         let goal = self.to_local_terms(target.clone());
         let mut admin = some_admin(&before);
         for statement in diff(&before, &goal) {

@@ -3,6 +3,7 @@
 //! driven by `cflux::Client`; the agent serves its own `/health` and `/metrics`.
 
 pub mod config;
+pub mod frontdoor;
 pub mod influxd;
 pub mod influxql;
 
@@ -15,7 +16,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::config::AgentConfig;
+use crate::agent::config::{AgentConfig, InfluxAuth};
+use crate::agent::frontdoor::{FrontDoor, FrontDoorSettings};
 use crate::agent::influxd::InfluxdMeta;
 use crate::agent::influxql::Influxd;
 use crate::client::{Client, NodeSettings};
@@ -23,6 +25,7 @@ use crate::client::{Client, NodeSettings};
 struct AgentState {
     client: Client<InfluxdMeta>,
     influxd: Influxd,
+    frontdoor: Option<Arc<FrontDoor>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -41,7 +44,43 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let client = Client::new(settings, &config.manager, Arc::new(meta))
         .context("cannot start the node client")?;
-    let state = Arc::new(AgentState { client, influxd });
+    let frontdoor = match &config.frontdoor {
+        Some(fd) => {
+            let tls = match &fd.tls {
+                Some((cert, key)) => Some(crate::manager::server::tls_acceptor(cert, key)?),
+                None => None,
+            };
+            let listener = tokio::net::TcpListener::bind(fd.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (--frontdoor-listen)", fd.listen))?;
+            let shared_secret = match &config.auth {
+                InfluxAuth::SharedSecret { secret, .. } => Some(secret.clone()),
+                _ => {
+                    tracing::warn!("the front door has no --shared-secret: it forwards credentials as they are, and influxd checks passwords against its own users");
+                    None
+                }
+            };
+            if !frontdoor::is_private_upstream(&config.influxdb_url) {
+                tracing::warn!(influxdb = %config.influxdb_url, "influxd is not on a loopback address: make sure clients cannot reach it around the front door");
+            }
+            let door = Arc::new(FrontDoor::new(
+                FrontDoorSettings {
+                    upstream: config.influxdb_url.clone(),
+                    shared_secret,
+                    tls: tls.is_some(),
+                },
+                client.observed_catalog(),
+            ));
+            tracing::info!(listen = %fd.listen, tls = tls.is_some(), "front door open");
+            Some((door, listener, tls))
+        }
+        None => None,
+    };
+    let state = Arc::new(AgentState {
+        client,
+        influxd,
+        frontdoor: frontdoor.as_ref().map(|(door, _, _)| door.clone()),
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -58,7 +97,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     );
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let (served, ()) = tokio::join!(async { server.await }, state.client.run(shutdown));
+    let front = async {
+        if let Some((door, listener, tls)) = frontdoor {
+            door.serve(listener, tls, shutdown.clone()).await;
+        }
+    };
+    let (served, (), ()) = tokio::join!(
+        async { server.await },
+        state.client.run(shutdown.clone()),
+        front
+    );
     served.context("the health and metrics server failed")?;
     tracing::info!("agent stopped");
     Ok(())
@@ -105,6 +153,9 @@ async fn metrics(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.client.metrics().render(),
+        match &s.frontdoor {
+            Some(door) => s.client.metrics().render() + &door.render_metrics(),
+            None => s.client.metrics().render(),
+        },
     )
 }

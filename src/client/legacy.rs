@@ -260,9 +260,18 @@ impl LegacyTransport {
                 }))
             }
             Call::WatchMeta(r) => {
-                // The first poll is made here, so a manager that is down fails
-                // the call (and the retry layer sees it), not the stream.
-                let first = self.poll(&r.cluster, r.version, LONG_POLL_LIMIT).await?;
+                // A first, immediate request is made here, so a manager that
+                // is down fails the call (and the retry layer sees it), not
+                // the stream. It must not be the long poll itself: that is
+                // held until the catalog changes, and the caller awaits this
+                // call before it can attend to anything else (a node's local
+                // changes would wait for a remote one). A version no catalog
+                // has answers at once with the current catalog, sent first
+                // when it differs from the caller's.
+                let first = self
+                    .poll(&r.cluster, u64::MAX, self.timeout)
+                    .await?
+                    .filter(|s| s.version != r.version);
                 let this = self.clone();
                 let stream = futures::stream::unfold(
                     (this, r.cluster, r.version, first),

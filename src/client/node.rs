@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::call::{CallError, SnapshotStream};
@@ -79,6 +80,7 @@ pub struct Client<M> {
     settings: NodeSettings,
     state: StateDir,
     metrics: Arc<NodeMetrics>,
+    observed: watch::Sender<Option<Arc<Catalog>>>,
 }
 
 /// Conflict rounds before a push gives up until the next event.
@@ -108,7 +110,28 @@ impl<M: MetaClient> Client<M> {
             state: StateDir::open(&settings.state_dir)?,
             settings,
             metrics: Arc::new(NodeMetrics::new()),
+            observed: watch::channel(None).0,
         })
+    }
+
+    /// The node's catalog as the sync task last read it from the metadata
+    /// owner (`None` before the first read, which is the sync task's first
+    /// step). It moves when the node's own metadata changes — a local change
+    /// or an applied cluster catalog — and never shows half an apply, since
+    /// the sync task does not read while it applies. The agent's front door
+    /// checks passwords against its users.
+    pub fn observed_catalog(&self) -> watch::Receiver<Option<Arc<Catalog>>> {
+        self.observed.subscribe()
+    }
+
+    fn observe(&self, local: &Catalog) {
+        self.observed.send_if_modified(|seen| {
+            if seen.as_deref() == Some(local) {
+                return false;
+            }
+            *seen = Some(Arc::new(local.clone()));
+            true
+        });
     }
 
     /// The wrapped metadata owner: every operation of the node's own goes to it.
@@ -197,6 +220,10 @@ impl<M: MetaClient> Client<M> {
         let mut changes = self.meta.changes();
         let mut stream: Option<SnapshotStream> = None;
         let mut retry_wait = Duration::from_millis(200);
+        // A cluster catalog that could not be applied (influxd down, say):
+        // tried again at each resync, since the watch may send nothing new
+        // for a long time.
+        let mut unapplied: Option<proto::MetaSnapshot> = None;
         // Local changes made while the node was down are pushed first.
         self.step("push", self.reconcile(&mut base).await);
         loop {
@@ -229,7 +256,8 @@ impl<M: MetaClient> Client<M> {
                 _ = shutdown.cancelled() => return,
                 item = next => match item {
                     Some(Ok(snapshot)) => {
-                        let r = self.on_remote(&mut base, snapshot).await;
+                        let r = self.on_remote(&mut base, snapshot.clone()).await;
+                        unapplied = r.is_err().then_some(snapshot);
                         self.step("pull", r);
                     }
                     Some(Err(e)) => {
@@ -251,8 +279,14 @@ impl<M: MetaClient> Client<M> {
                     self.step("push", r);
                 }
                 _ = tokio::time::sleep(self.settings.resync_interval) => {
-                    let r = self.reconcile(&mut base).await;
-                    self.step("push", r);
+                    if let Some(snapshot) = unapplied.take() {
+                        let r = self.on_remote(&mut base, snapshot.clone()).await;
+                        unapplied = r.is_err().then_some(snapshot);
+                        self.step("pull", r);
+                    } else {
+                        let r = self.reconcile(&mut base).await;
+                        self.step("push", r);
+                    }
                 }
             }
         }
@@ -316,6 +350,7 @@ impl<M: MetaClient> Client<M> {
         };
         let remote = decode(&s.data)?;
         let local = self.meta.catalog().await?;
+        self.observe(&local);
         let base_catalog = base.catalog.as_deref().map(decode).transpose()?;
         let target = if base_catalog.as_ref() == Some(&local) {
             remote.clone()
@@ -340,6 +375,7 @@ impl<M: MetaClient> Client<M> {
     async fn reconcile(&self, base: &mut SyncedBase) -> Result<(), SyncError> {
         for _ in 0..MAX_ROUNDS {
             let local = self.meta.catalog().await?;
+            self.observe(&local);
             let base_catalog = base.catalog.as_deref().map(decode).transpose()?;
             if base_catalog.as_ref() == Some(&local) {
                 return Ok(());

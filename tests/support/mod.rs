@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod influxd;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -233,6 +235,28 @@ impl Manager {
             return;
         }
         self.spawn_and_wait().await;
+    }
+
+    /// After [`Manager::kill`]: starts the manager again on the same store,
+    /// flags and port, so nodes configured with its address find it again.
+    pub async fn start_again_on_same_port(&mut self) {
+        assert!(self.child.is_none(), "the manager is still running");
+        let port = self.addr.port();
+        let until = Instant::now() + START_DEADLINE;
+        let mut last = String::from("the port stayed taken");
+        loop {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                match self.try_spawn().await {
+                    Ok(()) => return,
+                    Err(e) => last = e,
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "cflux-manager did not start again on port {port}: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Kills the process (SIGKILL).

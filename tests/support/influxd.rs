@@ -1,0 +1,1092 @@
+//! Real InfluxDB 1.x servers (`influxd`) and `cflux-agent` processes, for
+//! integration tests and benchmarks.
+//!
+//! - [`Influxd::start`] runs `/usr/bin/influxd` (or `$INFLUXD_BIN`) on free
+//!   127.0.0.1 ports with its meta, data and WAL directories under a given
+//!   directory, configured only by environment variables, and waits (with a
+//!   deadline) until `GET /ping` answers. [`Influxd::start_many`] starts
+//!   several in parallel.
+//! - [`Agent::start`] runs the `cflux-agent` binary built with the test beside
+//!   one `Influxd`, and waits until its `/health` answers.
+//! - [`Node`] is one of each in one temporary directory; [`start_nodes`]
+//!   starts several, in parallel.
+//! - [`InfluxApi`] speaks InfluxDB's own HTTP API (`/query`, `/write`), with
+//!   no credentials, basic credentials or a JWT, and parses the `SHOW`
+//!   answers the tests compare.
+//! - [`eventually`] waits for a condition with a deadline and panics with the
+//!   last thing the condition reported, never a fixed sleep.
+//!
+//! Every process is killed when its owner is dropped; when the thread is
+//! panicking (or `CFLUX_TEST_LOGS=1`), the tail of its log is printed first,
+//! so a failure shows what influxd and the agent said.
+//!
+//! Self-contained (only the `cflux` library and dev-dependencies): use it as
+//! `support::influxd` after `mod support;`, or include it on its own with
+//! `#[path = "../tests/support/influxd.rs"] mod influxd;` (e.g. from a
+//! benchmark).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long an influxd may take to answer `/ping`.
+const INFLUXD_START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long an agent may take to answer `/health`.
+const AGENT_START_DEADLINE: Duration = Duration::from_secs(15);
+/// Fresh ports are tried this many times (another process may take a port
+/// between our probe and the server's bind).
+const START_ATTEMPTS: usize = 5;
+/// Lines of a log printed when a test fails.
+const LOG_TAIL_LINES: usize = 150;
+
+/// A free 127.0.0.1 port (bound, then released).
+pub fn free_port() -> u16 {
+    let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+    probe.local_addr().expect("probe port address").port()
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The influxd binary: `$INFLUXD_BIN`, or Debian's `/usr/bin/influxd`.
+pub fn influxd_bin() -> String {
+    std::env::var("INFLUXD_BIN").unwrap_or_else(|_| "/usr/bin/influxd".to_owned())
+}
+
+/// The `cflux-agent` binary built with this test or benchmark.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cflux-agent")
+}
+
+/// A plain HTTP client with a per-request timeout.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// The last `n` lines of a file (empty when it cannot be read).
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let mut out = String::new();
+    if skip > 0 {
+        out.push_str(&format!("[… {skip} earlier lines]\n"));
+    }
+    for l in &lines[skip..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether to print the logs of dropped processes: when the test failed, or
+/// always with `CFLUX_TEST_LOGS=1`.
+fn show_logs() -> bool {
+    std::thread::panicking() || std::env::var_os("CFLUX_TEST_LOGS").is_some_and(|v| v == "1")
+}
+
+/// The environment of a child, without anything from ours that would
+/// configure influxd or the agent behind the test's back.
+fn clean_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("INFLUXDB_")
+            || key.starts_with("CFLUX_")
+            || key == "CLUSTER"
+            || key == "RUST_LOG"
+        {
+            cmd.env_remove(key);
+        }
+    }
+}
+
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn exited(child: &mut Option<Child>) -> Option<std::process::ExitStatus> {
+    child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+}
+
+// ---------------------------------------------------------------------------
+// influxd
+// ---------------------------------------------------------------------------
+
+/// How to run an influxd.
+#[derive(Clone, Debug, Default)]
+pub struct InfluxdOptions {
+    /// `auth-enabled = true` with this `shared-secret` (JWT) when set.
+    pub shared_secret: Option<String>,
+    /// More `INFLUXDB_*` settings.
+    pub env: Vec<(String, String)>,
+}
+
+impl InfluxdOptions {
+    /// An `auth-enabled` server accepting JWTs signed with `secret`.
+    pub fn auth(secret: &str) -> Self {
+        InfluxdOptions {
+            shared_secret: Some(secret.to_owned()),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running influxd; killed when dropped.
+pub struct Influxd {
+    child: Option<Child>,
+    /// The HTTP API (`INFLUXDB_HTTP_BIND_ADDRESS`).
+    pub http_addr: SocketAddr,
+    /// The RPC/snapshot port (`INFLUXDB_BIND_ADDRESS`).
+    pub rpc_addr: SocketAddr,
+    /// Holds `meta/`, `data/`, `wal/` and `influxd.log`.
+    pub dir: PathBuf,
+    options: InfluxdOptions,
+}
+
+impl Influxd {
+    /// Starts influxd with its files under `dir` and waits until it answers `/ping`.
+    pub async fn start(dir: &Path, options: &InfluxdOptions) -> Influxd {
+        let mut s = Influxd::spawn_fresh(dir, options);
+        s.wait_ready_or_retry().await;
+        s
+    }
+
+    /// Starts `dirs.len()` servers in parallel, one per directory.
+    pub async fn start_many(dirs: &[PathBuf], options: &InfluxdOptions) -> Vec<Influxd> {
+        let mut servers: Vec<Influxd> = dirs
+            .iter()
+            .map(|d| Influxd::spawn_fresh(d, options))
+            .collect();
+        futures::future::join_all(servers.iter_mut().map(|s| s.wait_ready_or_retry())).await;
+        servers
+    }
+
+    fn spawn_fresh(dir: &Path, options: &InfluxdOptions) -> Influxd {
+        std::fs::create_dir_all(dir).expect("create the influxd directory");
+        let mut s = Influxd {
+            child: None,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            rpc_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir: dir.to_owned(),
+            options: options.clone(),
+        };
+        if let Err(e) = s.spawn() {
+            panic!("{e}");
+        }
+        s
+    }
+
+    /// Waits for `/ping`; a server that exits (a port taken) is tried again
+    /// on fresh ports.
+    async fn wait_ready_or_retry(&mut self) {
+        let mut last = String::new();
+        for attempt in 0..START_ATTEMPTS {
+            if attempt > 0 {
+                self.http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                self.rpc_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                if let Err(e) = self.spawn() {
+                    panic!("{e}");
+                }
+            }
+            match self.wait_ready().await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+        }
+        panic!("influxd did not start in {}: {last}", self.dir.display());
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("influxd log file: {e}"))?;
+        let mut cmd = Command::new(influxd_bin());
+        clean_env(&mut cmd);
+        cmd.arg("run")
+            .env("INFLUXDB_META_DIR", self.meta_dir())
+            .env("INFLUXDB_DATA_DIR", self.data_dir())
+            .env("INFLUXDB_DATA_WAL_DIR", self.wal_dir())
+            .env("INFLUXDB_HTTP_BIND_ADDRESS", self.http_addr.to_string())
+            .env("INFLUXDB_BIND_ADDRESS", self.rpc_addr.to_string())
+            .env("INFLUXDB_REPORTING_DISABLED", "true")
+            .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
+            .env("INFLUXDB_LOGGING_LEVEL", "warn")
+            .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false");
+        if let Some(secret) = &self.options.shared_secret {
+            cmd.env("INFLUXDB_HTTP_AUTH_ENABLED", "true")
+                .env("INFLUXDB_HTTP_SHARED_SECRET", secret);
+        }
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| format!("influxd log: {e}"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", influxd_bin()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let http = http_client();
+        let until = Instant::now() + INFLUXD_START_DEADLINE;
+        loop {
+            if let Some(status) = exited(&mut self.child) {
+                self.child = None;
+                return Err(format!(
+                    "influxd exited with {status}; log:\n{}",
+                    log_tail(&self.log_path(), 30)
+                ));
+            }
+            let ping = http
+                .get(format!("{}/ping", self.url()))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if matches!(&ping, Ok(r) if r.status().as_u16() == 204) {
+                // A foreign server on a port we lost would answer too: ours
+                // must still be running.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if exited(&mut self.child).is_none() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if Instant::now() >= until {
+                kill_child(&mut self.child);
+                return Err(format!(
+                    "no /ping answer on {} within {INFLUXD_START_DEADLINE:?}; log:\n{}",
+                    self.http_addr,
+                    log_tail(&self.log_path(), 30)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub fn meta_dir(&self) -> PathBuf {
+        self.dir.join("meta")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.dir.join("wal")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("influxd.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The server's shared secret, when it is `auth-enabled`.
+    pub fn shared_secret(&self) -> Option<&str> {
+        self.options.shared_secret.as_deref()
+    }
+
+    /// InfluxDB's HTTP API on this server, without credentials.
+    pub fn api(&self) -> InfluxApi {
+        InfluxApi::new(&self.url())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && exited(&mut self.child).is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("influxd is running").id()
+    }
+
+    /// Kills the server (SIGKILL, as a crash would).
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Starts the server again on the same directories and ports (which it
+    /// frees when it dies), and waits until it answers `/ping`.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "influxd is still running");
+        let until = Instant::now() + Duration::from_secs(10);
+        while !(port_is_free(self.http_addr.port()) && port_is_free(self.rpc_addr.port())) {
+            assert!(
+                Instant::now() < until,
+                "influxd's ports {} / {} stay taken",
+                self.http_addr,
+                self.rpc_addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.spawn().unwrap_or_else(|e| panic!("{e}"));
+        self.wait_ready()
+            .await
+            .unwrap_or_else(|e| panic!("influxd did not start again: {e}"));
+    }
+}
+
+impl Drop for Influxd {
+    fn drop(&mut self) {
+        self.kill();
+        if show_logs() {
+            eprintln!(
+                "--- influxd log ({}, {}) ---\n{}--- end of influxd log ---",
+                self.http_addr,
+                self.dir.display(),
+                log_tail(&self.log_path(), LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// cflux-agent
+// ---------------------------------------------------------------------------
+
+/// How to run an agent.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// `--cflux-endpoint`: one manager URL or a comma-separated list.
+    pub endpoint: String,
+    /// `--cluster`.
+    pub cluster: String,
+    /// `--cflux-transport` (`grpc`, `http`, `auto`); the agent's default when `None`.
+    pub transport: Option<String>,
+    /// `--shared-secret`; by default the influxd's own secret, if any.
+    pub shared_secret: Option<String>,
+    /// More flags.
+    pub args: Vec<String>,
+    /// `RUST_LOG` of the agent.
+    pub log_filter: String,
+}
+
+impl AgentOptions {
+    pub fn new(endpoint: &str, cluster: &str) -> Self {
+        AgentOptions {
+            endpoint: endpoint.to_owned(),
+            cluster: cluster.to_owned(),
+            transport: None,
+            shared_secret: None,
+            args: Vec::new(),
+            log_filter: "info".to_owned(),
+        }
+    }
+
+    /// The legacy HTTP protocol (`--cflux-transport http`).
+    pub fn legacy(mut self) -> Self {
+        self.transport = Some("http".to_owned());
+        self
+    }
+}
+
+/// A running `cflux-agent`; killed when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    /// Where it serves `/health` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Its state directory (node ID, synced base).
+    pub state_dir: PathBuf,
+    log_path: PathBuf,
+    /// Every flag but `--listen`.
+    args: Vec<String>,
+    log_filter: String,
+    http: reqwest::Client,
+}
+
+impl Agent {
+    /// Starts an agent beside `influxd`, its state in `state_dir` and its log
+    /// beside it, and waits until `/health` answers (not until it registered:
+    /// see [`Agent::wait_registered`]).
+    pub async fn start(influxd: &Influxd, state_dir: &Path, options: &AgentOptions) -> Agent {
+        let mut args: Vec<String> = vec![
+            "--cflux-endpoint".into(),
+            options.endpoint.clone(),
+            "--cluster".into(),
+            options.cluster.clone(),
+            "--influxdb-url".into(),
+            influxd.url(),
+            "--meta-dir".into(),
+            influxd.meta_dir().display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+        ];
+        if let Some(t) = &options.transport {
+            args.extend(["--cflux-transport".into(), t.clone()]);
+        }
+        if let Some(s) = options.shared_secret.as_deref().or(influxd.shared_secret()) {
+            args.extend(["--shared-secret".into(), s.to_owned()]);
+        }
+        args.extend(options.args.iter().cloned());
+        let log_path = state_dir
+            .parent()
+            .unwrap_or(state_dir)
+            .join(format!("agent-{}.log", influxd.http_addr.port()));
+        let mut agent = Agent {
+            child: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_dir: state_dir.to_owned(),
+            log_path,
+            args,
+            log_filter: options.log_filter.clone(),
+            http: http_client(),
+        };
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            agent.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            match agent.spawn_and_wait().await {
+                Ok(()) => return agent,
+                Err(e) => last = e,
+            }
+        }
+        panic!("cflux-agent did not start: {last}");
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.state_dir).map_err(|e| format!("state dir: {e}"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(|e| format!("agent log file: {e}"))?;
+        let mut cmd = Command::new(agent_bin());
+        clean_env(&mut cmd);
+        let child = cmd
+            .args(&self.args)
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .env("RUST_LOG", &self.log_filter)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| format!("agent log: {e}"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", agent_bin()))?;
+        self.child = Some(child);
+        let until = Instant::now() + AGENT_START_DEADLINE;
+        loop {
+            if let Some(status) = exited(&mut self.child) {
+                self.child = None;
+                return Err(format!(
+                    "cflux-agent exited with {status}; log:\n{}",
+                    log_tail(&self.log_path, 30)
+                ));
+            }
+            if TcpStream::connect_timeout(&self.listen, Duration::from_millis(200)).is_ok()
+                && self.health().await.is_some()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                kill_child(&mut self.child);
+                return Err(format!(
+                    "no /health on {} within {AGENT_START_DEADLINE:?}; log:\n{}",
+                    self.listen,
+                    log_tail(&self.log_path, 30)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// The `/health` answer (200 or 503); `None` when the agent does not answer.
+    pub async fn health(&self) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/health", self.url()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// The node ID it reports (once registered).
+    pub async fn node_id(&self) -> Option<String> {
+        self.health().await?["node_id"].as_str().map(str::to_owned)
+    }
+
+    /// The cluster catalog version it last synced.
+    pub async fn catalog_version(&self) -> Option<u64> {
+        self.health().await?["catalog_version"].as_u64()
+    }
+
+    /// Its Prometheus metrics.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await
+            .expect("agent /metrics")
+            .text()
+            .await
+            .expect("agent /metrics body")
+    }
+
+    /// Waits until the agent has a node ID, and returns it.
+    pub async fn wait_registered(&self, deadline: Duration) -> String {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(id) = self.node_id().await {
+                return id;
+            }
+            assert!(
+                Instant::now() < until,
+                "cflux-agent on {} did not register within {deadline:?}; log:\n{}",
+                self.listen,
+                log_tail(&self.log_path, 40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && exited(&mut self.child).is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the agent is running").id()
+    }
+
+    /// Kills the agent (SIGKILL, as a crash would).
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Sends SIGTERM and waits (at most `deadline`) for the agent to exit.
+    pub async fn stop(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let pid = self.pid();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(s) = exited(&mut self.child) {
+                self.child = None;
+                return s;
+            }
+            assert!(
+                Instant::now() < until,
+                "cflux-agent still running {deadline:?} after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the agent again with the same flags and state directory (on the
+    /// same listen port when it is free).
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the agent is still running");
+        if port_is_free(self.listen.port()) && self.spawn_and_wait().await.is_ok() {
+            return;
+        }
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            self.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            match self.spawn_and_wait().await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+        }
+        panic!("cflux-agent did not start again: {last}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if show_logs() {
+            eprintln!(
+                "--- cflux-agent log ({}) ---\n{}--- end of cflux-agent log ---",
+                self.log_path.display(),
+                log_tail(&self.log_path, LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A node: influxd and its agent
+// ---------------------------------------------------------------------------
+
+/// An influxd with its agent, in one temporary directory (`influxd/`,
+/// `agent/`, the agent's log).
+pub struct Node {
+    pub name: String,
+    // Field order is drop order: the agent dies first, the directory last.
+    pub agent: Agent,
+    pub influxd: Influxd,
+    pub dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// InfluxDB's HTTP API on this node, without credentials.
+    pub fn api(&self) -> InfluxApi {
+        self.influxd.api()
+    }
+
+    /// `$D/data/<db>`: the database's data directory.
+    pub fn data_dir_of(&self, database: &str) -> PathBuf {
+        self.influxd.data_dir().join(database)
+    }
+}
+
+/// Starts `n` influxd servers in parallel, then an agent beside each (in
+/// parallel too), named `node0`, `node1`, …. Waits until every agent
+/// answers `/health`, not until it registered or synced.
+pub async fn start_nodes(n: usize, influxd: &InfluxdOptions, agent: &AgentOptions) -> Vec<Node> {
+    let dirs: Vec<tempfile::TempDir> = (0..n)
+        .map(|i| {
+            tempfile::Builder::new()
+                .prefix(&format!("cflux-node{i}-"))
+                .tempdir()
+                .expect("create a temp dir")
+        })
+        .collect();
+    let influxd_dirs: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("influxd")).collect();
+    let servers = Influxd::start_many(&influxd_dirs, influxd).await;
+    let state_dirs: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("agent")).collect();
+    let agents = futures::future::join_all(
+        servers
+            .iter()
+            .zip(&state_dirs)
+            .map(|(s, d)| Agent::start(s, d, agent)),
+    )
+    .await;
+    agents
+        .into_iter()
+        .zip(servers)
+        .zip(dirs)
+        .enumerate()
+        .map(|(i, ((agent, influxd), dir))| Node {
+            name: format!("node{i}"),
+            agent,
+            influxd,
+            dir,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// InfluxDB's HTTP API
+// ---------------------------------------------------------------------------
+
+/// How [`InfluxApi`] authenticates.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    None,
+    /// `u` and `p` query parameters.
+    Password {
+        username: String,
+        password: String,
+    },
+    /// `Authorization: Bearer <jwt>` signed with the server's shared secret.
+    Jwt {
+        secret: String,
+        username: String,
+    },
+}
+
+/// One series of a `/query` answer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Series {
+    pub name: Option<String>,
+    pub columns: Vec<String>,
+    pub values: Vec<Vec<Value>>,
+}
+
+impl Series {
+    /// The value of `column` in `row`.
+    pub fn get<'a>(&self, row: &'a [Value], column: &str) -> Option<&'a Value> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        row.get(i)
+    }
+}
+
+/// A row of `SHOW RETENTION POLICIES`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PolicyRow {
+    pub name: String,
+    /// As influxd shows it, e.g. `48h0m0s`; `0s` is infinite.
+    pub duration: String,
+    pub shard_group_duration: String,
+    pub replica_n: u64,
+    pub default: bool,
+}
+
+/// InfluxDB's HTTP API (`/query`, `/write`) on one server.
+#[derive(Clone)]
+pub struct InfluxApi {
+    base: String,
+    credentials: Credentials,
+    http: reqwest::Client,
+}
+
+impl InfluxApi {
+    /// The API at `base` (`http://host:port`), without credentials.
+    pub fn new(base: &str) -> Self {
+        InfluxApi {
+            base: base.trim_end_matches('/').to_owned(),
+            credentials: Credentials::None,
+            http: http_client(),
+        }
+    }
+
+    /// The same API with `u`/`p` credentials.
+    pub fn login(&self, username: &str, password: &str) -> Self {
+        InfluxApi {
+            credentials: Credentials::Password {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            },
+            ..self.clone()
+        }
+    }
+
+    /// The same API acting as `username` with a JWT signed with `secret`.
+    pub fn jwt(&self, secret: &str, username: &str) -> Self {
+        InfluxApi {
+            credentials: Credentials::Jwt {
+                secret: secret.to_owned(),
+                username: username.to_owned(),
+            },
+            ..self.clone()
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            Credentials::None => req,
+            Credentials::Password { username, password } => {
+                req.query(&[("u", username), ("p", password)])
+            }
+            Credentials::Jwt { secret, username } => req.bearer_auth(
+                cflux::agent::influxql::sign_jwt(secret, username, Duration::from_secs(300)),
+            ),
+        }
+    }
+
+    /// `POST /query` with `q` (and `db` when given): the HTTP status and the
+    /// JSON answer. Panics only when the server does not answer.
+    pub async fn raw_query(&self, q: &str, db: Option<&str>) -> (u16, Value) {
+        let mut form = vec![("q", q)];
+        if let Some(db) = db {
+            form.push(("db", db));
+        }
+        let req = self.http.post(format!("{}/query", self.base)).form(&form);
+        let resp = self
+            .authorize(req)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: POST /query {q:?}: {e}", self.base));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status, json)
+    }
+
+    /// Runs `q`: its series, or the first error (top-level or per statement).
+    pub async fn try_query(&self, q: &str) -> Result<Vec<Series>, String> {
+        self.try_query_db(q, None).await
+    }
+
+    /// [`InfluxApi::try_query`] with a `db` parameter.
+    pub async fn try_query_db(&self, q: &str, db: Option<&str>) -> Result<Vec<Series>, String> {
+        let (status, v) = self.raw_query(q, db).await;
+        if let Some(e) = v.get("error").and_then(Value::as_str) {
+            return Err(format!("HTTP {status}: {e}"));
+        }
+        let results = v
+            .get("results")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("HTTP {status}: unexpected answer {v}"))?;
+        let mut out = Vec::new();
+        for r in results {
+            if let Some(e) = r.get("error").and_then(Value::as_str) {
+                return Err(e.to_owned());
+            }
+            for s in r
+                .get("series")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                out.push(Series {
+                    name: s.get("name").and_then(Value::as_str).map(str::to_owned),
+                    columns: s
+                        .get("columns")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect(),
+                    values: s
+                        .get("values")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|row| row.as_array().cloned())
+                        .collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `q` and panics on an error.
+    pub async fn query(&self, q: &str) -> Vec<Series> {
+        self.try_query(q)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {q:?} failed: {e}", self.base))
+    }
+
+    /// Runs a statement that returns nothing of interest; panics on an error.
+    pub async fn exec(&self, q: &str) {
+        self.query(q).await;
+    }
+
+    /// `SHOW DATABASES`.
+    pub async fn databases(&self) -> BTreeSet<String> {
+        strings(&self.query("SHOW DATABASES").await, "name")
+    }
+
+    /// `SHOW RETENTION POLICIES ON db`; `Err` when the database is missing.
+    pub async fn retention_policies(&self, db: &str) -> Result<Vec<PolicyRow>, String> {
+        let series = self
+            .try_query(&format!("SHOW RETENTION POLICIES ON {}", ident(db)))
+            .await?;
+        let mut rows: Vec<PolicyRow> = series
+            .iter()
+            .flat_map(|s| {
+                s.values.iter().map(move |row| {
+                    let text = |c: &str| {
+                        s.get(row, c)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    PolicyRow {
+                        name: text("name"),
+                        duration: text("duration"),
+                        shard_group_duration: text("shardGroupDuration"),
+                        replica_n: s.get(row, "replicaN").and_then(Value::as_u64).unwrap_or(0),
+                        default: s
+                            .get(row, "default")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    }
+                })
+            })
+            .collect();
+        rows.sort();
+        Ok(rows)
+    }
+
+    /// `SHOW CONTINUOUS QUERIES`: (database, name) → query text.
+    pub async fn continuous_queries(&self) -> BTreeMap<(String, String), String> {
+        let mut out = BTreeMap::new();
+        for s in self.query("SHOW CONTINUOUS QUERIES").await {
+            let db = s.name.clone().unwrap_or_default();
+            for row in &s.values {
+                let name = s.get(row, "name").and_then(Value::as_str).unwrap_or("");
+                let query = s.get(row, "query").and_then(Value::as_str).unwrap_or("");
+                out.insert((db.clone(), name.to_owned()), query.to_owned());
+            }
+        }
+        out
+    }
+
+    /// `SHOW SUBSCRIPTIONS`: (database, policy, name) → (mode, destinations).
+    pub async fn subscriptions(&self) -> BTreeMap<(String, String, String), (String, Vec<String>)> {
+        let mut out = BTreeMap::new();
+        for s in self.query("SHOW SUBSCRIPTIONS").await {
+            let db = s.name.clone().unwrap_or_default();
+            for row in &s.values {
+                let text = |c: &str| {
+                    s.get(row, c)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let destinations = s
+                    .get(row, "destinations")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.as_str().map(str::to_owned))
+                    .collect();
+                out.insert(
+                    (db.clone(), text("retention_policy"), text("name")),
+                    (text("mode"), destinations),
+                );
+            }
+        }
+        out
+    }
+
+    /// `SHOW USERS`: user → admin flag.
+    pub async fn users(&self) -> BTreeMap<String, bool> {
+        let mut out = BTreeMap::new();
+        for s in self.query("SHOW USERS").await {
+            for row in &s.values {
+                let user = s.get(row, "user").and_then(Value::as_str).unwrap_or("");
+                let admin = s
+                    .get(row, "admin")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                out.insert(user.to_owned(), admin);
+            }
+        }
+        out
+    }
+
+    /// `SHOW GRANTS FOR user`: database → privilege (`READ`, `WRITE`, `ALL
+    /// PRIVILEGES`); databases with `NO PRIVILEGES` are left out. `Err` when
+    /// the user is missing.
+    pub async fn grants(&self, user: &str) -> Result<BTreeMap<String, String>, String> {
+        let series = self
+            .try_query(&format!("SHOW GRANTS FOR {}", ident(user)))
+            .await?;
+        let mut out = BTreeMap::new();
+        for s in &series {
+            for row in &s.values {
+                let db = s.get(row, "database").and_then(Value::as_str).unwrap_or("");
+                let p = s
+                    .get(row, "privilege")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if p != "NO PRIVILEGES" {
+                    out.insert(db.to_owned(), p.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `POST /write?db=…` of line protocol; panics unless influxd answers 204.
+    pub async fn write(&self, db: &str, lines: &str) {
+        let req = self
+            .http
+            .post(format!("{}/write", self.base))
+            .query(&[("db", db)])
+            .body(lines.to_owned());
+        let resp = self
+            .authorize(req)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: POST /write: {e}", self.base));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 204, "{}: write to {db} answered {body}", self.base);
+    }
+
+    /// The first value of the first row of `SELECT …` in `db`, as a number;
+    /// `None` when there is no series (nothing written, or no such database).
+    pub async fn select_number(&self, db: &str, q: &str) -> Option<f64> {
+        let series = self.try_query_db(q, Some(db)).await.ok()?;
+        let s = series.first()?;
+        let row = s.values.first()?;
+        row.get(1).and_then(Value::as_f64)
+    }
+}
+
+/// The `column` of every row of every series.
+pub fn strings(series: &[Series], column: &str) -> BTreeSet<String> {
+    series
+        .iter()
+        .flat_map(|s| {
+            s.values
+                .iter()
+                .filter_map(move |row| s.get(row, column).and_then(Value::as_str))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An InfluxQL identifier, double-quoted.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+/// Calls `check` every 50 ms until it returns `Ok`; panics with `what` and
+/// the last `Err` (what was still missing) when `deadline` passes first.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(last) => {
+                assert!(
+                    started.elapsed() < deadline,
+                    "timed out after {deadline:?}: {what}\nlast seen: {last}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `Ok` when `expected == actual`, else an `Err` showing both.
+pub fn same<T: PartialEq + std::fmt::Debug>(
+    who: &str,
+    expected: &T,
+    actual: &T,
+) -> Result<(), String> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(format!("{who}: expected {expected:?}, found {actual:?}"))
+    }
+}
