@@ -111,6 +111,40 @@ fn clean_env(cmd: &mut Command) {
     }
 }
 
+/// CPU time and resident memory of a process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessUsage {
+    /// User and system CPU time so far.
+    pub cpu_seconds: f64,
+    /// Resident set size (`VmRSS`).
+    pub rss_bytes: u64,
+}
+
+/// [`ProcessUsage`] of a running process, from `/proc` (Linux); `None`
+/// when it is gone.
+pub fn process_usage(pid: u32) -> Option<ProcessUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: the first is field 3 (state), utime is 14, stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+    // USER_HZ, the unit of utime and stime, is 100 on Linux.
+    let cpu_seconds = (ticks(14)? + ticks(15)?) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(ProcessUsage {
+        cpu_seconds,
+        rss_bytes: rss_kib * 1024,
+    })
+}
+
 fn kill_child(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
@@ -325,6 +359,11 @@ impl Influxd {
         self.child.as_ref().expect("influxd is running").id()
     }
 
+    /// Its CPU time and memory so far (`None` when it is not running).
+    pub fn usage(&self) -> Option<ProcessUsage> {
+        process_usage(self.child.as_ref()?.id())
+    }
+
     /// Kills the server (SIGKILL, as a crash would).
     pub fn kill(&mut self) {
         kill_child(&mut self.child);
@@ -417,6 +456,8 @@ pub struct Agent {
     args: Vec<String>,
     log_filter: String,
     http: reqwest::Client,
+    /// When the running process was started.
+    started: Instant,
 }
 
 impl Agent {
@@ -455,6 +496,7 @@ impl Agent {
             args,
             log_filter: options.log_filter.clone(),
             http: http_client(),
+            started: Instant::now(),
         };
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -488,6 +530,7 @@ impl Agent {
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", agent_bin()))?;
         self.child = Some(child);
+        self.started = Instant::now();
         let until = Instant::now() + AGENT_START_DEADLINE;
         loop {
             if let Some(status) = exited(&mut self.child) {
@@ -584,6 +627,16 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the agent is running").id()
+    }
+
+    /// Its CPU time and memory so far (`None` when it is not running).
+    pub fn usage(&self) -> Option<ProcessUsage> {
+        process_usage(self.child.as_ref()?.id())
+    }
+
+    /// How long the running process has been up.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Kills the agent (SIGKILL, as a crash would).
