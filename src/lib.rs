@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod ctl;
 pub mod influx;
 pub mod manager;
 pub mod signals;

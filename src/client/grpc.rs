@@ -77,6 +77,7 @@ impl GrpcTransport {
                 Reply::Done
             }
             Call::ListNodes(r) => Reply::Nodes(c.list_nodes(r).await?.into_inner()),
+            Call::ListClusters(r) => Reply::Clusters(c.list_clusters(r).await?.into_inner()),
             Call::GetMeta(r) => Reply::Snapshot(c.get_meta(r).await?.into_inner()),
             Call::PushMeta(r) => Reply::Pushed(c.push_meta(r).await?.into_inner()),
             Call::WatchMeta(r) => {

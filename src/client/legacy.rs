@@ -197,6 +197,9 @@ impl LegacyTransport {
                     .await?;
                 Ok(Reply::Done)
             }
+            Call::ListClusters(_) => Err(CallError::Refused(
+                "the legacy protocol cannot list clusters".into(),
+            )),
             Call::ListNodes(r) => {
                 let a = self
                     .send(

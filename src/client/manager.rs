@@ -194,6 +194,11 @@ impl ManagerClient {
         Ok(expect_reply!(self.call(Call::ListNodes(r)).await?, Nodes)?.nodes)
     }
 
+    pub async fn list_clusters(&self) -> Result<Vec<proto::ClusterInfo>, CallError> {
+        let r = proto::ListClustersRequest {};
+        Ok(expect_reply!(self.call(Call::ListClusters(r)).await?, Clusters)?.clusters)
+    }
+
     pub async fn get_meta(&self, cluster: &str) -> Result<proto::MetaSnapshot, CallError> {
         let r = proto::GetMetaRequest {
             cluster: cluster.into(),

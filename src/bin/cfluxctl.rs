@@ -1,0 +1,8 @@
+//! `cfluxctl`: the operator's command line. See `--help`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    cflux::ctl::Ctl::parse().run().await
+}
