@@ -17,7 +17,8 @@ build: setup
 # start real managers, etcd clusters, influxd servers and a Python client.
 test: setup proto-check
 	$(CARGO) fmt --check
-	$(CARGO) test --release --all-targets
+	$(CARGO) bench --no-run --quiet
+	$(CARGO) test --release --lib --bins --tests
 
 # A local cluster on embedded defaults: a manager and three influxd servers,
 # each with its agent, in the foreground (Ctrl-C stops it all).
