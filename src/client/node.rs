@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -252,14 +252,11 @@ impl<M: MetaClient> Client<M> {
                     }
                 }
             };
+            let mut arrived = None;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 item = next => match item {
-                    Some(Ok(snapshot)) => {
-                        let r = self.on_remote(&mut base, snapshot.clone()).await;
-                        unapplied = r.is_err().then_some(snapshot);
-                        self.step("pull", r);
-                    }
+                    Some(Ok(snapshot)) => arrived = Some(snapshot),
                     Some(Err(e)) => {
                         tracing::info!(error = %e, "watch ended; reopening");
                         stream = None;
@@ -288,6 +285,28 @@ impl<M: MetaClient> Client<M> {
                         self.step("push", r);
                     }
                 }
+            }
+            if let Some(mut snapshot) = arrived {
+                // A burst of versions coalesces: only the newest is applied.
+                let mut broken = false;
+                if let Some(s) = stream.as_mut() {
+                    while let Some(Some(item)) = s.next().now_or_never() {
+                        match item {
+                            Ok(newer) => snapshot = newer,
+                            Err(e) => {
+                                tracing::info!(error = %e, "watch ended; reopening");
+                                broken = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if broken {
+                    stream = None;
+                }
+                let r = self.on_remote(&mut base, snapshot.clone()).await;
+                unapplied = r.is_err().then_some(snapshot);
+                self.step("pull", r);
             }
         }
     }
