@@ -24,8 +24,9 @@
 //! the agent and this client share them). Each phase stops after its count
 //! or a time cap; a run takes well under two minutes.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+mod common;
+#[path = "../tests/support/influxd.rs"]
+mod influxd;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,8 +36,8 @@ use bytes::Bytes;
 use cflux::agent::frontdoor::authenticator::Authenticator;
 use cflux::agent::frontdoor::credentials::{self, Secret};
 use cflux::influx::catalog::{Catalog, User};
-use support::influxd::{free_port, Agent, AgentOptions, Influxd, InfluxdOptions};
-use support::Manager;
+use common::{percentile, us, Manager};
+use influxd::{free_port, Agent, AgentOptions, Influxd, InfluxdOptions};
 
 const SECRET: &str = "frontdoor-bench-shared-secret";
 const ADMIN_PW: &str = "bench-admin-pw";
@@ -63,10 +64,7 @@ const IN_PROCESS: usize = 200_000;
 const PHASE_CAP: Duration = Duration::from_secs(20);
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench())
+    common::run(bench())
 }
 
 /// One path to influxd.
@@ -79,7 +77,7 @@ struct Path {
 async fn bench() -> anyhow::Result<()> {
     let started = Instant::now();
     header();
-    let manager = Manager::start().await;
+    let manager = Manager::start().await?;
     let dir = tempfile::Builder::new()
         .prefix("cflux-frontdoor-bench-")
         .tempdir()?;
@@ -104,9 +102,9 @@ async fn bench() -> anyhow::Result<()> {
     setup(&http, &door, &agent).await?;
     println!(
         "influxd `{}` on {} (auth-enabled, shared secret); agent `{}` front door on 127.0.0.1:{port}; client: reqwest (HTTP/1.1, keep-alive); basic credentials on both paths\n",
-        support::influxd::influxd_bin(),
+        influxd::influxd_bin(),
         influxd.http_addr,
-        support::influxd::agent_bin()
+        influxd::agent_bin()
     );
 
     println!("## Writes: batches of {BATCH} points\n");
@@ -134,10 +132,7 @@ async fn bench() -> anyhow::Result<()> {
 }
 
 fn header() {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into());
+    let (cpus, load) = (common::cpus(), common::load_average());
     println!("# cflux-agent front door benchmark\n");
     println!(
         "machine: {cpus} CPUs (nproc), load average {load} at start; influxd, the agent and this client share the CPUs (on a small shared machine expect noise between runs)\n"
@@ -482,20 +477,6 @@ async fn auth_in_process() {
     );
 }
 
-fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
 fn ms(d: Option<Duration>) -> String {
-    d.map_or("–".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
-}
-
-fn us(d: Option<Duration>) -> String {
-    d.map_or("–".into(), |d| format!("{:.0} µs", d.as_secs_f64() * 1e6))
+    common::ms(d, 2)
 }

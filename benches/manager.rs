@@ -26,9 +26,10 @@
 //! Every catalog is 4 KiB. Each phase stops after its count or a time cap, so
 //! a run takes about half a minute and stays well under three minutes.
 
+mod common;
+
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ use cflux::proto::{self, push_meta_response};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
+
+use common::{percentile, Manager};
 
 type Client = ClusterfluxClient<Channel>;
 
@@ -65,10 +68,7 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench())
+    common::run(bench())
 }
 
 async fn bench() -> anyhow::Result<()> {
@@ -76,7 +76,7 @@ async fn bench() -> anyhow::Result<()> {
     header();
     let manager = Manager::start().await?;
     println!("manager: `{}` pid {} on {}, embedded store in a temp dir; client: tonic (HTTP/2) and reqwest (HTTP/1.1)\n",
-        env!("CARGO_BIN_EXE_cflux-manager"), manager.child.id(), manager.addr);
+        Manager::bin(), manager.child.id(), manager.addr);
 
     println!("## Push → wake latency\n");
     println!("Time from sending `PushMeta` until the first / the last waiter has the new version (4 KiB catalog), one push at a time. `ack` is the push's own round trip.\n");
@@ -127,80 +127,11 @@ async fn bench() -> anyhow::Result<()> {
 }
 
 fn header() {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into());
+    let (cpus, load) = (common::cpus(), common::load_average());
     println!("# cflux-manager benchmark\n");
     println!(
         "machine: {cpus} CPUs (nproc), load average {load} at start; the manager process and this client share the CPUs (on a small shared machine expect noise between runs)"
     );
-}
-
-// ---------------------------------------------------------------------------
-// The manager process.
-
-/// A running `cflux-manager`, killed when dropped.
-struct Manager {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Manager {
-    async fn start() -> anyhow::Result<Manager> {
-        let dir = tempfile::tempdir()?;
-        let addr = StdListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cflux-manager"));
-        command
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(dir.path().join("manager"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        // Settings from the caller's environment (a token, etcd) would change what is measured.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CFLUX_MANAGER_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command.spawn().context("cannot start cflux-manager")?;
-        let mut manager = Manager {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = manager.child.try_wait()? {
-                bail!("cflux-manager exited before serving: {status}");
-            }
-            if let Ok(channel) = connect(addr).await {
-                let mut client = Client::new(channel);
-                if client
-                    .list_clusters(proto::ListClustersRequest {})
-                    .await
-                    .is_ok()
-                {
-                    return Ok(manager);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("cflux-manager did not serve on {addr} within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
@@ -254,6 +185,17 @@ struct Latency {
     note: String,
 }
 
+impl Latency {
+    /// Whether `phase_end` has passed; notes the time cap when it has.
+    fn past(&mut self, phase_end: Instant) -> bool {
+        let past = Instant::now() > phase_end;
+        if past {
+            self.note = format!("time cap {PHASE_CAP:?} reached");
+        }
+        past
+    }
+}
+
 /// Opens `n` WatchMeta streams on one cluster and times `pushes` pushes.
 async fn watch_latency(addr: SocketAddr, n: usize, pushes: usize) -> anyhow::Result<Latency> {
     let cluster = format!("bench-watch-{n}");
@@ -295,8 +237,7 @@ async fn watch_latency(addr: SocketAddr, n: usize, pushes: usize) -> anyhow::Res
         let mut out = Latency::default();
         let phase_end = Instant::now() + PHASE_CAP;
         for _ in 0..pushes {
-            if Instant::now() > phase_end {
-                out.note = format!("time cap {PHASE_CAP:?} reached");
+            if out.past(phase_end) {
                 break;
             }
             let sent = Instant::now();
@@ -355,8 +296,7 @@ async fn legacy_latency(addr: SocketAddr, n: usize, pushes: usize) -> anyhow::Re
     let mut out = Latency::default();
     let phase_end = Instant::now() + PHASE_CAP;
     for _ in 0..pushes {
-        if Instant::now() > phase_end {
-            out.note = format!("time cap {PHASE_CAP:?} reached");
+        if out.past(phase_end) {
             break;
         }
         let url = format!("http://{addr}/clusters/{cluster}/versions/{version}");
@@ -423,18 +363,8 @@ async fn wait_for_polls(http: &reqwest::Client, addr: SocketAddr, n: usize) -> a
     }
 }
 
-fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
 fn ms(d: Option<Duration>) -> String {
-    d.map_or("–".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+    common::ms(d, 2)
 }
 
 fn print_latency(over: &str, n: usize, result: anyhow::Result<Latency>) {
@@ -456,14 +386,28 @@ fn print_latency(over: &str, n: usize, result: anyhow::Result<Latency>) {
 // ---------------------------------------------------------------------------
 // Throughput.
 
-/// Runs workers that each return (operations, when they stopped); operations per second.
-async fn rate<F>(start: Instant, workers: Vec<F>) -> anyhow::Result<f64>
+/// Runs one worker per state in `states` for `THROUGHPUT_WINDOW`, each
+/// repeating `op` on its state (which `op` hands back); operations per second
+/// over all workers, until the last one stopped.
+async fn rate<S, F, Fut>(states: Vec<S>, op: F) -> anyhow::Result<f64>
 where
-    F: Future<Output = anyhow::Result<(u64, Instant)>> + Send + 'static,
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<S>> + Send,
 {
+    let start = Instant::now();
+    let deadline = start + THROUGHPUT_WINDOW;
     let mut set = JoinSet::new();
-    for w in workers {
-        set.spawn(w);
+    for mut state in states {
+        let op = op.clone();
+        set.spawn(async move {
+            let mut ops = 0u64;
+            while Instant::now() < deadline {
+                state = op(state).await?;
+                ops += 1;
+            }
+            anyhow::Ok((ops, Instant::now()))
+        });
     }
     let (mut ops, mut end) = (0, start);
     while let Some(joined) = set.join_next().await {
@@ -475,54 +419,37 @@ where
 }
 
 async fn grpc_pushes(addr: SocketAddr, clients: usize) -> anyhow::Result<f64> {
-    let mut conns = Vec::new();
-    for _ in 0..clients {
-        conns.push(Client::new(connect(addr).await?));
+    let mut states = Vec::new();
+    for i in 0..clients {
+        let client = Client::new(connect(addr).await?);
+        states.push((client, format!("bench-rate-{clients}-{i}"), 0));
     }
     let data = catalog();
-    let start = Instant::now();
-    let deadline = start + THROUGHPUT_WINDOW;
-    let workers = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut client)| {
-            let data = data.clone();
-            async move {
-                let cluster = format!("bench-rate-{clients}-{i}");
-                let (mut version, mut ops) = (0, 0);
-                while Instant::now() < deadline {
-                    version = push(&mut client, &cluster, version, data.clone()).await?;
-                    ops += 1;
-                }
-                Ok((ops, Instant::now()))
-            }
-        })
-        .collect();
-    rate(start, workers).await
+    rate(states, move |(mut client, cluster, version)| {
+        let data = data.clone();
+        async move {
+            let version = push(&mut client, &cluster, version, data).await?;
+            Ok((client, cluster, version))
+        }
+    })
+    .await
 }
 
 async fn store_pushes(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::Result<f64> {
     let data = catalog();
-    let start = Instant::now();
-    let deadline = start + THROUGHPUT_WINDOW;
-    let workers = (0..clients)
-        .map(|i| {
-            let (store, data) = (store.clone(), data.clone());
-            async move {
-                let cluster = format!("bench-rate-{clients}-{i}");
-                let (mut version, mut ops) = (0, 0);
-                while Instant::now() < deadline {
-                    match store.cas_meta(&cluster, version, data.clone()).await? {
-                        CasOutcome::Accepted(v) => version = v,
-                        CasOutcome::Conflict(s) => bail!("store CAS conflicted at {}", s.version),
-                    }
-                    ops += 1;
-                }
-                Ok((ops, Instant::now()))
-            }
-        })
+    let states = (0..clients)
+        .map(|i| (format!("bench-rate-{clients}-{i}"), 0))
         .collect();
-    rate(start, workers).await
+    rate(states, move |(cluster, version)| {
+        let (store, data) = (store.clone(), data.clone());
+        async move {
+            match store.cas_meta(&cluster, version, data).await? {
+                CasOutcome::Accepted(v) => Ok((cluster, v)),
+                CasOutcome::Conflict(s) => bail!("store CAS conflicted at {}", s.version),
+            }
+        }
+    })
+    .await
 }
 
 async fn grpc_heartbeats(addr: SocketAddr, clients: usize) -> anyhow::Result<f64> {
@@ -541,28 +468,19 @@ async fn grpc_heartbeats(addr: SocketAddr, clients: usize) -> anyhow::Result<f64
             .node_id;
         nodes.push((client, node_id));
     }
-    let start = Instant::now();
-    let deadline = start + THROUGHPUT_WINDOW;
-    let workers = nodes
-        .into_iter()
-        .map(|(mut client, node_id)| {
-            let cluster = cluster.clone();
-            async move {
-                let mut ops = 0;
-                while Instant::now() < deadline {
-                    client
-                        .heartbeat(proto::HeartbeatRequest {
-                            cluster: cluster.clone(),
-                            node_id: node_id.clone(),
-                        })
-                        .await?;
-                    ops += 1;
-                }
-                Ok((ops, Instant::now()))
-            }
-        })
-        .collect();
-    rate(start, workers).await
+    rate(nodes, move |(mut client, node_id)| {
+        let cluster = cluster.clone();
+        async move {
+            client
+                .heartbeat(proto::HeartbeatRequest {
+                    cluster,
+                    node_id: node_id.clone(),
+                })
+                .await?;
+            Ok((client, node_id))
+        }
+    })
+    .await
 }
 
 async fn store_heartbeats(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::Result<f64> {
@@ -579,25 +497,17 @@ async fn store_heartbeats(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::
             })
             .await?;
     }
-    let start = Instant::now();
-    let deadline = start + THROUGHPUT_WINDOW;
-    let workers = (0..clients)
-        .map(|i| {
-            let (store, cluster) = (store.clone(), cluster.clone());
-            async move {
-                let node_id = format!("node-{i}");
-                let mut ops = 0;
-                while Instant::now() < deadline {
-                    if !store.heartbeat(&cluster, &node_id, now_ms()).await? {
-                        bail!("the store does not know {node_id}");
-                    }
-                    ops += 1;
-                }
-                Ok((ops, Instant::now()))
+    let nodes = (0..clients).map(|i| format!("node-{i}")).collect();
+    rate(nodes, move |node_id| {
+        let (store, cluster) = (store.clone(), cluster.clone());
+        async move {
+            if !store.heartbeat(&cluster, &node_id, now_ms()).await? {
+                bail!("the store does not know {node_id}");
             }
-        })
-        .collect();
-    rate(start, workers).await
+            Ok(node_id)
+        }
+    })
+    .await
 }
 
 fn print_rate(op: &str, clients: usize, via: anyhow::Result<f64>, direct: anyhow::Result<f64>) {

@@ -30,16 +30,17 @@
 //! takes about half a minute and stays under three; every process is killed at
 //! the end (and on a panic).
 
+mod common;
 #[path = "../tests/support/influxd.rs"]
 mod influxd;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use common::{load_average, mib, percentile, Manager};
 use influxd::{start_nodes, AgentOptions, InfluxdOptions, Node};
 use tokio::task::JoinSet;
 
@@ -67,10 +68,7 @@ const STORM_SAMPLE: Duration = Duration::from_millis(20);
 const SETUP_DEADLINE: Duration = Duration::from_secs(30);
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench())
+    common::run(bench())
 }
 
 async fn bench() -> anyhow::Result<()> {
@@ -80,7 +78,7 @@ async fn bench() -> anyhow::Result<()> {
     let manager = Manager::start().await?;
     println!(
         "manager: `{}` pid {} on {}, embedded store in a temp dir; agents: `{}`; influxd: `{}`\n",
-        env!("CARGO_BIN_EXE_cflux-manager"),
+        Manager::bin(),
         manager.child.id(),
         manager.addr,
         influxd::agent_bin(),
@@ -115,7 +113,7 @@ async fn bench() -> anyhow::Result<()> {
 }
 
 fn header(ticks: u64) {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = common::cpus();
     let version = Command::new(influxd::influxd_bin())
         .arg("version")
         .output()
@@ -131,12 +129,6 @@ fn header(ticks: u64) {
     );
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// `getconf CLK_TCK`: the unit of utime and stime in `/proc/<pid>/stat`.
 fn clock_ticks() -> u64 {
     Command::new("getconf")
@@ -146,76 +138,6 @@ fn clock_ticks() -> u64 {
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .filter(|&t| t > 0)
         .unwrap_or(100)
-}
-
-// ---------------------------------------------------------------------------
-// The manager process.
-
-/// A running `cflux-manager`, killed when dropped.
-struct Manager {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Manager {
-    async fn start() -> anyhow::Result<Manager> {
-        let dir = tempfile::tempdir()?;
-        let addr = StdListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cflux-manager"));
-        command
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(dir.path().join("manager"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        // Settings from the caller's environment (a token, etcd) would change what is measured.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CFLUX_MANAGER_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command.spawn().context("cannot start cflux-manager")?;
-        let mut manager = Manager {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + SETUP_DEADLINE;
-        loop {
-            if let Some(status) = manager.child.try_wait()? {
-                bail!("cflux-manager exited before serving: {status}");
-            }
-            let ready = http
-                .get(format!("http://{addr}/metrics"))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return Ok(manager);
-            }
-            if Instant::now() > deadline {
-                bail!("cflux-manager did not serve on {addr} within {SETUP_DEADLINE:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -599,22 +521,8 @@ impl RssSampler {
 // ---------------------------------------------------------------------------
 // Output.
 
-fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
 fn ms(d: Option<Duration>) -> String {
-    d.map_or("–".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
+    common::ms(d, 1)
 }
 
 type Results = [(Mode, anyhow::Result<ModeResult>)];

@@ -275,32 +275,25 @@ async fn metadata_changes_made_on_one_node_reach_every_node() {
     })
     .await;
 
+    // Waits until every node grants alice exactly `privilege` on `db`.
+    let alice_only = |what: &'static str, db: &'static str, privilege: &'static str| {
+        on_every(&apis, what, move |api| async move {
+            let expected = [(db.to_owned(), privilege.to_owned())]
+                .into_iter()
+                .collect();
+            same(
+                "SHOW GRANTS FOR alice",
+                &expected,
+                &api.grants("alice").await?,
+            )
+        })
+    };
     a.exec("GRANT WRITE ON db1 TO alice").await;
-    on_every(&apis, "alice may write db1", |api| async move {
-        let expected = [("db1".to_owned(), "WRITE".to_owned())]
-            .into_iter()
-            .collect();
-        same(
-            "SHOW GRANTS FOR alice",
-            &expected,
-            &api.grants("alice").await?,
-        )
-    })
-    .await;
+    alice_only("alice may write db1", "db1", "WRITE").await;
 
     b.exec("REVOKE WRITE ON db1 FROM alice").await;
     b.exec("GRANT READ ON db2 TO alice").await;
-    on_every(&apis, "alice may only read db2", |api| async move {
-        let expected = [("db2".to_owned(), "READ".to_owned())]
-            .into_iter()
-            .collect();
-        same(
-            "SHOW GRANTS FOR alice",
-            &expected,
-            &api.grants("alice").await?,
-        )
-    })
-    .await;
+    alice_only("alice may only read db2", "db2", "READ").await;
 
     cc.exec("GRANT ALL PRIVILEGES TO alice").await;
     on_every(&apis, "alice is an admin", |api| async move {

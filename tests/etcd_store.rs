@@ -45,18 +45,9 @@ fn node(cluster: &str, id: &str) -> NodeRecord {
     }
 }
 
-/// Pseudo-random bytes (so a misplaced chunk cannot go unnoticed).
+/// [`etcd_support::noise`] as a catalog.
 fn noise(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    etcd_support::noise(len, seed).into()
 }
 
 /// Polls `check` until it yields `Some`, failing the test after `deadline`.

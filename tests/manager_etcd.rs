@@ -18,18 +18,20 @@ use std::time::{Duration, Instant};
 
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use cflux::proto::{
-    push_meta_response, DeregisterRequest, GetMetaRequest, HeartbeatRequest, ListClustersRequest,
-    ListNodesRequest, MetaSnapshot, PushMetaRequest, RegisterRequest, WatchMetaRequest,
+    push_meta_response, GetMetaRequest, ListClustersRequest, ListNodesRequest, MetaSnapshot,
+    WatchMetaRequest,
 };
-use etcd_support::EtcdCluster;
+use etcd_support::{noise, EtcdCluster};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{http, metric, wait_until, within, Manager};
+use support::{
+    deregister, get_json, get_meta, heartbeat, hold_long_poll, http, metric, push, push_request,
+    register, registration, scrape, sigterm_ends_cleanly, version_of, wait_until, watch, within,
+    Manager,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// Deadline of a condition that needs no failover.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -39,7 +41,6 @@ const RECOVERY: Duration = Duration::from_secs(25);
 /// Every call must answer within this, even with etcd gone.
 const CALL_BOUND: Duration = Duration::from_secs(10);
 const MIB: usize = 1 << 20;
-const SERVICES: [&str; 2] = ["", "clusterflux.v1.Clusterflux"];
 
 type Client = ClusterfluxClient<Channel>;
 
@@ -60,71 +61,6 @@ async fn client(m: &Manager) -> Client {
     ClusterfluxClient::new(m.channel().await)
         .max_decoding_message_size(32 * MIB)
         .max_encoding_message_size(32 * MIB)
-}
-
-fn registration(cluster: &str, node_id: &str, hostname: &str) -> RegisterRequest {
-    RegisterRequest {
-        cluster: cluster.into(),
-        node_id: node_id.into(),
-        hostname: hostname.into(),
-        ips: vec!["10.0.0.1".into()],
-        http_addr: "10.0.0.1:8086".into(),
-        version: "influxdb=1.8.10".into(),
-    }
-}
-
-fn push_request(cluster: &str, expected: u64, data: &[u8]) -> PushMetaRequest {
-    PushMetaRequest {
-        cluster: cluster.into(),
-        expected_version: expected,
-        data: data.to_vec().into(),
-        node_id: String::new(),
-    }
-}
-
-async fn push(
-    c: &mut Client,
-    cluster: &str,
-    expected: u64,
-    data: &[u8],
-) -> push_meta_response::Result {
-    within(
-        DEADLINE,
-        "PushMeta",
-        c.push_meta(push_request(cluster, expected, data)),
-    )
-    .await
-    .expect("PushMeta")
-    .into_inner()
-    .result
-    .expect("a push result")
-}
-
-async fn get_meta(c: &mut Client, cluster: &str) -> MetaSnapshot {
-    within(
-        DEADLINE,
-        "GetMeta",
-        c.get_meta(GetMetaRequest {
-            cluster: cluster.into(),
-        }),
-    )
-    .await
-    .expect("GetMeta")
-    .into_inner()
-}
-
-async fn watch(c: &mut Client, cluster: &str, version: u64) -> Streaming<MetaSnapshot> {
-    within(
-        DEADLINE,
-        "WatchMeta",
-        c.watch_meta(WatchMetaRequest {
-            cluster: cluster.into(),
-            version,
-        }),
-    )
-    .await
-    .expect("WatchMeta")
-    .into_inner()
 }
 
 /// The next snapshot of a watch stream, within `deadline`.
@@ -162,16 +98,6 @@ async fn until_version(
     }
 }
 
-fn version_of(r: &reqwest::Response) -> Option<u64> {
-    r.headers().get("Version")?.to_str().ok()?.parse().ok()
-}
-
-async fn get_json(m: &Manager, path: &str) -> Value {
-    let r = http().get(m.http_url(path)).send().await.expect("GET");
-    assert_eq!(r.status(), StatusCode::OK, "GET {path}");
-    r.json().await.expect("a JSON answer")
-}
-
 /// The managers `GET /nodes` lists, sorted.
 async fn listed_managers(m: &Manager) -> Vec<String> {
     let all = get_json(m, "/nodes").await;
@@ -185,57 +111,9 @@ async fn listed_managers(m: &Manager) -> Vec<String> {
     out
 }
 
-async fn scrape(m: &Manager) -> String {
-    http()
-        .get(m.http_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
-async fn health(channel: Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
-    let mut health = HealthClient::new(channel);
-    let check = health.check(HealthCheckRequest {
-        service: service.into(),
-    });
-    let status = tokio::time::timeout(Duration::from_secs(3), check)
-        .await
-        .map_err(|_| tonic::Status::deadline_exceeded("health check"))??
-        .into_inner()
-        .status;
-    Ok(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown))
-}
-
 /// Waits until both health services of `m` report `want`.
 async fn wait_health(m: &Manager, want: ServingStatus, deadline: Duration) {
-    let channel = m.channel().await;
-    for service in SERVICES {
-        wait_until(
-            deadline,
-            &format!("health of {service:?} on {} to be {want:?}", m.addr),
-            || {
-                let channel = channel.clone();
-                async move { health(channel, service).await.ok() == Some(want) }
-            },
-        )
-        .await;
-    }
-}
-
-/// Pseudo-random bytes (a misplaced chunk cannot go unnoticed).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    support::wait_health(&m.channel().await, m.addr, want, deadline).await;
 }
 
 /// Asserts two catalogs are byte-identical without printing megabytes.
@@ -354,24 +232,18 @@ async fn two_managers_share_watches_nodes_and_versions() {
     assert_eq!(ids, want);
 
     // B heartbeats and deregisters nodes A registered; A sees it.
-    cb.heartbeat(HeartbeatRequest {
-        cluster: c.into(),
-        node_id: grpc_id.clone(),
-    })
-    .await
-    .expect("heartbeat through B");
+    heartbeat(&mut cb, c, &grpc_id)
+        .await
+        .expect("heartbeat through B");
     let r = http()
         .put(b.http_url(&format!("/nodes/{c}/{legacy_id}")))
         .send()
         .await
         .expect("legacy heartbeat through B");
     assert_eq!(r.status(), StatusCode::OK);
-    cb.deregister(DeregisterRequest {
-        cluster: c.into(),
-        node_id: grpc_id.clone(),
-    })
-    .await
-    .expect("deregister through B");
+    deregister(&mut cb, c, &grpc_id)
+        .await
+        .expect("deregister through B");
     let nodes = ca
         .list_nodes(ListNodesRequest { cluster: c.into() })
         .await
@@ -491,12 +363,7 @@ async fn round(
     x.register(registration(cluster, node, "node-1"))
         .await
         .map_err(e("register"))?;
-    y.heartbeat(HeartbeatRequest {
-        cluster: cluster.into(),
-        node_id: node.into(),
-    })
-    .await
-    .map_err(e("heartbeat"))?;
+    heartbeat(y, cluster, node).await.map_err(e("heartbeat"))?;
     let r = http()
         .put(y_manager.http_url(&format!("/nodes/{cluster}/{node}")))
         .send()
@@ -546,12 +413,7 @@ async fn losing_the_etcd_leader_keeps_both_managers_serving() {
     let b = etcd_manager(&etcd, &[]).await;
     let (mut ca, mut cb) = (client(&a).await, client(&b).await);
     let c = "ha";
-    let node = ca
-        .register(registration(c, "", "node-1"))
-        .await
-        .expect("register")
-        .into_inner()
-        .node_id;
+    let node = register(&mut ca, registration(c, "", "node-1")).await;
     assert_eq!(
         push(&mut ca, c, 0, b"v1").await,
         push_meta_response::Result::AcceptedVersion(1)
@@ -745,12 +607,7 @@ fn unavailable_checks(m: &Manager, c: &Client, cluster: &str, node: &str) -> Vec
         add(
             "Heartbeat",
             Box::pin(async move {
-                let r = c
-                    .heartbeat(HeartbeatRequest {
-                        cluster: cl,
-                        node_id: n,
-                    })
-                    .await;
+                let r = heartbeat(&mut c, &cl, &n).await;
                 expect_unavailable("Heartbeat", r)
             }),
         );
@@ -760,12 +617,7 @@ fn unavailable_checks(m: &Manager, c: &Client, cluster: &str, node: &str) -> Vec
         add(
             "Deregister",
             Box::pin(async move {
-                let r = c
-                    .deregister(DeregisterRequest {
-                        cluster: cl,
-                        node_id: n,
-                    })
-                    .await;
+                let r = deregister(&mut c, &cl, &n).await;
                 expect_unavailable("Deregister", r)
             }),
         );
@@ -871,12 +723,7 @@ async fn losing_all_of_etcd_fails_calls_fast_and_turns_health_not_serving_until_
     let b = etcd_manager(&etcd, &[]).await;
     let (mut ca, mut cb) = (client(&a).await, client(&b).await);
     let c = "dark";
-    let node = ca
-        .register(registration(c, "", "node-1"))
-        .await
-        .expect("register")
-        .into_inner()
-        .node_id;
+    let node = register(&mut ca, registration(c, "", "node-1")).await;
     assert_eq!(
         push(&mut ca, c, 0, b"v1").await,
         push_meta_response::Result::AcceptedVersion(1)
@@ -951,12 +798,9 @@ async fn losing_all_of_etcd_fails_calls_fast_and_turns_health_not_serving_until_
         .nodes;
     let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
     assert_eq!(ids, vec![node.as_str()]);
-    ca.heartbeat(HeartbeatRequest {
-        cluster: c.into(),
-        node_id: node.clone(),
-    })
-    .await
-    .expect("heartbeat after the outage");
+    heartbeat(&mut ca, c, &node)
+        .await
+        .expect("heartbeat after the outage");
     assert_eq!(
         push(&mut ca, c, 1, b"v2").await,
         push_meta_response::Result::AcceptedVersion(2)
@@ -994,33 +838,15 @@ async fn sigterm_with_watches_open_exits_zero_promptly() {
         1
     );
     let mut current = watch(&mut ca, c, 1).await;
-    let poll = {
-        let url = a.http_url(&format!("/clusters/{c}/versions/1"));
-        tokio::spawn(async move { http().get(url).send().await.map(|r| r.status()) })
-    };
-    wait_until(DEADLINE, "A's watches and long poll to be open", || async {
-        let text = scrape(&a).await;
-        metric(&text, "cflux_long_polls") == Some(1.0)
-            && metric(&text, "cflux_watch_streams") == Some(2.0)
-    })
-    .await;
+    let poll = hold_long_poll(&a, c, 1, 2.0).await;
 
-    let stopping = Instant::now();
-    a.sigterm();
-    for (name, stream) in [("behind", &mut behind), ("current", &mut current)] {
-        match within(DEADLINE, "the watch to end", stream.message()).await {
-            Ok(None) => {}
-            other => panic!("the {name} watch should end cleanly, got {other:?}"),
-        }
-    }
-    let status = within(DEADLINE, "the long poll to be answered", poll)
-        .await
-        .expect("poll task")
-        .expect("the held long poll gets an answer, not a dropped connection");
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    let exit = a.wait_exit(Duration::from_secs(10)).await;
-    let took = stopping.elapsed();
-    assert!(exit.success(), "exit status {exit}");
+    let took = sigterm_ends_cleanly(
+        &mut a,
+        vec![("behind", &mut behind), ("current", &mut current)],
+        poll,
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     // A left the manager list at once (its lease revoked, not run out).
     assert_eq!(listed_managers(&b).await, vec![b.addr.to_string()]);

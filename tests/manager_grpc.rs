@@ -9,23 +9,24 @@ use std::time::Duration;
 
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use cflux::proto::{
-    push_meta_response, DeregisterRequest, GetMetaRequest, HeartbeatRequest, ListClustersRequest,
-    ListNodesRequest, MetaSnapshot, PushMetaRequest, RegisterRequest, WatchMetaRequest,
+    push_meta_response, GetMetaRequest, ListNodesRequest, MetaSnapshot, PushMetaRequest,
+    RegisterRequest, WatchMetaRequest,
 };
-use support::{wait_until, within, Manager};
+use support::{
+    deregister, get_meta, heartbeat, list_clusters, list_nodes, push_request, register, wait_until,
+    watch, within, Manager,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// [`support::registration`] with an IPv6 address and a longer version.
 fn registration(cluster: &str, node_id: &str, hostname: &str) -> RegisterRequest {
     RegisterRequest {
-        cluster: cluster.into(),
-        node_id: node_id.into(),
-        hostname: hostname.into(),
         ips: vec!["10.0.0.1".into(), "fe80::1".into()],
-        http_addr: "10.0.0.1:8086".into(),
         version: "influxdb=1.8.10 cflux=test".into(),
+        ..support::registration(cluster, node_id, hostname)
     }
 }
 
@@ -37,10 +38,8 @@ async fn push(
 ) -> Result<push_meta_response::Result, tonic::Status> {
     let response = client
         .push_meta(PushMetaRequest {
-            cluster: cluster.into(),
-            expected_version: expected,
-            data: data.to_vec().into(),
             node_id: "test".into(),
+            ..push_request(cluster, expected, data)
         })
         .await?
         .into_inner();
@@ -63,31 +62,6 @@ async fn accepted(
     }
 }
 
-async fn get_meta(client: &mut ClusterfluxClient<Channel>, cluster: &str) -> MetaSnapshot {
-    client
-        .get_meta(GetMetaRequest {
-            cluster: cluster.into(),
-        })
-        .await
-        .expect("GetMeta")
-        .into_inner()
-}
-
-async fn watch(
-    client: &mut ClusterfluxClient<Channel>,
-    cluster: &str,
-    version: u64,
-) -> Streaming<MetaSnapshot> {
-    client
-        .watch_meta(WatchMetaRequest {
-            cluster: cluster.into(),
-            version,
-        })
-        .await
-        .expect("WatchMeta")
-        .into_inner()
-}
-
 async fn next(stream: &mut Streaming<MetaSnapshot>) -> MetaSnapshot {
     within(DEADLINE, "the next snapshot on a watch", stream.message())
         .await
@@ -100,20 +74,6 @@ async fn assert_quiet(stream: &mut Streaming<MetaSnapshot>) {
     if let Ok(got) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
         panic!("the watch should stay quiet, got {got:?}");
     }
-}
-
-async fn list_nodes(
-    client: &mut ClusterfluxClient<Channel>,
-    cluster: &str,
-) -> Vec<cflux::proto::Node> {
-    client
-        .list_nodes(ListNodesRequest {
-            cluster: cluster.into(),
-        })
-        .await
-        .expect("ListNodes")
-        .into_inner()
-        .nodes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,69 +163,36 @@ async fn register_new_known_and_unknown_ids() {
 async fn heartbeat_and_deregister_of_unknown_nodes_are_not_found() {
     let m = Manager::start().await;
     let mut c = m.grpc_client().await;
-    let id = c
-        .register(registration("prod", "", "influx-1"))
+    let id = register(&mut c, registration("prod", "", "influx-1")).await;
+
+    heartbeat(&mut c, "prod", &id)
         .await
-        .expect("register")
-        .into_inner()
-        .node_id;
+        .expect("heartbeat of a known node");
 
-    c.heartbeat(HeartbeatRequest {
-        cluster: "prod".into(),
-        node_id: id.clone(),
-    })
-    .await
-    .expect("heartbeat of a known node");
-
-    let err = c
-        .heartbeat(HeartbeatRequest {
-            cluster: "prod".into(),
-            node_id: "nobody".into(),
-        })
+    let err = heartbeat(&mut c, "prod", "nobody")
         .await
         .expect_err("heartbeat of an unknown node");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains("nobody"), "{err:?}");
     // The right ID in the wrong cluster is unknown too.
-    let err = c
-        .heartbeat(HeartbeatRequest {
-            cluster: "other".into(),
-            node_id: id.clone(),
-        })
+    let err = heartbeat(&mut c, "other", &id)
         .await
         .expect_err("heartbeat in the wrong cluster");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
-    let err = c
-        .deregister(DeregisterRequest {
-            cluster: "prod".into(),
-            node_id: "nobody".into(),
-        })
+    let err = deregister(&mut c, "prod", "nobody")
         .await
         .expect_err("deregister of an unknown node");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert_eq!(list_nodes(&mut c, "").await.len(), 1, "nothing changed");
 
-    c.deregister(DeregisterRequest {
-        cluster: "prod".into(),
-        node_id: id.clone(),
-    })
-    .await
-    .expect("deregister");
+    deregister(&mut c, "prod", &id).await.expect("deregister");
     assert!(list_nodes(&mut c, "prod").await.is_empty());
-    let err = c
-        .deregister(DeregisterRequest {
-            cluster: "prod".into(),
-            node_id: id.clone(),
-        })
+    let err = deregister(&mut c, "prod", &id)
         .await
         .expect_err("deregister twice");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    let err = c
-        .heartbeat(HeartbeatRequest {
-            cluster: "prod".into(),
-            node_id: id,
-        })
+    let err = heartbeat(&mut c, "prod", &id)
         .await
         .expect_err("heartbeat after deregistration");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -276,13 +203,7 @@ async fn listings_cover_one_cluster_or_all() {
     let m = Manager::start().await;
     let mut c = m.grpc_client().await;
     assert!(list_nodes(&mut c, "").await.is_empty());
-    assert!(c
-        .list_clusters(ListClustersRequest {})
-        .await
-        .expect("ListClusters")
-        .into_inner()
-        .clusters
-        .is_empty());
+    assert!(list_clusters(&mut c).await.is_empty());
 
     for (cluster, host) in [("a", "a1"), ("a", "a2"), ("b", "b1")] {
         c.register(registration(cluster, "", host))
@@ -306,12 +227,7 @@ async fn listings_cover_one_cluster_or_all() {
     assert!(a.iter().all(|n| n.cluster == "a"));
     assert!(list_nodes(&mut c, "nobody-here").await.is_empty());
 
-    let clusters = c
-        .list_clusters(ListClustersRequest {})
-        .await
-        .expect("ListClusters")
-        .into_inner()
-        .clusters;
+    let clusters = list_clusters(&mut c).await;
     let summary: Vec<_> = clusters
         .iter()
         .map(|c| (c.name.as_str(), c.version, c.nodes, c.alive_nodes))
@@ -332,13 +248,7 @@ async fn get_meta_of_a_cluster_never_written_is_version_zero() {
     assert_eq!(s.version, 0);
     assert!(s.data.is_empty());
     // Reading does not create the cluster.
-    assert!(c
-        .list_clusters(ListClustersRequest {})
-        .await
-        .expect("ListClusters")
-        .into_inner()
-        .clusters
-        .is_empty());
+    assert!(list_clusters(&mut c).await.is_empty());
 
     accepted(&mut c, "fresh", 0, b"catalog-1").await;
     let s = get_meta(&mut c, "fresh").await;
@@ -472,24 +382,8 @@ async fn invalid_input_is_refused_and_changes_nothing() {
             "Register",
             c.register(registration(name, "", "h")).await.map(drop),
         );
-        expect_invalid(
-            "Heartbeat",
-            c.heartbeat(HeartbeatRequest {
-                cluster: name.into(),
-                node_id: "n".into(),
-            })
-            .await
-            .map(drop),
-        );
-        expect_invalid(
-            "Deregister",
-            c.deregister(DeregisterRequest {
-                cluster: name.into(),
-                node_id: "n".into(),
-            })
-            .await
-            .map(drop),
-        );
+        expect_invalid("Heartbeat", heartbeat(&mut c, name, "n").await);
+        expect_invalid("Deregister", deregister(&mut c, name, "n").await);
         expect_invalid(
             "GetMeta",
             c.get_meta(GetMetaRequest {
@@ -558,13 +452,7 @@ async fn invalid_input_is_refused_and_changes_nothing() {
 
     // Nothing of the above left a trace.
     assert!(list_nodes(&mut c, "").await.is_empty());
-    assert!(c
-        .list_clusters(ListClustersRequest {})
-        .await
-        .expect("ListClusters")
-        .into_inner()
-        .clusters
-        .is_empty());
+    assert!(list_clusters(&mut c).await.is_empty());
     assert_eq!(get_meta(&mut c, "prod").await.version, 0);
 
     // The boundaries themselves are accepted.
@@ -649,18 +537,8 @@ async fn concurrent_compare_and_swap_writers_lose_no_update() {
 async fn ttl_expiry_marks_a_node_dead_and_a_heartbeat_revives_it() {
     let m = Manager::start_with(&["--node-ttl", "1s", "--heartbeat-interval", "200ms"]).await;
     let mut c = m.grpc_client().await;
-    let id = c
-        .register(registration("prod", "", "influx-1"))
-        .await
-        .expect("register")
-        .into_inner()
-        .node_id;
-    let keeper = c
-        .register(registration("prod", "", "influx-2"))
-        .await
-        .expect("register")
-        .into_inner()
-        .node_id;
+    let id = register(&mut c, registration("prod", "", "influx-1")).await;
+    let keeper = register(&mut c, registration("prod", "", "influx-2")).await;
     assert!(list_nodes(&mut c, "prod").await.iter().all(|n| n.alive));
 
     // influx-2 keeps heartbeating; influx-1 goes silent.
@@ -670,12 +548,7 @@ async fn ttl_expiry_marks_a_node_dead_and_a_heartbeat_revives_it() {
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                c.heartbeat(HeartbeatRequest {
-                    cluster: "prod".into(),
-                    node_id: keeper.clone(),
-                })
-                .await
-                .expect("heartbeat");
+                heartbeat(&mut c, "prod", &keeper).await.expect("heartbeat");
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -702,21 +575,13 @@ async fn ttl_expiry_marks_a_node_dead_and_a_heartbeat_revives_it() {
     for n in &nodes {
         assert_eq!(n.alive, n.hostname == "influx-2", "{n:?}");
     }
-    let info = c
-        .list_clusters(ListClustersRequest {})
-        .await
-        .expect("ListClusters")
-        .into_inner()
-        .clusters;
+    let info = list_clusters(&mut c).await;
     assert_eq!((info[0].nodes, info[0].alive_nodes), (2, 1), "{info:?}");
 
     // A heartbeat revives it at once.
-    c.heartbeat(HeartbeatRequest {
-        cluster: "prod".into(),
-        node_id: id.clone(),
-    })
-    .await
-    .expect("heartbeat of a dead node");
+    heartbeat(&mut c, "prod", &id)
+        .await
+        .expect("heartbeat of a dead node");
     let nodes = list_nodes(&mut c, "prod").await;
     assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
     stop.cancel();

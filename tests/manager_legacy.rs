@@ -6,19 +6,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cflux::proto::{
-    push_meta_response, ListClustersRequest, ListNodesRequest, PushMetaRequest, RegisterRequest,
-    WatchMetaRequest,
-};
+use cflux::proto::{push_meta_response, RegisterRequest};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{http, metric, wait_until, within, Manager};
+use support::register as register_grpc;
+use support::{
+    get_json, http, list_clusters, list_nodes, metric, push, scrape, version_of, wait_until, watch,
+    within, Manager,
+};
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn version_of(r: &reqwest::Response) -> Option<u64> {
-    r.headers().get("Version")?.to_str().ok()?.parse().ok()
-}
 
 async fn register(m: &Manager, cluster: &str, body: Value) -> reqwest::Response {
     http()
@@ -29,22 +26,17 @@ async fn register(m: &Manager, cluster: &str, body: Value) -> reqwest::Response 
         .expect("POST /nodes/{cluster}")
 }
 
-async fn get_json(m: &Manager, path: &str) -> Value {
-    let r = http().get(m.http_url(path)).send().await.expect("GET");
-    assert_eq!(r.status(), StatusCode::OK, "GET {path}");
-    r.json().await.expect("a JSON answer")
+async fn long_polls(m: &Manager) -> f64 {
+    metric(&scrape(m).await, "cflux_long_polls").unwrap_or(0.0)
 }
 
-async fn long_polls(m: &Manager) -> f64 {
-    let text = http()
-        .get(m.http_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    metric(&text, "cflux_long_polls").unwrap_or(0.0)
+/// A legacy heartbeat (`PUT`) and then delete (`DELETE`) of the node at
+/// `url`, both answered 200.
+async fn heartbeat_then_delete(url: &str) {
+    for (request, what) in [(http().put(url), "PUT"), (http().delete(url), "DELETE")] {
+        let r = request.send().await.expect(what);
+        assert_eq!(r.status(), StatusCode::OK, "{what} {url}");
+    }
 }
 
 /// Asserts the answer is an error of `status` with a JSON `{"error": "..."}` body.
@@ -116,47 +108,18 @@ async fn register_heartbeat_list_and_delete() {
 
     // PUT refreshes the TTL; DELETE removes; both 404 once unknown.
     let url = m.http_url(&format!("/nodes/prod/{id}"));
-    assert_eq!(
-        http().put(&url).send().await.expect("PUT").status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        http().delete(&url).send().await.expect("DELETE").status(),
-        StatusCode::OK
-    );
+    heartbeat_then_delete(&url).await;
     assert_eq!(get_json(&m, "/nodes/prod").await, serde_json::json!([]));
-    assert_error(
-        http().put(&url).send().await.expect("PUT"),
-        StatusCode::NOT_FOUND,
-        "heartbeat of a deleted node",
-    )
-    .await;
-    assert_error(
-        http().delete(&url).send().await.expect("DELETE"),
-        StatusCode::NOT_FOUND,
-        "delete of a deleted node",
-    )
-    .await;
-    assert_error(
-        http()
-            .put(m.http_url("/nodes/prod/never-was"))
-            .send()
-            .await
-            .expect("PUT"),
-        StatusCode::NOT_FOUND,
-        "heartbeat of an unknown node",
-    )
-    .await;
-    assert_error(
-        http()
-            .delete(m.http_url("/nodes/prod/never-was"))
-            .send()
-            .await
-            .expect("DELETE"),
-        StatusCode::NOT_FOUND,
-        "delete of an unknown node",
-    )
-    .await;
+    let unknown = m.http_url("/nodes/prod/never-was");
+    for (request, what) in [
+        (http().put(&url), "heartbeat of a deleted node"),
+        (http().delete(&url), "delete of a deleted node"),
+        (http().put(&unknown), "heartbeat of an unknown node"),
+        (http().delete(&unknown), "delete of an unknown node"),
+    ] {
+        let r = request.send().await.expect(what);
+        assert_error(r, StatusCode::NOT_FOUND, what).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,27 +138,19 @@ async fn legacy_and_grpc_share_nodes() {
         .as_str()
         .expect("an id")
         .to_owned();
-    let grpc_id = c
-        .register(RegisterRequest {
+    let grpc_id = register_grpc(
+        &mut c,
+        RegisterRequest {
             cluster: "prod".into(),
             hostname: "new-node".into(),
             ips: vec!["10.0.0.3".into()],
             ..Default::default()
-        })
-        .await
-        .expect("register")
-        .into_inner()
-        .node_id;
+        },
+    )
+    .await;
 
     // The legacy node through gRPC, its IP list split.
-    let nodes = c
-        .list_nodes(ListNodesRequest {
-            cluster: "prod".into(),
-        })
-        .await
-        .expect("ListNodes")
-        .into_inner()
-        .nodes;
+    let nodes = list_nodes(&mut c, "prod").await;
     let old = nodes
         .iter()
         .find(|n| n.node_id == legacy_id)
@@ -218,23 +173,8 @@ async fn legacy_and_grpc_share_nodes() {
     assert_eq!(new["hostname"], "new-node");
 
     // A legacy heartbeat and delete act on gRPC-registered nodes.
-    let url = m.http_url(&format!("/nodes/prod/{grpc_id}"));
-    assert_eq!(
-        http().put(&url).send().await.expect("PUT").status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        http().delete(&url).send().await.expect("DELETE").status(),
-        StatusCode::OK
-    );
-    let nodes = c
-        .list_nodes(ListNodesRequest {
-            cluster: String::new(),
-        })
-        .await
-        .expect("ListNodes")
-        .into_inner()
-        .nodes;
+    heartbeat_then_delete(&m.http_url(&format!("/nodes/prod/{grpc_id}"))).await;
+    let nodes = list_nodes(&mut c, "").await;
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].node_id, legacy_id);
 }
@@ -310,20 +250,9 @@ async fn grpc_push_wakes_a_legacy_long_poll() {
     assert!(!poll.is_finished(), "a poll on the current version is held");
 
     let mut c = m.grpc_client().await;
-    let outcome = c
-        .push_meta(PushMetaRequest {
-            cluster: "prod".into(),
-            expected_version: 0,
-            data: b"from-grpc".to_vec().into(),
-            node_id: String::new(),
-        })
-        .await
-        .expect("PushMeta")
-        .into_inner()
-        .result;
     assert_eq!(
-        outcome,
-        Some(push_meta_response::Result::AcceptedVersion(1))
+        push(&mut c, "prod", 0, b"from-grpc").await,
+        push_meta_response::Result::AcceptedVersion(1)
     );
     let (status, version, body, _) = within(DEADLINE, "the long poll to wake", poll)
         .await
@@ -341,14 +270,7 @@ async fn grpc_push_wakes_a_legacy_long_poll() {
 async fn legacy_push_wakes_a_grpc_watcher() {
     let m = Manager::start().await;
     let mut c = m.grpc_client().await;
-    let mut stream = c
-        .watch_meta(WatchMetaRequest {
-            cluster: "prod".into(),
-            version: 0,
-        })
-        .await
-        .expect("WatchMeta")
-        .into_inner();
+    let mut stream = watch(&mut c, "prod", 0).await;
     // Current: nothing to send yet.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), stream.message())
@@ -374,8 +296,11 @@ async fn legacy_push_wakes_a_grpc_watcher() {
     );
 }
 
-/// Polls the current version of a fresh cluster and returns (status, elapsed).
-async fn poll_until_timeout(m: &Manager) -> (StatusCode, Duration) {
+/// Starts a manager with `args` (a 1 s poll window), polls the current
+/// version of a fresh cluster and asserts the answer is `status`, after the
+/// window.
+async fn assert_poll_times_out(args: &[&str], status: StatusCode) {
+    let m = Manager::start_with(args).await;
     let start = Instant::now();
     let r = within(
         DEADLINE,
@@ -384,35 +309,35 @@ async fn poll_until_timeout(m: &Manager) -> (StatusCode, Duration) {
     )
     .await
     .expect("long poll");
-    (r.status(), start.elapsed())
+    let elapsed = start.elapsed();
+    assert_eq!(r.status(), status);
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "answered after {elapsed:?}, before the 1s window"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_answers_504_after_the_poll_window() {
-    let m = Manager::start_with(&["--legacy-poll-timeout", "1s"]).await;
-    let (status, elapsed) = poll_until_timeout(&m).await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(
-        elapsed >= Duration::from_millis(900),
-        "answered after {elapsed:?}, before the 1s window"
-    );
+    assert_poll_times_out(
+        &["--legacy-poll-timeout", "1s"],
+        StatusCode::GATEWAY_TIMEOUT,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_answers_204_when_told_to() {
-    let m = Manager::start_with(&[
-        "--legacy-poll-timeout",
-        "1s",
-        "--legacy-timeout-status",
-        "204",
-    ])
+    assert_poll_times_out(
+        &[
+            "--legacy-poll-timeout",
+            "1s",
+            "--legacy-timeout-status",
+            "204",
+        ],
+        StatusCode::NO_CONTENT,
+    )
     .await;
-    let (status, elapsed) = poll_until_timeout(&m).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    assert!(
-        elapsed >= Duration::from_millis(900),
-        "answered after {elapsed:?}, before the 1s window"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,12 +428,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         serde_json::json!([])
     );
     let mut c = m.grpc_client().await;
-    let clusters = c
-        .list_clusters(ListClustersRequest {})
-        .await
-        .expect("ListClusters")
-        .into_inner()
-        .clusters;
+    let clusters = list_clusters(&mut c).await;
     assert!(clusters.is_empty(), "{clusters:?}");
 
     // The limit itself is accepted.

@@ -6,99 +6,37 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cflux::proto::clusterflux_client::ClusterfluxClient;
-use cflux::proto::{
-    push_meta_response, GetMetaRequest, HeartbeatRequest, ListClustersRequest, ListNodesRequest,
-    PushMetaRequest, RegisterRequest, WatchMetaRequest,
-};
+use cflux::proto::{push_meta_response, ListClustersRequest, ListNodesRequest, WatchMetaRequest};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{http, metric, self_signed_cert, wait_until, with_token, within, Manager};
+use support::{
+    get_meta, health, heartbeat, hold_long_poll, http, list_clusters, list_nodes, metric, push,
+    push_request, register, registration, scrape, self_signed_cert, sigterm_ends_cleanly,
+    wait_health, wait_until, watch, with_token, within, Manager,
+};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn registration(cluster: &str, node_id: &str, hostname: &str) -> RegisterRequest {
-    RegisterRequest {
-        cluster: cluster.into(),
-        node_id: node_id.into(),
-        hostname: hostname.into(),
-        ips: vec!["10.0.0.1".into()],
-        http_addr: "10.0.0.1:8086".into(),
-        version: "influxdb=1.8.10".into(),
-    }
-}
-
-fn push_request(cluster: &str, expected: u64, data: &[u8]) -> PushMetaRequest {
-    PushMetaRequest {
-        cluster: cluster.into(),
-        expected_version: expected,
-        data: data.to_vec().into(),
-        node_id: String::new(),
-    }
-}
-
-async fn push(
-    c: &mut ClusterfluxClient<Channel>,
-    cluster: &str,
-    expected: u64,
-    data: &[u8],
-) -> push_meta_response::Result {
-    c.push_meta(push_request(cluster, expected, data))
-        .await
-        .expect("PushMeta")
-        .into_inner()
-        .result
-        .expect("a push result")
-}
-
-async fn scrape(m: &Manager) -> String {
-    let r = http()
-        .get(m.http_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(r.status(), StatusCode::OK);
-    r.text().await.expect("metrics text")
-}
-
-async fn health(channel: Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
-    let status = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await?
-        .into_inner()
-        .status;
-    Ok(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown))
-}
-
-async fn wait_serving(channel: &Channel) {
-    for service in ["", "clusterflux.v1.Clusterflux"] {
-        wait_until(DEADLINE, &format!("health of {service:?} SERVING"), || {
-            let channel = channel.clone();
-            async move { matches!(health(channel, service).await, Ok(ServingStatus::Serving)) }
-        })
-        .await;
-    }
+/// Waits until the manager behind `channel` reports SERVING on both services.
+async fn wait_serving(channel: &Channel, addr: SocketAddr) {
+    wait_health(channel, addr, ServingStatus::Serving, DEADLINE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_nodes_and_catalogs() {
     let mut m = Manager::start().await;
     let mut c = m.grpc_client().await;
-    let grpc_node = c
-        .register(registration("prod", "", "grpc-node"))
-        .await
-        .expect("register")
-        .into_inner()
-        .node_id;
+    let grpc_node = register(&mut c, registration("prod", "", "grpc-node")).await;
     let legacy: Value = http()
         .post(m.http_url("/nodes/prod"))
         .body(r#"{"ip": "10.0.0.2,", "hostname": "legacy-node"}"#)
@@ -119,12 +57,7 @@ async fn a_restart_keeps_nodes_and_catalogs() {
         push(&mut c, "other", 0, b"o1").await,
         push_meta_response::Result::AcceptedVersion(1)
     );
-    let before = c
-        .list_nodes(ListNodesRequest::default())
-        .await
-        .expect("ListNodes")
-        .into_inner()
-        .nodes;
+    let before = list_nodes(&mut c, "").await;
     assert_eq!(before.len(), 2);
 
     for crash in [false, true] {
@@ -134,12 +67,7 @@ async fn a_restart_keeps_nodes_and_catalogs() {
             m.restart().await;
         }
         let mut c = m.grpc_client().await;
-        let after = c
-            .list_nodes(ListNodesRequest::default())
-            .await
-            .expect("ListNodes")
-            .into_inner()
-            .nodes;
+        let after = list_nodes(&mut c, "").await;
         assert_eq!(after.len(), 2, "crash={crash}: {after:?}");
         for (b, a) in before.iter().zip(&after) {
             assert_eq!(a.node_id, b.node_id);
@@ -152,24 +80,13 @@ async fn a_restart_keeps_nodes_and_catalogs() {
             assert_eq!(a.registered_at_ms, b.registered_at_ms);
             assert!(a.alive, "a known node gets a TTL of grace after a restart");
         }
-        let s = c
-            .get_meta(GetMetaRequest {
-                cluster: "prod".into(),
-            })
-            .await
-            .expect("GetMeta")
-            .into_inner();
+        let s = get_meta(&mut c, "prod").await;
         assert_eq!(
             (s.version, s.data.as_ref()),
             (2, &b"v2"[..]),
             "crash={crash}"
         );
-        let clusters = c
-            .list_clusters(ListClustersRequest {})
-            .await
-            .expect("ListClusters")
-            .into_inner()
-            .clusters;
+        let clusters = list_clusters(&mut c).await;
         let summary: Vec<_> = clusters
             .iter()
             .map(|c| (c.name.as_str(), c.version, c.nodes))
@@ -180,12 +97,9 @@ async fn a_restart_keeps_nodes_and_catalogs() {
     // The nodes carry on as they were: heartbeats, re-registration, pushes.
     let mut c = m.grpc_client().await;
     for id in [&grpc_node, &legacy_node] {
-        c.heartbeat(HeartbeatRequest {
-            cluster: "prod".into(),
-            node_id: id.clone(),
-        })
-        .await
-        .expect("heartbeat of a node registered before the restart");
+        heartbeat(&mut c, "prod", id)
+            .await
+            .expect("heartbeat of a node registered before the restart");
     }
     let again = c
         .register(registration("prod", &grpc_node, "grpc-node"))
@@ -193,12 +107,7 @@ async fn a_restart_keeps_nodes_and_catalogs() {
         .expect("re-register")
         .into_inner();
     assert_eq!(again.node_id, grpc_node);
-    let nodes = c
-        .list_nodes(ListNodesRequest::default())
-        .await
-        .expect("ListNodes")
-        .into_inner()
-        .nodes;
+    let nodes = list_nodes(&mut c, "").await;
     assert_eq!(nodes.len(), 2);
     let b = before
         .iter()
@@ -226,65 +135,23 @@ async fn sigterm_ends_watches_and_long_polls_cleanly_and_exits_zero() {
         push_meta_response::Result::AcceptedVersion(1)
     );
     // One watcher that got its snapshot, one still waiting for a change.
-    let mut behind = c
-        .watch_meta(WatchMetaRequest {
-            cluster: "prod".into(),
-            version: 0,
-        })
-        .await
-        .expect("WatchMeta")
-        .into_inner();
+    let mut behind = watch(&mut c, "prod", 0).await;
     let first = within(DEADLINE, "the first snapshot", behind.message())
         .await
         .expect("watch")
         .expect("a snapshot");
     assert_eq!(first.version, 1);
-    let mut current = m
-        .grpc_client()
-        .await
-        .watch_meta(WatchMetaRequest {
-            cluster: "prod".into(),
-            version: 1,
-        })
-        .await
-        .expect("WatchMeta")
-        .into_inner();
-    let poll = {
-        let url = m.http_url("/clusters/prod/versions/1");
-        tokio::spawn(async move { http().get(url).send().await.map(|r| r.status()) })
-    };
-    wait_until(
-        DEADLINE,
-        "the watches and the long poll to be open",
-        || async {
-            let text = scrape(&m).await;
-            metric(&text, "cflux_long_polls") == Some(1.0)
-                && metric(&text, "cflux_watch_streams") == Some(2.0)
-        },
+    let mut current = watch(&mut m.grpc_client().await, "prod", 1).await;
+    let poll = hold_long_poll(&m, "prod", 1, 2.0).await;
+
+    let took = sigterm_ends_cleanly(
+        &mut m,
+        vec![("behind", &mut behind), ("current", &mut current)],
+        poll,
+        Duration::from_secs(15),
     )
     .await;
-
-    let stopping = Instant::now();
-    m.sigterm();
-    for (name, stream) in [("behind", &mut behind), ("current", &mut current)] {
-        let end = within(DEADLINE, "the watch to end", stream.message()).await;
-        match end {
-            Ok(None) => {}
-            other => panic!("the {name} watch should end cleanly, got {other:?}"),
-        }
-    }
-    let status = within(DEADLINE, "the long poll to be answered", poll)
-        .await
-        .expect("poll task")
-        .expect("the held long poll gets an answer, not a dropped connection");
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    let exit = m.wait_exit(Duration::from_secs(15)).await;
-    assert!(exit.success(), "exit status {exit}");
-    assert!(
-        stopping.elapsed() < Duration::from_secs(15),
-        "shutdown took {:?}",
-        stopping.elapsed()
-    );
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,7 +282,7 @@ async fn a_token_guards_every_call_but_health_reflection_and_metrics() {
     assert_eq!(r.status(), StatusCode::OK);
 
     // Probes and scrapers need no secret.
-    wait_serving(&channel).await;
+    wait_serving(&channel, m.addr).await;
     assert!(reflected_services(channel.clone())
         .await
         .contains(&"clusterflux.v1.Clusterflux".to_owned()));
@@ -500,7 +367,7 @@ async fn tls_serves_grpc_and_the_legacy_protocol() {
 
     // gRPC over TLS.
     let channel = tls_channel(m.addr, &cert_pem).await;
-    wait_serving(&channel).await;
+    wait_serving(&channel, m.addr).await;
     let mut c = ClusterfluxClient::new(channel);
     let reg = c
         .register(registration("prod", "", "tls-node"))
@@ -541,20 +408,9 @@ async fn tls_serves_grpc_and_the_legacy_protocol() {
 async fn metrics_count_requests_watches_and_nodes() {
     let m = Manager::start_with(&["--node-ttl", "2s", "--heartbeat-interval", "200ms"]).await;
     let mut c = m.grpc_client().await;
-    let id = c
-        .register(registration("prod", "", "h1"))
-        .await
-        .expect("register")
-        .into_inner()
-        .node_id;
-    c.register(registration("prod", "", "h2"))
-        .await
-        .expect("register");
-    let _ = c
-        .heartbeat(HeartbeatRequest {
-            cluster: "prod".into(),
-            node_id: "nobody".into(),
-        })
+    let id = register(&mut c, registration("prod", "", "h1")).await;
+    register(&mut c, registration("prod", "", "h2")).await;
+    let _ = heartbeat(&mut c, "prod", "nobody")
         .await
         .expect_err("unknown node");
     push(&mut c, "prod", 0, b"v1").await;
@@ -571,14 +427,7 @@ async fn metrics_count_requests_watches_and_nodes() {
         .send()
         .await
         .expect("legacy heartbeat");
-    let stream = c
-        .watch_meta(WatchMetaRequest {
-            cluster: "prod".into(),
-            version: 1,
-        })
-        .await
-        .expect("WatchMeta")
-        .into_inner();
+    let stream = watch(&mut c, "prod", 1).await;
 
     let text = scrape(&m).await;
     for (series, value) in [
@@ -626,59 +475,49 @@ async fn metrics_count_requests_watches_and_nodes() {
         let id = id.clone();
         let m = &m;
         async move {
-            beat.heartbeat(HeartbeatRequest {
-                cluster: "prod".into(),
-                node_id: id,
-            })
-            .await
-            .expect("heartbeat");
+            heartbeat(&mut beat, "prod", &id).await.expect("heartbeat");
             let text = scrape(m).await;
             metric(&text, r#"cflux_nodes_alive{cluster="prod"}"#) == Some(1.0)
                 && metric(&text, r#"cflux_nodes{cluster="prod"}"#) == Some(3.0)
         }
     })
     .await;
-    beat.heartbeat(HeartbeatRequest {
-        cluster: "prod".into(),
-        node_id: id,
-    })
-    .await
-    .expect("heartbeat");
+    heartbeat(&mut beat, "prod", &id).await.expect("heartbeat");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_reports_serving() {
     let m = Manager::start().await;
     let channel = m.channel().await;
-    wait_serving(&channel).await;
+    wait_serving(&channel, m.addr).await;
     let err = health(channel, "no.such.Service")
         .await
         .expect_err("an unknown service");
     assert_eq!(err.code(), Code::NotFound);
 }
 
-/// The services a manager lists through gRPC server reflection (v1).
-async fn reflected_services(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-
+/// One gRPC server reflection (v1) request and its one answer.
+async fn reflect(channel: Channel, request: MessageRequest) -> Option<MessageResponse> {
     let request = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+        message_request: Some(request),
     };
     let mut responses = ServerReflectionClient::new(channel)
         .server_reflection_info(futures::stream::iter([request]))
         .await
         .expect("ServerReflectionInfo")
         .into_inner();
-    let response = responses
+    responses
         .message()
         .await
         .expect("a reflection answer")
-        .expect("one answer");
-    match response.message_response {
+        .expect("one answer")
+        .message_response
+}
+
+/// The services a manager lists through gRPC server reflection (v1).
+async fn reflected_services(channel: Channel) -> Vec<String> {
+    match reflect(channel, MessageRequest::ListServices(String::new())).await {
         Some(MessageResponse::ListServicesResponse(list)) => {
             list.service.into_iter().map(|s| s.name).collect()
         }
@@ -688,11 +527,6 @@ async fn reflected_services(channel: Channel) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_describes_the_contract() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-
     let m = Manager::start().await;
     let channel = m.channel().await;
     // What `grpcurl -plaintext HOST:PORT list` prints.
@@ -705,23 +539,9 @@ async fn reflection_describes_the_contract() {
     }
 
     // What `grpcurl describe clusterflux.v1.Clusterflux` needs: the file.
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(
-            "clusterflux.v1.Clusterflux".into(),
-        )),
-    };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .expect("ServerReflectionInfo")
-        .into_inner();
-    let response = responses
-        .message()
-        .await
-        .expect("a reflection answer")
-        .expect("one answer");
-    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+    let symbol = MessageRequest::FileContainingSymbol("clusterflux.v1.Clusterflux".into());
+    let response = reflect(channel, symbol).await;
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response else {
         panic!("expected a file descriptor, got {response:?}");
     };
     let bytes: Vec<u8> = files.file_descriptor_proto.concat();

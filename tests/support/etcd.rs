@@ -263,3 +263,16 @@ impl Drop for EtcdCluster {
         self.kill_all();
     }
 }
+
+/// Pseudo-random bytes (so a misplaced chunk cannot go unnoticed).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
