@@ -2,12 +2,18 @@
 //!
 //! - [`proto`]: the generated gRPC contract (`clusterflux.v1`).
 //! - [`manager`]: the control plane — gRPC service, legacy HTTP layer, stores.
-//! - [`influx`]: the node side's view of InfluxDB 1.x metadata — the catalog,
-//!   `meta.db` bytes, the three-way merge and the diff to InfluxQL.
+//! - [`client`]: the node side — `cflux::Client`, transports, the retry layer.
+//! - [`agent`]: `cflux-agent` — influxd as a node, and its front door.
+//! - [`influx`]: InfluxDB 1.x metadata — the catalog, `meta.db` bytes, the
+//!   three-way merge and the diff to InfluxQL.
+//! - [`ctl`]: `cfluxctl`, the operator's command line.
+//! - [`http_serve`], [`telemetry`], [`signals`]: serving, logs and metrics,
+//!   shutdown — shared by the binaries.
 
 pub mod agent;
 pub mod client;
 pub mod ctl;
+pub mod http_serve;
 pub mod influx;
 pub mod manager;
 pub mod signals;

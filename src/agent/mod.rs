@@ -47,7 +47,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let frontdoor = match &config.frontdoor {
         Some(fd) => {
             let tls = match &fd.tls {
-                Some((cert, key)) => Some(crate::manager::server::tls_acceptor(cert, key)?),
+                Some((cert, key)) => Some(crate::http_serve::tls_acceptor(cert, key)?),
                 None => None,
             };
             let listener = tokio::net::TcpListener::bind(fd.listen)

@@ -8,8 +8,8 @@ use std::time::Instant;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::http_serve::PeerAddr;
 use crate::manager::plane::{ControlPlane, PlaneError, Registration};
-use crate::manager::server::PeerAddr;
 use crate::manager::store::{CasOutcome, NodeStatus, Snapshot};
 use crate::proto::{self, clusterflux_server::Clusterflux, push_meta_response};
 

@@ -18,8 +18,8 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::http_serve::PeerAddr;
 use crate::manager::plane::{ControlPlane, PlaneError, Registration};
-use crate::manager::server::PeerAddr;
 use crate::manager::store::{CasOutcome, NodeStatus};
 
 /// Settings of the legacy layer.

@@ -73,7 +73,7 @@ pub async fn run(
         Arc::new(metrics::Metrics::new()),
     ));
     let tls = match &config.tls {
-        Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
+        Some((cert, key)) => Some(crate::http_serve::tls_acceptor(cert, key)?),
         None => None,
     };
     let opts = ServeOptions {
@@ -84,7 +84,6 @@ pub async fn run(
         },
         token: config.token.clone(),
         max_message_bytes: config.max_message_size,
-        tls: tls.clone(),
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     let app = server::app(plane.clone(), &opts, health, shutdown.clone())?;
@@ -108,7 +107,7 @@ pub async fn run(
             plane.end_watches();
         })
     };
-    server::serve(listener, app, tls, shutdown, config.shutdown_grace).await;
+    crate::http_serve::serve(listener, app, tls, shutdown, config.shutdown_grace).await;
     let _ = ending.await;
     let _ = health_task.await;
     plane.close().await;

@@ -60,8 +60,8 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::frontdoor::authenticator::{Authenticator, Verdict};
 use crate::agent::frontdoor::credentials::{Presented, Source};
 use crate::agent::influxql::sign_jwt;
+use crate::http_serve::PeerAddr;
 use crate::influx::catalog::Catalog;
-use crate::manager::server::PeerAddr;
 use crate::telemetry::register;
 
 /// How long the JWT handed to influxd is valid: it is used at once, for
@@ -216,7 +216,7 @@ impl FrontDoor {
             }
         });
         let app = axum::Router::new().fallback(handle).with_state(self);
-        crate::manager::server::serve(listener, app, tls, shutdown, SHUTDOWN_GRACE).await;
+        crate::http_serve::serve(listener, app, tls, shutdown, SHUTDOWN_GRACE).await;
     }
 
     /// Authenticates one request and forwards it to influxd.
