@@ -81,6 +81,8 @@ pub struct Client<M> {
     state: StateDir,
     metrics: Arc<NodeMetrics>,
     observed: watch::Sender<Option<Arc<Catalog>>>,
+    /// Read from the state directory once, then kept here.
+    node_id: std::sync::Mutex<Option<String>>,
 }
 
 /// Conflict rounds before a push gives up until the next event.
@@ -89,6 +91,13 @@ const MAX_ROUNDS: usize = 16;
 /// The cluster-wide part of a catalog as `meta.Data` bytes: what travels.
 fn encode(catalog: &Catalog) -> Bytes {
     Bytes::from(catalog.to_meta_bytes())
+}
+
+/// The synced base as the sync task holds it: decoded once, not per event.
+struct Synced {
+    version: u64,
+    /// `None`: no base yet (first join, or a manager that lost its state).
+    catalog: Option<Catalog>,
 }
 
 fn decode(bytes: &[u8]) -> Result<Catalog, SyncError> {
@@ -104,13 +113,21 @@ impl<M: MetaClient> Client<M> {
         manager: &ManagerSettings,
         meta: Arc<M>,
     ) -> Result<Self, ClientError> {
+        let state = StateDir::open(&settings.state_dir)?;
+        // An unreadable ID file is a node registering anew, not a node that
+        // cannot start.
+        let node_id = state.node_id().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the node ID; registering as a new node");
+            None
+        });
         Ok(Client {
             meta,
             manager: ManagerClient::new(manager)?,
-            state: StateDir::open(&settings.state_dir)?,
+            state,
             settings,
             metrics: Arc::new(NodeMetrics::new()),
             observed: watch::channel(None).0,
+            node_id: std::sync::Mutex::new(node_id),
         })
     }
 
@@ -145,7 +162,10 @@ impl<M: MetaClient> Client<M> {
 
     /// The node's ID, once it has registered (kept across restarts).
     pub fn node_id(&self) -> Option<String> {
-        self.state.node_id().ok().flatten()
+        self.node_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Runs membership and sync until `shutdown` is cancelled.
@@ -184,10 +204,7 @@ impl<M: MetaClient> Client<M> {
     }
 
     async fn register(&self) -> Result<(String, Duration), CallError> {
-        let known = self.state.node_id().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read the node ID; registering as a new node");
-            None
-        });
+        let known = self.node_id();
         let s = &self.settings;
         let answer = self
             .manager
@@ -204,6 +221,7 @@ impl<M: MetaClient> Client<M> {
             if let Err(e) = self.state.set_node_id(&answer.node_id) {
                 tracing::error!(error = %e, "cannot save the node ID; a restart will register a new node");
             }
+            *self.node_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer.node_id.clone());
         }
         tracing::info!(cluster = %s.cluster, node = %answer.node_id, "registered");
         let every = Duration::from_millis(answer.heartbeat_interval_ms.max(100));
@@ -212,10 +230,7 @@ impl<M: MetaClient> Client<M> {
 
     /// The sync loop: watch, local changes, periodic resync.
     async fn sync(&self, shutdown: CancellationToken) {
-        let mut base = self.state.base().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read the synced base; joining as a new node");
-            SyncedBase::default()
-        });
+        let mut base = self.load_base();
         self.metrics.set_version(base.version);
         let mut changes = self.meta.changes();
         let mut stream: Option<SnapshotStream> = None;
@@ -318,29 +333,39 @@ impl<M: MetaClient> Client<M> {
         }
     }
 
-    fn save(
-        &self,
-        base: &mut SyncedBase,
-        version: u64,
-        catalog: Option<&Catalog>,
-    ) -> Result<(), SyncError> {
-        let next = SyncedBase {
+    /// The base kept on disk; an unreadable one is a first join.
+    fn load_base(&self) -> Synced {
+        let stored = self.state.base().map_err(SyncError::from).and_then(|b| {
+            Ok(Synced {
+                version: b.version,
+                catalog: b.catalog.as_deref().map(decode).transpose()?,
+            })
+        });
+        stored.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the synced base; joining as a new node");
+            Synced {
+                version: 0,
+                catalog: None,
+            }
+        })
+    }
+
+    fn save(&self, base: &mut Synced, version: u64, catalog: &Catalog) -> Result<(), SyncError> {
+        self.state.set_base(&SyncedBase {
             version,
-            catalog: catalog.map(encode),
+            catalog: Some(encode(catalog)),
+        })?;
+        *base = Synced {
+            version,
+            catalog: Some(catalog.clone()),
         };
-        self.state.set_base(&next)?;
-        *base = next;
         self.metrics.set_version(version);
         self.metrics.synced();
         Ok(())
     }
 
     /// A snapshot from the watch.
-    async fn on_remote(
-        &self,
-        base: &mut SyncedBase,
-        s: proto::MetaSnapshot,
-    ) -> Result<(), SyncError> {
+    async fn on_remote(&self, base: &mut Synced, s: proto::MetaSnapshot) -> Result<(), SyncError> {
         if s.version == base.version {
             return Ok(());
         }
@@ -359,7 +384,7 @@ impl<M: MetaClient> Client<M> {
                 manager_version = current.version,
                 "manager is behind this node; re-seeding it"
             );
-            *base = SyncedBase {
+            *base = Synced {
                 version: current.version,
                 catalog: None,
             };
@@ -370,33 +395,36 @@ impl<M: MetaClient> Client<M> {
         let remote = decode(&s.data)?;
         let local = self.meta.catalog().await?;
         self.observe(&local);
-        let base_catalog = base.catalog.as_deref().map(decode).transpose()?;
-        let target = if base_catalog.as_ref() == Some(&local) {
+        let target = if base.catalog.as_ref() == Some(&local) {
             remote.clone()
         } else {
-            let m = merge(base_catalog.as_ref(), &local, &remote);
-            for w in &m.warnings {
-                tracing::warn!(cluster = %s.cluster, "merge: {w}");
-            }
-            m.merged
+            self.merge(base, &local, &remote)
         };
         if target != local {
             self.meta.apply(&target).await?;
             self.metrics.pulled();
             tracing::info!(version = s.version, "applied the cluster catalog");
         }
-        self.save(base, s.version, Some(&remote))?;
+        self.save(base, s.version, &remote)?;
         // Whatever of the local catalog the cluster does not have yet.
         self.reconcile(base).await
     }
 
+    /// The three-way merge against the base, its warnings logged.
+    fn merge(&self, base: &Synced, local: &Catalog, remote: &Catalog) -> Catalog {
+        let m = merge(base.catalog.as_ref(), local, remote);
+        for w in &m.warnings {
+            tracing::warn!(cluster = %self.settings.cluster, "merge: {w}");
+        }
+        m.merged
+    }
+
     /// Pushes local changes until the manager accepts them or nothing is left.
-    async fn reconcile(&self, base: &mut SyncedBase) -> Result<(), SyncError> {
+    async fn reconcile(&self, base: &mut Synced) -> Result<(), SyncError> {
         for _ in 0..MAX_ROUNDS {
             let local = self.meta.catalog().await?;
             self.observe(&local);
-            let base_catalog = base.catalog.as_deref().map(decode).transpose()?;
-            if base_catalog.as_ref() == Some(&local) {
+            if base.catalog.as_ref() == Some(&local) {
                 return Ok(());
             }
             let pushed = self
@@ -412,7 +440,7 @@ impl<M: MetaClient> Client<M> {
                 Pushed::Accepted(v) => {
                     self.metrics.pushed(true);
                     tracing::info!(version = v, "pushed local catalog changes");
-                    return self.save(base, v, Some(&local));
+                    return self.save(base, v, &local);
                 }
                 Pushed::Conflict(s) => {
                     self.metrics.pushed(false);
@@ -422,15 +450,12 @@ impl<M: MetaClient> Client<M> {
                         "push conflicted; merging"
                     );
                     let remote = decode(&s.data)?;
-                    let m = merge(base_catalog.as_ref(), &local, &remote);
-                    for w in &m.warnings {
-                        tracing::warn!(cluster = %self.settings.cluster, "merge: {w}");
-                    }
-                    if m.merged != local {
-                        self.meta.apply(&m.merged).await?;
+                    let merged = self.merge(base, &local, &remote);
+                    if merged != local {
+                        self.meta.apply(&merged).await?;
                         self.metrics.pulled();
                     }
-                    self.save(base, s.version, Some(&remote))?;
+                    self.save(base, s.version, &remote)?;
                 }
             }
         }
