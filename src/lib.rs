@@ -7,11 +7,12 @@
 //! - [`influx`]: InfluxDB 1.x metadata — the catalog, `meta.db` bytes, the
 //!   three-way merge and the diff to InfluxQL.
 //! - [`ctl`]: `cfluxctl`, the operator's command line.
-//! - [`http_serve`], [`telemetry`], [`signals`]: serving, logs and metrics,
-//!   shutdown — shared by the binaries.
+//! - [`http_serve`], [`telemetry`], [`signals`], [`config_file`]: serving,
+//!   logs and metrics, shutdown, the TOML file — shared by the binaries.
 
 pub mod agent;
 pub mod client;
+pub mod config_file;
 pub mod ctl;
 pub mod http_serve;
 pub mod influx;

@@ -163,15 +163,7 @@ pub struct AgentConfig {
 impl AgentArgs {
     /// Flags and environment over the `--config` file over defaults.
     pub fn resolve(self) -> anyhow::Result<AgentConfig> {
-        let f = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<AgentArgs>(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
-            }
-            None => AgentArgs::default(),
-        };
+        let f: AgentArgs = crate::config_file::read(self.config.as_deref())?;
         let a = self;
         let endpoints: Vec<String> = a
             .cflux_endpoint

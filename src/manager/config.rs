@@ -132,15 +132,7 @@ pub struct ManagerConfig {
 impl ManagerArgs {
     /// Flags and environment over the `--config` file over defaults.
     pub fn resolve(self) -> anyhow::Result<ManagerConfig> {
-        let file = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<ManagerArgs>(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
-            }
-            None => ManagerArgs::default(),
-        };
+        let file: ManagerArgs = crate::config_file::read(self.config.as_deref())?;
         let a = self;
         let listen = a
             .listen
