@@ -35,9 +35,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
+use cflux::clock::now_ms;
 use cflux::manager::hub::Hub;
 use cflux::manager::store::embedded::EmbeddedStore;
-use cflux::manager::store::{now_ms, CasOutcome, NodeRecord, Store, StoreOptions};
+use cflux::manager::store::{CasOutcome, NodeRecord, Store, StoreOptions};
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use cflux::proto::{self, push_meta_response};
 use tokio::sync::mpsc;

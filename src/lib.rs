@@ -7,16 +7,22 @@
 //! - [`influx`]: InfluxDB 1.x metadata — the catalog, `meta.db` bytes, the
 //!   three-way merge and the diff to InfluxQL.
 //! - [`ctl`]: `cfluxctl`, the operator's command line.
-//! - [`http_serve`], [`telemetry`], [`signals`], [`config_file`]: serving,
-//!   logs and metrics, shutdown, the TOML file — shared by the binaries.
+//! - [`names`], [`clock`]: the naming rules and the time base both sides of
+//!   the contract share.
+//! - [`http_serve`], [`telemetry`], [`signals`], [`config_file`],
+//!   [`backoff`]: serving, logs and metrics, shutdown, the TOML file, waiting
+//!   before a retry — shared by the binaries.
 
 pub mod agent;
+pub mod backoff;
 pub mod client;
+pub mod clock;
 pub mod config_file;
 pub mod ctl;
 pub mod http_serve;
 pub mod influx;
 pub mod manager;
+pub mod names;
 pub mod signals;
 pub mod telemetry;
 

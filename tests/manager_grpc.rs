@@ -120,7 +120,7 @@ async fn register_new_known_and_unknown_ids() {
 
     // Known ID: the same node again, registration time kept, details updated.
     wait_until(DEADLINE, "the clock to move on", || async {
-        cflux::manager::store::now_ms() > n1.registered_at_ms + 5
+        cflux::clock::now_ms() > n1.registered_at_ms + 5
     })
     .await;
     let mut again = registration("prod", &first.node_id, "influx-1-renamed");

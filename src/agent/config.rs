@@ -182,8 +182,7 @@ impl AgentArgs {
             }
         }
         let cluster = a.cluster.or(f.cluster).unwrap_or_else(|| "default".into());
-        crate::manager::plane::validate_cluster(&cluster)
-            .map_err(|e| anyhow::anyhow!("CLUSTER: {e}"))?;
+        crate::names::validate_cluster(&cluster).map_err(|e| anyhow::anyhow!("CLUSTER: {e}"))?;
         let influxdb_url = a
             .influxdb_url
             .or(f.influxdb_url)

@@ -10,7 +10,7 @@ pub struct Args {
 }
 
 pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
-    let now = crate::manager::store::now_ms();
+    let now = crate::clock::now_ms();
     let rows: Vec<Vec<String>> = manager
         .list_nodes(&args.cluster)
         .await?

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::clock::now_ms;
 use crate::manager::hub::{Hub, Subscription};
 use crate::manager::metrics::Metrics;
 use crate::manager::store::{
-    now_ms, CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreResult,
+    CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreResult,
 };
 
 /// Why a control-plane call was refused.
@@ -80,40 +81,20 @@ pub struct ControlPlane {
     pub metrics: Arc<Metrics>,
 }
 
-const MAX_NAME_BYTES: usize = 128;
+impl From<crate::names::NameError> for PlaneError {
+    fn from(e: crate::names::NameError) -> Self {
+        PlaneError::InvalidArgument(e.to_string())
+    }
+}
 
-/// Checks a cluster name: 1–128 bytes of UTF-8 without control characters.
+/// Checks a cluster name (see [`crate::names`]).
 pub fn validate_cluster(name: &str) -> PlaneResult<()> {
-    validate_name("cluster name", name)
+    Ok(crate::names::validate_cluster(name)?)
 }
 
-/// Checks a node ID handed in by a client (same rules as cluster names, and no '/').
+/// Checks a node ID handed in by a client (see [`crate::names`]).
 pub fn validate_node_id(id: &str) -> PlaneResult<()> {
-    validate_name("node_id", id)?;
-    if id.contains('/') {
-        return Err(PlaneError::InvalidArgument(
-            "node_id must not contain '/'".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_name(what: &str, name: &str) -> PlaneResult<()> {
-    if name.is_empty() {
-        return Err(PlaneError::InvalidArgument(format!("{what} is empty")));
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(PlaneError::InvalidArgument(format!(
-            "{what} is {} bytes long; the limit is {MAX_NAME_BYTES}",
-            name.len()
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(PlaneError::InvalidArgument(format!(
-            "{what} contains control characters"
-        )));
-    }
-    Ok(())
+    Ok(crate::names::validate_node_id(id)?)
 }
 
 impl ControlPlane {

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::clock::now_ms;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    now_ms, CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions,
-    StoreResult,
+    CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult,
 };
 
 /// (cluster, node id) → JSON node record.

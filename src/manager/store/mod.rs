@@ -121,11 +121,3 @@ pub struct StoreOptions {
     /// Where catalog changes are announced.
     pub hub: std::sync::Arc<Hub>,
 }
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
