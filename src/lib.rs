@@ -7,8 +7,8 @@
 //! - [`influx`]: InfluxDB 1.x metadata — the catalog, `meta.db` bytes, the
 //!   three-way merge and the diff to InfluxQL.
 //! - [`ctl`]: `cfluxctl`, the operator's command line.
-//! - [`names`], [`clock`]: the naming rules and the time base both sides of
-//!   the contract share.
+//! - [`names`], [`clock`], [`legacy_protocol`]: the naming rules, the time
+//!   base and the legacy protocol's JSON shapes both sides of the contract share.
 //! - [`http_serve`], [`telemetry`], [`signals`], [`config_file`],
 //!   [`backoff`]: serving, logs and metrics, shutdown, the TOML file, waiting
 //!   before a retry — shared by the binaries.
@@ -21,6 +21,7 @@ pub mod config_file;
 pub mod ctl;
 pub mod http_serve;
 pub mod influx;
+pub mod legacy_protocol;
 pub mod manager;
 pub mod names;
 pub mod signals;

@@ -10,9 +10,9 @@ use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use serde::Deserialize;
 
 use crate::client::call::{Call, CallError, Reply};
+use crate::legacy_protocol as wire;
 use crate::proto;
 
 /// How long one long poll may be held: above any manager's poll window.
@@ -31,24 +31,6 @@ struct Answer {
     status: StatusCode,
     version: Option<u64>,
     body: Bytes,
-}
-
-#[derive(Deserialize)]
-struct Registered {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct LegacyNode {
-    id: String,
-    #[serde(default)]
-    ip: String,
-    #[serde(default)]
-    hostname: String,
-    #[serde(default, rename = "bind-address")]
-    bind_address: String,
-    #[serde(default)]
-    alive: bool,
 }
 
 fn seg(s: &str) -> String {
@@ -164,18 +146,22 @@ impl LegacyTransport {
     pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
         match call {
             Call::Register(r) => {
-                let ips: String = r.ips.iter().map(|ip| format!("{ip},")).collect();
-                let body =
-                    serde_json::json!({ "ip": ips, "hostname": r.hostname, "id": r.node_id });
+                let body = wire::Registration {
+                    ip: wire::join_ips(&r.ips),
+                    hostname: r.hostname,
+                    id: r.node_id,
+                };
                 let a = self
                     .send(
                         Method::POST,
                         &format!("/nodes/{}", seg(&r.cluster)),
-                        body.to_string().into(),
+                        serde_json::to_vec(&body)
+                            .map_err(|e| CallError::Refused(format!("registration: {e}")))?
+                            .into(),
                         self.timeout,
                     )
                     .await?;
-                let reg: Registered = serde_json::from_slice(&a.body)
+                let reg: wire::Registered = serde_json::from_slice(&a.body)
                     .map_err(|e| CallError::Protocol(format!("registration answer: {e}")))?;
                 Ok(Reply::Registered(proto::RegisterResponse {
                     node_id: reg.id,
@@ -209,7 +195,7 @@ impl LegacyTransport {
                         self.timeout,
                     )
                     .await?;
-                let nodes: Vec<LegacyNode> = serde_json::from_slice(&a.body)
+                let nodes: Vec<wire::Node> = serde_json::from_slice(&a.body)
                     .map_err(|e| CallError::Protocol(format!("node list: {e}")))?;
                 Ok(Reply::Nodes(proto::ListNodesResponse {
                     nodes: nodes
@@ -218,12 +204,7 @@ impl LegacyTransport {
                             node_id: n.id,
                             cluster: r.cluster.clone(),
                             hostname: n.hostname,
-                            ips: n
-                                .ip
-                                .split(',')
-                                .filter(|s| !s.is_empty())
-                                .map(str::to_owned)
-                                .collect(),
+                            ips: wire::split_ips(&n.ip),
                             bind_address: n.bind_address,
                             alive: n.alive,
                             ..Default::default()

@@ -15,10 +15,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::http_serve::PeerAddr;
+use crate::legacy_protocol as wire;
 use crate::manager::plane::{ControlPlane, PlaneError, Registration};
 use crate::manager::store::{CasOutcome, NodeStatus};
 
@@ -120,54 +120,9 @@ fn version_header(v: u64) -> HeaderMap {
     h
 }
 
-#[derive(Deserialize)]
-struct RegisterBody {
-    /// Comma-separated (and comma-terminated) IPv4 addresses.
-    #[serde(default)]
-    ip: String,
-    #[serde(default)]
-    hostname: String,
-    /// Our extension: the ID the node had before, so a restarted node stays
-    /// one node (an original manager ignores it; an original node omits it).
-    #[serde(default)]
-    id: String,
-}
-
-#[derive(Serialize)]
-struct RegisterAnswer {
-    status: &'static str,
-    id: String,
-    #[serde(rename = "expirationDate")]
-    expiration_date: String,
-    message: String,
-    metadata: RegisterMetadata,
-}
-
-#[derive(Serialize)]
-struct RegisterMetadata {
-    ip: String,
-    hostname: String,
-}
-
-#[derive(Serialize)]
-struct LegacyNode {
-    id: String,
-    ip: String,
-    hostname: String,
-    #[serde(rename = "bind-address")]
-    bind_address: String,
-    alive: bool,
-}
-
-#[derive(Serialize)]
-struct AllNodes {
-    cflux: Vec<String>,
-    influx: Vec<LegacyNode>,
-}
-
-fn legacy_node(n: NodeStatus) -> LegacyNode {
-    LegacyNode {
-        ip: join_ips(&n.record.ips),
+fn legacy_node(n: NodeStatus) -> wire::Node {
+    wire::Node {
+        ip: wire::join_ips(&n.record.ips),
         id: n.record.node_id,
         hostname: n.record.hostname,
         bind_address: n.record.bind_address,
@@ -175,28 +130,17 @@ fn legacy_node(n: NodeStatus) -> LegacyNode {
     }
 }
 
-/// The original's form: every address followed by a comma.
-fn join_ips(ips: &[String]) -> String {
-    ips.iter().map(|ip| format!("{ip},")).collect()
-}
-
 async fn register(
     State(s): State<Legacy>,
     Path(cluster): Path<String>,
     peer: Option<Extension<PeerAddr>>,
     body: Bytes,
-) -> LegacyResult<Json<RegisterAnswer>> {
+) -> LegacyResult<Json<wire::Registered>> {
     // The original nodes send JSON without always saying so: read it whatever
     // the Content-Type.
-    let body: RegisterBody = serde_json::from_slice(&body)
+    let body: wire::Registration = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("malformed registration JSON: {e}")))?;
-    let ips: Vec<String> = body
-        .ip
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let ips = wire::split_ips(&body.ip);
     let node = s
         .plane
         .register(Registration {
@@ -209,13 +153,13 @@ async fn register(
         })
         .await?;
     let expires = std::time::SystemTime::now() + s.plane.limits.node_ttl;
-    Ok(Json(RegisterAnswer {
-        status: "ok",
+    Ok(Json(wire::Registered {
+        status: "ok".into(),
         message: format!("node {} registered", node.node_id),
         id: node.node_id,
         expiration_date: humantime::format_rfc3339_seconds(expires).to_string(),
-        metadata: RegisterMetadata {
-            ip: join_ips(&node.ips),
+        metadata: wire::RegisteredMetadata {
+            ip: wire::join_ips(&node.ips),
             hostname: node.hostname,
         },
     }))
@@ -237,9 +181,9 @@ async fn deregister(
     Ok(StatusCode::OK)
 }
 
-async fn list_all_nodes(State(s): State<Legacy>) -> LegacyResult<Json<AllNodes>> {
+async fn list_all_nodes(State(s): State<Legacy>) -> LegacyResult<Json<wire::AllNodes>> {
     let influx = s.plane.list_nodes("").await?;
-    Ok(Json(AllNodes {
+    Ok(Json(wire::AllNodes {
         cflux: s.plane.managers().await?,
         influx: influx.into_iter().map(legacy_node).collect(),
     }))
@@ -248,7 +192,7 @@ async fn list_all_nodes(State(s): State<Legacy>) -> LegacyResult<Json<AllNodes>>
 async fn list_cluster_nodes(
     State(s): State<Legacy>,
     Path(cluster): Path<String>,
-) -> LegacyResult<Json<Vec<LegacyNode>>> {
+) -> LegacyResult<Json<Vec<wire::Node>>> {
     let nodes = s.plane.list_nodes(&cluster).await?;
     Ok(Json(nodes.into_iter().map(legacy_node).collect()))
 }
@@ -307,11 +251,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ips_are_comma_terminated() {
-        assert_eq!(
-            join_ips(&["10.0.0.1".into(), "10.0.0.2".into()]),
-            "10.0.0.1,10.0.0.2,"
-        );
+    fn versions_are_non_negative_integers() {
         assert_eq!(parse_version("12").ok(), Some(12));
         assert!(parse_version("x1").is_err());
         assert!(parse_version("-1").is_err());
