@@ -1,7 +1,9 @@
 //! `ManagerClient`: every call a node makes to its managers, through one tower
 //! stack — the retry layer ([`crate::client::retry`]) around a failover
 //! service that sends each attempt to the current manager and moves on to the
-//! next one of the list when that manager is unreachable.
+//! next one of the list when that manager is unreachable. The client holds
+//! that stack as a boxed service of calls, so a test can put a scripted
+//! manager in its place.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tower::retry::Retry;
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::client::call::{expect_reply, Call, CallError, Reply, SnapshotStream};
@@ -123,10 +125,14 @@ pub enum Pushed {
     Conflict(proto::MetaSnapshot),
 }
 
+/// Whatever answers a node's calls: the retry-around-failover stack, or a
+/// test's scripted manager. `Sync`, so a client can be shared between tasks.
+pub type ManagerService = BoxCloneSyncService<Call, Reply, CallError>;
+
 /// The node's handle on its managers.
 #[derive(Clone)]
 pub struct ManagerClient {
-    svc: Retry<RetryPolicy, Failover>,
+    svc: ManagerService,
 }
 
 impl ManagerClient {
@@ -155,9 +161,14 @@ impl ManagerClient {
             endpoints: endpoints.into(),
             current: Arc::new(AtomicUsize::new(0)),
         };
-        Ok(ManagerClient {
-            svc: RetryPolicy::layer(&s.retry).layer(failover),
-        })
+        Ok(Self::from_service(BoxCloneSyncService::new(
+            RetryPolicy::layer(&s.retry).layer(failover),
+        )))
+    }
+
+    /// A client whose calls `svc` answers.
+    pub fn from_service(svc: ManagerService) -> Self {
+        ManagerClient { svc }
     }
 
     async fn call(&self, call: Call) -> Result<Reply, CallError> {

@@ -4,8 +4,9 @@
 //! - [`retry`]: the tower retry layer (5 attempts, exponential backoff, jitter).
 //! - [`manager`]: [`manager::ManagerClient`] — retry around failover around
 //!   the transports, [`grpc`] and [`legacy`].
-//! - [`node`]: [`Client`], registration, heartbeats, sync and push; [`state`]:
-//!   what it keeps on disk; [`meta`]: the [`MetaClient`] it wraps.
+//! - [`node`]: [`Client`], registration and heartbeats; [`sync`]: the sync
+//!   task (watch, push, merge); [`state`]: what it keeps on disk; [`meta`]:
+//!   the [`MetaClient`] it wraps.
 
 pub mod call;
 pub mod grpc;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod retry;
 pub mod state;
+pub mod sync;
 
 pub use meta::{InMemoryMeta, MetaClient, MetaError};
 pub use node::{Client, NodeSettings};

@@ -4,10 +4,12 @@
 //! their own: they are whatever the node's metadata holds beyond that base,
 //! and the node's metadata (InfluxDB's `meta.db`) is durable.
 //!
-//! Files are replaced atomically (write, fsync, rename), so a crash leaves
-//! the old or the new state, never half of one.
+//! Files are replaced atomically (write, fsync, rename, fsync of the
+//! directory), so a crash leaves the old or the new state, never half of one.
+//! That I/O blocks, so it runs on tokio's blocking pool, never on the async
+//! workers that serve the node.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -32,34 +34,39 @@ const NODE_ID: &str = "node-id";
 const BASE: &str = "base.bin";
 
 impl StateDir {
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    /// Creates the directory if needed (once, at start-up).
+    pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(StateDir {
             dir: dir.to_owned(),
         })
     }
 
-    pub fn node_id(&self) -> std::io::Result<Option<String>> {
-        match std::fs::read_to_string(self.dir.join(NODE_ID)) {
+    pub async fn node_id(&self) -> io::Result<Option<String>> {
+        let path = self.dir.join(NODE_ID);
+        blocking(move || match std::fs::read_to_string(path) {
             Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
-        }
+        })
+        .await
     }
 
-    pub fn set_node_id(&self, id: &str) -> std::io::Result<()> {
-        self.replace(NODE_ID, id.as_bytes())
+    pub async fn set_node_id(&self, id: &str) -> io::Result<()> {
+        self.replace(NODE_ID, Bytes::copy_from_slice(id.as_bytes()))
+            .await
     }
 
     /// The synced base; a missing file is a node that never synced.
-    pub fn base(&self) -> std::io::Result<SyncedBase> {
-        let bytes = match std::fs::read(self.dir.join(BASE)) {
+    pub async fn base(&self) -> io::Result<SyncedBase> {
+        let path = self.dir.join(BASE);
+        let bytes = match blocking(move || std::fs::read(path)).await {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SyncedBase::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SyncedBase::default()),
             Err(e) => return Err(e),
         };
-        let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidData, "corrupt base.bin");
+        let invalid = || io::Error::new(io::ErrorKind::InvalidData, "corrupt base.bin");
         let (head, rest) = bytes.split_at_checked(9).ok_or_else(invalid)?;
         let version = u64::from_be_bytes(head[..8].try_into().map_err(|_| invalid())?);
         let catalog = match head[8] {
@@ -70,7 +77,7 @@ impl StateDir {
         Ok(SyncedBase { version, catalog })
     }
 
-    pub fn set_base(&self, base: &SyncedBase) -> std::io::Result<()> {
+    pub async fn set_base(&self, base: &SyncedBase) -> io::Result<()> {
         let mut out = Vec::with_capacity(9 + base.catalog.as_ref().map_or(0, |c| c.len()));
         out.extend_from_slice(&base.version.to_be_bytes());
         match &base.catalog {
@@ -80,52 +87,68 @@ impl StateDir {
                 out.extend_from_slice(c);
             }
         }
-        self.replace(BASE, &out)
+        self.replace(BASE, out.into()).await
     }
 
-    fn replace(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(name))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+    /// Write to a temporary file, fsync it, rename it over `name`, fsync the
+    /// directory: the rename is what a crash either sees or does not.
+    async fn replace(&self, name: &'static str, bytes: Bytes) -> io::Result<()> {
+        let dir = self.dir.clone();
+        blocking(move || {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(name))?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
     }
+}
+
+/// Runs file I/O on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn state_survives_reopening() {
+    #[tokio::test]
+    async fn state_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let s = StateDir::open(dir.path()).unwrap();
-        assert_eq!(s.node_id().unwrap(), None);
-        assert_eq!(s.base().unwrap(), SyncedBase::default());
-        s.set_node_id("n-1").unwrap();
+        assert_eq!(s.node_id().await.unwrap(), None);
+        assert_eq!(s.base().await.unwrap(), SyncedBase::default());
+        s.set_node_id("n-1").await.unwrap();
         let base = SyncedBase {
             version: 7,
             catalog: Some(Bytes::from_static(b"\x08\x01")),
         };
-        s.set_base(&base).unwrap();
+        s.set_base(&base).await.unwrap();
         let s = StateDir::open(dir.path()).unwrap();
-        assert_eq!(s.node_id().unwrap().as_deref(), Some("n-1"));
-        assert_eq!(s.base().unwrap(), base);
+        assert_eq!(s.node_id().await.unwrap().as_deref(), Some("n-1"));
+        assert_eq!(s.base().await.unwrap(), base);
         s.set_base(&SyncedBase {
             version: 3,
             catalog: None,
         })
+        .await
         .unwrap();
-        assert_eq!(s.base().unwrap().catalog, None);
+        assert_eq!(s.base().await.unwrap().catalog, None);
     }
 
-    #[test]
-    fn a_corrupt_base_is_an_error_not_a_panic() {
+    #[tokio::test]
+    async fn a_corrupt_base_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(BASE), b"\x01\x02").unwrap();
-        assert!(StateDir::open(dir.path()).unwrap().base().is_err());
+        assert!(StateDir::open(dir.path()).unwrap().base().await.is_err());
         std::fs::write(dir.path().join(BASE), [0, 0, 0, 0, 0, 0, 0, 1, 9]).unwrap();
-        assert!(StateDir::open(dir.path()).unwrap().base().is_err());
+        assert!(StateDir::open(dir.path()).unwrap().base().await.is_err());
     }
 }
