@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use cflux::clock::now_ms;
-use cflux::manager::hub::Hub;
 use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::{CasOutcome, NodeRecord, Store, StoreOptions};
 use cflux::proto::clusterflux_client::ClusterfluxClient;
@@ -105,7 +104,6 @@ async fn bench() -> anyhow::Result<()> {
         StoreOptions {
             node_ttl: Duration::from_secs(15),
             advertise: "bench".into(),
-            hub: Hub::new(),
         },
     )
     .map_err(|e| anyhow!("cannot open the embedded store: {e}"))?;

@@ -1,8 +1,8 @@
 //! Fan-out of catalog changes to everyone waiting on them.
 //!
-//! Watch streams and legacy long polls subscribe to a cluster; stores publish
-//! every snapshot they learn of (a local compare-and-swap, or an etcd watch
-//! event from another manager). Each cluster has one `tokio::sync::watch`
+//! Watch streams and legacy long polls subscribe to a cluster; the hub is the
+//! manager's [`CatalogFeed`]: the control plane publishes its accepted
+//! compare-and-swaps, the etcd store's change feed what other managers wrote. Each cluster has one `tokio::sync::watch`
 //! channel, so a burst of changes coalesces to the latest for a slow reader,
 //! and the bytes travel once however many watchers there are.
 //!
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::manager::store::Snapshot;
+use crate::manager::store::{CatalogFeed, Snapshot};
 
 type Slot = Option<Arc<Snapshot>>;
 
@@ -76,8 +76,7 @@ impl Hub {
         }
     }
 
-    /// The clusters someone is subscribed to (the etcd store re-reads these
-    /// after its watch was interrupted).
+    /// The clusters someone is subscribed to.
     pub fn watched_clusters(&self) -> Vec<String> {
         let mut channels = self.lock();
         channels.retain(|_, tx| tx.receiver_count() > 0);
@@ -93,6 +92,16 @@ impl Hub {
         // A panic while holding this lock leaves the map consistent (every
         // operation is a single insert/remove/send), so poisoning is ignored.
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl CatalogFeed for Hub {
+    fn publish(&self, snapshot: Snapshot) {
+        Hub::publish(self, snapshot)
+    }
+
+    fn watched_clusters(&self) -> Vec<String> {
+        Hub::watched_clusters(self)
     }
 }
 

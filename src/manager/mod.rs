@@ -27,14 +27,17 @@ use crate::manager::hub::Hub;
 use crate::manager::legacy::LegacyOptions;
 use crate::manager::plane::{ControlPlane, Limits};
 use crate::manager::server::ServeOptions;
-use crate::manager::store::{Store, StoreOptions};
+use crate::manager::store::{CatalogFeed, Store, StoreOptions};
 
-/// Opens the configured store.
-pub async fn open_store(config: &ManagerConfig, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store; an etcd store announces other managers'
+/// catalogs to `feed`.
+pub async fn open_store(
+    config: &ManagerConfig,
+    feed: Arc<dyn CatalogFeed>,
+) -> anyhow::Result<Arc<dyn Store>> {
     let opts = StoreOptions {
         node_ttl: config.node_ttl,
         advertise: config.advertise.clone(),
-        hub,
     };
     Ok(match &config.store {
         StoreConfig::Embedded { data_dir } => {
@@ -44,7 +47,7 @@ pub async fn open_store(config: &ManagerConfig, hub: Arc<Hub>) -> anyhow::Result
         }
         StoreConfig::Etcd { endpoints } => {
             tracing::info!(?endpoints, "etcd store");
-            store::etcd::EtcdStore::connect(endpoints, opts)
+            store::etcd::EtcdStore::connect(endpoints, opts, feed)
                 .await
                 .context("cannot connect to etcd")?
         }

@@ -266,10 +266,16 @@ impl ControlPlane {
             )));
         }
         let outcome = self
-            .call(self.store.cas_meta(cluster, expected, data))
+            .call(self.store.cas_meta(cluster, expected, data.clone()))
             .await?;
         match &outcome {
             CasOutcome::Accepted(v) => {
+                // This manager's watchers need not wait for a store's feed.
+                self.hub.publish(Snapshot {
+                    cluster: cluster.to_owned(),
+                    version: *v,
+                    data,
+                });
                 tracing::info!(%cluster, node = %node_id, version = v, "catalog accepted")
             }
             CasOutcome::Conflict(current) => {

@@ -171,45 +171,28 @@ impl Store for EmbeddedStore {
 
     async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome> {
         let c = cluster.to_owned();
-        let outcome = self
-            .blocking(move |db| {
-                let txn = db.begin_write().map_err(internal)?;
-                let outcome = {
-                    let mut table = txn.open_table(CATALOGS).map_err(internal)?;
-                    let current = read_snapshot(&table, &c)?;
-                    if current.version != expected {
-                        CasOutcome::Conflict(current)
-                    } else {
-                        let version = expected + 1;
-                        table
-                            .insert(c.as_str(), (version, data.as_ref()))
-                            .map_err(internal)?;
-                        CasOutcome::Accepted(version)
-                    }
-                };
-                match outcome {
-                    CasOutcome::Accepted(version) => {
-                        txn.commit().map_err(internal)?;
-                        Ok((
-                            outcome,
-                            Some(Snapshot {
-                                cluster: c,
-                                version,
-                                data,
-                            }),
-                        ))
-                    }
-                    CasOutcome::Conflict(_) => {
-                        txn.abort().map_err(internal)?;
-                        Ok((outcome, None))
-                    }
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(internal)?;
+            let outcome = {
+                let mut table = txn.open_table(CATALOGS).map_err(internal)?;
+                let current = read_snapshot(&table, &c)?;
+                if current.version != expected {
+                    CasOutcome::Conflict(current)
+                } else {
+                    let version = expected + 1;
+                    table
+                        .insert(c.as_str(), (version, data.as_ref()))
+                        .map_err(internal)?;
+                    CasOutcome::Accepted(version)
                 }
-            })
-            .await?;
-        if let (_, Some(snapshot)) = &outcome {
-            self.opts.hub.publish(snapshot.clone());
-        }
-        Ok(outcome.0)
+            };
+            match outcome {
+                CasOutcome::Accepted(_) => txn.commit().map_err(internal)?,
+                CasOutcome::Conflict(_) => txn.abort().map_err(internal)?,
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {

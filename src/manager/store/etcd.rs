@@ -28,7 +28,7 @@
 //! compacted meanwhile, they start over.
 //!
 //! *Change feed.* A background task reads the catalogs someone is subscribed
-//! to (see [`Hub::watched_clusters`]), publishes them, then watches `meta/`
+//! to (see [`CatalogFeed::watched_clusters`]), publishes them, then watches `meta/`
 //! from the read's revision + 1 and publishes every new head it sees. When
 //! the watch breaks (a member died, the history was compacted) it reads again
 //! and watches again, backing off while etcd stays unreachable.
@@ -55,9 +55,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult,
+    CasOutcome, CatalogFeed, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions,
+    StoreResult,
 };
-use crate::manager::hub::Hub;
 
 /// The key prefix every store shares unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "/cflux/v1/";
@@ -231,7 +231,8 @@ struct Inner {
     prefix: String,
     node_ttl_secs: i64,
     advertise: String,
-    hub: Arc<Hub>,
+    /// Where catalogs other managers wrote are announced.
+    feed: Arc<dyn CatalogFeed>,
     cancel: CancellationToken,
     /// The lease of this manager's `managers/` key (0: none).
     manager_lease: AtomicI64,
@@ -239,12 +240,17 @@ struct Inner {
 
 impl EtcdStore {
     /// Connects to an etcd cluster (give every member: the client fails over
-    /// between them), registers this manager and starts the change feed.
+    /// between them), registers this manager and starts the change feed,
+    /// which announces to `feed` every catalog written through any manager.
     ///
     /// Fails with [`StoreError::Unavailable`] within seconds when etcd cannot
     /// be reached.
-    pub async fn connect(endpoints: &[String], opts: StoreOptions) -> StoreResult<Arc<EtcdStore>> {
-        Self::connect_with_prefix(endpoints, DEFAULT_PREFIX, opts).await
+    pub async fn connect(
+        endpoints: &[String],
+        opts: StoreOptions,
+        feed: Arc<dyn CatalogFeed>,
+    ) -> StoreResult<Arc<EtcdStore>> {
+        Self::connect_with_prefix(endpoints, DEFAULT_PREFIX, opts, feed).await
     }
 
     /// [`EtcdStore::connect`] with a key prefix other than [`DEFAULT_PREFIX`]
@@ -253,6 +259,7 @@ impl EtcdStore {
         endpoints: &[String],
         prefix: &str,
         opts: StoreOptions,
+        feed: Arc<dyn CatalogFeed>,
     ) -> StoreResult<Arc<EtcdStore>> {
         if endpoints.is_empty() {
             return Err(internal("no etcd endpoints given"));
@@ -290,7 +297,7 @@ impl EtcdStore {
             prefix,
             node_ttl_secs,
             advertise: opts.advertise,
-            hub: opts.hub,
+            feed,
             cancel: CancellationToken::new(),
             manager_lease: AtomicI64::new(0),
         });
@@ -1009,9 +1016,9 @@ impl Inner {
             },
             Err(f) => return f.into_store("read revision"),
         };
-        for cluster in self.hub.watched_clusters() {
+        for cluster in self.feed.watched_clusters() {
             match self.read_snapshot(&cluster).await {
-                Ok(snapshot) => self.hub.publish(snapshot),
+                Ok(snapshot) => self.feed.publish(snapshot),
                 Err(e) => return e,
             }
         }
@@ -1073,7 +1080,7 @@ impl Inner {
             if latest.is_empty() {
                 continue;
             }
-            let watched: HashSet<String> = self.hub.watched_clusters().into_iter().collect();
+            let watched: HashSet<String> = self.feed.watched_clusters().into_iter().collect();
             for (cluster, (head, revision)) in latest {
                 if !watched.contains(&cluster) {
                     continue;
@@ -1091,7 +1098,7 @@ impl Inner {
                     },
                     Err(Fail::Store(e)) => return e,
                 };
-                self.hub.publish(snapshot);
+                self.feed.publish(snapshot);
             }
         }
     }
@@ -1133,16 +1140,7 @@ impl Store for EtcdStore {
 
     async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome> {
         self.inner.closed()?;
-        let outcome = self.inner.cas_meta(cluster, expected, data.clone()).await?;
-        if let CasOutcome::Accepted(version) = outcome {
-            // Subscribers of this manager need not wait for the watch.
-            self.inner.hub.publish(Snapshot {
-                cluster: cluster.to_owned(),
-                version,
-                data,
-            });
-        }
-        Ok(outcome)
+        self.inner.cas_meta(cluster, expected, data).await
     }
 
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {

@@ -4,8 +4,9 @@
 //! manager with nothing to install) and [`etcd`] (several stateless managers
 //! sharing a real etcd cluster). The manager never holds state of its own
 //! beyond what a store hands it, so any manager on one etcd serves the same
-//! cluster view. Catalog changes are announced through the [`Hub`], whichever
-//! manager made them.
+//! cluster view. A store never announces changes itself: the control plane
+//! publishes what it wrote, and the etcd store's change feed publishes what
+//! other managers wrote, both through a [`CatalogFeed`].
 
 pub mod embedded;
 pub mod etcd;
@@ -15,8 +16,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-
-use crate::manager::hub::Hub;
 
 /// A registered node as the store keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,13 +110,22 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// Where catalog snapshots are announced to those waiting on them (the
+/// manager's hub). The control plane publishes its own writes; a store shared
+/// with other managers publishes theirs.
+pub trait CatalogFeed: Send + Sync + 'static {
+    /// Announces a snapshot; older or equal versions than one already
+    /// announced are ignored.
+    fn publish(&self, snapshot: Snapshot);
+    /// The clusters someone is waiting on (re-read after a feed interruption).
+    fn watched_clusters(&self) -> Vec<String>;
+}
+
 /// Settings every store needs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// How long a node stays alive without a heartbeat.
     pub node_ttl: Duration,
     /// This manager's advertised address, listed among the managers.
     pub advertise: String,
-    /// Where catalog changes are announced.
-    pub hub: std::sync::Arc<Hub>,
 }

@@ -1,0 +1,553 @@
+//! The [`Store`] contract: one suite of behaviours, written once and run
+//! against the embedded store (a redb file in a temporary directory) and the
+//! etcd store (a real three-member etcd cluster): nodes, liveness,
+//! compare-and-swap, watches, large catalogs and restarts.
+//!
+//! Watches are a property of a store together with the control plane that
+//! publishes its own writes: they are checked through [`ControlPlane`]s over
+//! the store. "Another manager" is a second connection to the same etcd (with
+//! its own hub); the embedded store has a single manager, so there it is the
+//! same store.
+//!
+//! The etcd half needs the `etcd` binary (`/usr/bin/etcd`, or `$ETCD_BIN`).
+//! Behaviour only one store has (a lost leader, chunk bookkeeping,
+//! compaction) is tested in `tests/etcd_store.rs`.
+
+#[path = "support/etcd.rs"]
+mod etcd_support;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cflux::clock::now_ms;
+use cflux::manager::hub::{Hub, Subscription};
+use cflux::manager::metrics::Metrics;
+use cflux::manager::plane::{ControlPlane, Limits};
+use cflux::manager::store::embedded::EmbeddedStore;
+use cflux::manager::store::etcd::EtcdStore;
+use cflux::manager::store::{CasOutcome, NodeRecord, Snapshot, Store, StoreOptions};
+use etcd_support::EtcdCluster;
+use tempfile::TempDir;
+
+/// etcd's minimum lease: the shortest TTL both stores honour.
+const NODE_TTL: Duration = Duration::from_secs(2);
+/// Deadline of a change reaching a watcher (the etcd feed may be reconnecting).
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Where a store's state lives, so it can be opened again.
+enum Backend {
+    Embedded(TempDir),
+    Etcd(EtcdCluster),
+}
+
+/// A store under test, with the hub its manager would publish to.
+struct Subject {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    backend: Backend,
+}
+
+fn options(advertise: &str) -> StoreOptions {
+    StoreOptions {
+        node_ttl: NODE_TTL,
+        advertise: advertise.to_owned(),
+    }
+}
+
+async fn open(backend: &Backend, advertise: &str, hub: Arc<Hub>) -> Arc<dyn Store> {
+    match backend {
+        Backend::Embedded(dir) => {
+            EmbeddedStore::open(dir.path(), options(advertise)).expect("open the embedded store")
+        }
+        Backend::Etcd(etcd) => EtcdStore::connect(&etcd.endpoints(), options(advertise), hub)
+            .await
+            .expect("connect to etcd"),
+    }
+}
+
+impl Subject {
+    async fn embedded() -> Subject {
+        Subject::on(Backend::Embedded(
+            tempfile::tempdir().expect("temporary directory"),
+        ))
+        .await
+    }
+
+    async fn etcd() -> Subject {
+        Subject::on(Backend::Etcd(EtcdCluster::start(3).await)).await
+    }
+
+    async fn on(backend: Backend) -> Subject {
+        let hub = Hub::new();
+        let store = open(&backend, "m1:7070", hub.clone()).await;
+        Subject {
+            store,
+            hub,
+            backend,
+        }
+    }
+
+    /// The same state as another manager sees it: a second etcd connection
+    /// with its own hub; the embedded store itself (it has one manager).
+    async fn peer(&self) -> (Arc<dyn Store>, Arc<Hub>) {
+        match &self.backend {
+            Backend::Embedded(_) => (self.store.clone(), self.hub.clone()),
+            Backend::Etcd(_) => {
+                let hub = Hub::new();
+                (open(&self.backend, "m2:7070", hub.clone()).await, hub)
+            }
+        }
+    }
+
+    /// Closes the store and opens it again, as a restarted manager does.
+    async fn reopen(self) -> Subject {
+        let Subject { store, backend, .. } = self;
+        store.close().await;
+        // The embedded file opens once at a time: the old handle must be gone.
+        assert_eq!(Arc::strong_count(&store), 1, "the store is still in use");
+        drop(store);
+        Subject::on(backend).await
+    }
+}
+
+fn plane(store: Arc<dyn Store>, hub: Arc<Hub>) -> ControlPlane {
+    let limits = Limits {
+        node_ttl: NODE_TTL,
+        heartbeat_interval: Duration::from_millis(500),
+        max_catalog_bytes: 64 * 1024 * 1024,
+        store_timeout: Duration::from_secs(10),
+    };
+    ControlPlane::new(store, hub, limits, Arc::new(Metrics::new()))
+}
+
+fn node(cluster: &str, id: &str) -> NodeRecord {
+    let now = now_ms();
+    NodeRecord {
+        node_id: id.to_owned(),
+        cluster: cluster.to_owned(),
+        hostname: format!("host-{id}"),
+        ips: vec!["10.0.0.1".into(), "fe80::1".into()],
+        bind_address: "10.0.0.1".into(),
+        http_addr: "10.0.0.1:8086".into(),
+        version: "1.8.10".into(),
+        registered_at_ms: now,
+        last_heartbeat_ms: now,
+    }
+}
+
+fn noise(len: usize, seed: u64) -> Bytes {
+    etcd_support::noise(len, seed).into()
+}
+
+fn accepted(outcome: CasOutcome) -> u64 {
+    match outcome {
+        CasOutcome::Accepted(v) => v,
+        CasOutcome::Conflict(s) => panic!("unexpected conflict, current v{}", s.version),
+    }
+}
+
+fn conflict(outcome: CasOutcome) -> Snapshot {
+    match outcome {
+        CasOutcome::Conflict(s) => s,
+        CasOutcome::Accepted(v) => panic!("unexpectedly accepted as v{v}"),
+    }
+}
+
+/// Polls `check` until it yields `Some`, failing the test after `deadline`.
+async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the subscription shows `version` or a later one.
+async fn wait_for(sub: &mut Subscription, version: u64, what: &str) -> Arc<Snapshot> {
+    tokio::time::timeout(DEADLINE, async {
+        let mut known = u64::MAX;
+        loop {
+            let s = sub.next_different(known).await.expect("hub open");
+            if s.version >= version {
+                return s;
+            }
+            known = s.version;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within {DEADLINE:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// The behaviours
+
+/// Nodes are stored, listed per cluster, replaced and deleted; names with
+/// `/` and non-ASCII characters survive.
+async fn nodes(s: Subject) {
+    let store = &s.store;
+    let (ca, cb) = ("prod/eu é", "prod");
+    assert_eq!(store.get_node(ca, "n1").await.unwrap(), None);
+    let (a1, a2, b1) = (node(ca, "n1"), node(ca, "n/2"), node(cb, "n1"));
+    for n in [&a1, &a2, &b1] {
+        store.put_node(n.clone()).await.unwrap();
+    }
+    assert_eq!(store.get_node(ca, "n1").await.unwrap(), Some(a1.clone()));
+    assert_eq!(store.get_node(ca, "n/2").await.unwrap(), Some(a2.clone()));
+    assert_eq!(store.get_node(cb, "n/2").await.unwrap(), None);
+
+    let mut listed = store.list_nodes(Some(ca)).await.unwrap();
+    listed.sort_by(|x, y| x.record.node_id.cmp(&y.record.node_id));
+    let records: Vec<_> = listed.iter().map(|n| n.record.clone()).collect();
+    assert_eq!(records, [a2.clone(), a1.clone()]);
+    assert!(listed.iter().all(|n| n.alive));
+    assert_eq!(store.list_nodes(None).await.unwrap().len(), 3);
+    assert_eq!(store.list_nodes(Some(cb)).await.unwrap().len(), 1);
+    assert!(store.list_nodes(Some("prod/")).await.unwrap().is_empty());
+
+    // Registering again replaces the record.
+    let mut renamed = b1.clone();
+    renamed.hostname = "renamed".into();
+    store.put_node(renamed.clone()).await.unwrap();
+    assert_eq!(store.get_node(cb, "n1").await.unwrap(), Some(renamed));
+    assert_eq!(store.list_nodes(None).await.unwrap().len(), 3);
+
+    assert!(store.delete_node(ca, "n1").await.unwrap());
+    assert!(!store.delete_node(ca, "n1").await.unwrap());
+    assert_eq!(store.get_node(ca, "n1").await.unwrap(), None);
+    let ids: Vec<_> = store
+        .list_nodes(Some(ca))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.record.node_id)
+        .collect();
+    assert_eq!(ids, ["n/2"]);
+    store.close().await;
+}
+
+/// A node is alive until its TTL runs out without a heartbeat, stays listed
+/// when dead, comes alive with a heartbeat; unknown nodes are not created.
+async fn liveness(s: Subject) {
+    let store = s.store.clone();
+    let c = "live";
+    let started = Instant::now();
+    store.put_node(node(c, "beating")).await.unwrap();
+    store.put_node(node(c, "silent")).await.unwrap();
+    assert!(store
+        .list_nodes(Some(c))
+        .await
+        .unwrap()
+        .iter()
+        .all(|n| n.alive));
+
+    assert!(!store.heartbeat(c, "ghost", now_ms()).await.unwrap());
+    assert_eq!(store.get_node(c, "ghost").await.unwrap(), None);
+    assert!(!store
+        .heartbeat("nowhere", "beating", now_ms())
+        .await
+        .unwrap());
+
+    let dead = eventually("the silent node listed dead", DEADLINE, || {
+        let store = store.clone();
+        async move {
+            assert!(store.heartbeat(c, "beating", now_ms()).await.unwrap());
+            let nodes = store.list_nodes(Some(c)).await.unwrap();
+            let alive: Vec<_> = nodes
+                .iter()
+                .filter(|n| n.alive)
+                .map(|n| n.record.node_id.as_str())
+                .collect();
+            (alive == ["beating"]).then_some(nodes)
+        }
+    })
+    .await;
+    assert!(
+        started.elapsed() >= NODE_TTL.mul_f64(0.75),
+        "died before its TTL ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(dead.len(), 2, "a dead node stays listed");
+    assert!(dead
+        .iter()
+        .any(|n| !n.alive && n.record.hostname == "host-silent"));
+
+    let beat = now_ms();
+    assert!(store.heartbeat(c, "silent", beat).await.unwrap());
+    let revived = store.get_node(c, "silent").await.unwrap().unwrap();
+    assert_eq!(revived.last_heartbeat_ms, beat);
+    assert!(store
+        .list_nodes(Some(c))
+        .await
+        .unwrap()
+        .iter()
+        .all(|n| n.alive));
+
+    assert!(store.delete_node(c, "silent").await.unwrap());
+    assert!(!store.heartbeat(c, "silent", now_ms()).await.unwrap());
+    assert_eq!(store.get_node(c, "silent").await.unwrap(), None);
+    store.close().await;
+}
+
+/// Compare-and-swap: only the current version is accepted (as version + 1),
+/// a conflict hands back the current snapshot, and of two racing writers
+/// exactly one wins.
+async fn compare_and_swap(s: Subject) {
+    let store = &s.store;
+    let c = "a/b";
+    assert_eq!(store.get_meta(c).await.unwrap(), Snapshot::empty(c));
+    assert!(store.list_catalogs().await.unwrap().is_empty());
+    assert_eq!(
+        conflict(store.cas_meta(c, 1, Bytes::from("x")).await.unwrap()),
+        Snapshot::empty(c)
+    );
+
+    assert_eq!(
+        accepted(store.cas_meta(c, 0, "one".into()).await.unwrap()),
+        1
+    );
+    let current = conflict(store.cas_meta(c, 0, "late".into()).await.unwrap());
+    assert_eq!((current.version, current.data), (1, Bytes::from("one")));
+    let current = conflict(store.cas_meta(c, 2, "ahead".into()).await.unwrap());
+    assert_eq!(current.version, 1);
+    assert_eq!(
+        accepted(store.cas_meta(c, 1, "two".into()).await.unwrap()),
+        2
+    );
+    let snap = store.get_meta(c).await.unwrap();
+    assert_eq!(
+        (snap.cluster.as_str(), snap.version, snap.data),
+        (c, 2, Bytes::from("two"))
+    );
+    // Empty data is a version like any other.
+    assert_eq!(
+        accepted(store.cas_meta(c, 2, Bytes::new()).await.unwrap()),
+        3
+    );
+    let snap = store.get_meta(c).await.unwrap();
+    assert_eq!((snap.version, snap.data.len()), (3, 0));
+
+    let (other, _) = s.peer().await;
+    for round in 0..5u64 {
+        let expected = 3 + round;
+        let (a, b) = tokio::join!(
+            store.cas_meta(c, expected, Bytes::from(format!("a{round}"))),
+            other.cas_meta(c, expected, Bytes::from(format!("b{round}"))),
+        );
+        let outcomes = [a.unwrap(), b.unwrap()];
+        let wins = outcomes
+            .iter()
+            .filter(|o| matches!(o, CasOutcome::Accepted(v) if *v == expected + 1))
+            .count();
+        assert_eq!(wins, 1, "round {round}: {outcomes:?}");
+        let current = store.get_meta(c).await.unwrap();
+        for o in &outcomes {
+            if let CasOutcome::Conflict(snap) = o {
+                assert_eq!(snap, &current, "a conflict reports the current snapshot");
+            }
+        }
+    }
+    assert_eq!(other.get_meta(c).await.unwrap().version, 8);
+
+    assert_eq!(
+        accepted(other.cas_meta("other", 0, "x".into()).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        store.list_catalogs().await.unwrap(),
+        [(c.to_owned(), 8), ("other".to_owned(), 1)]
+    );
+    other.close().await;
+    store.close().await;
+}
+
+/// A push through this manager or another wakes this manager's watchers;
+/// subscribing before reading leaves no gap for a change to fall into.
+async fn watches(s: Subject) {
+    let here = plane(s.store.clone(), s.hub.clone());
+    let (peer_store, peer_hub) = s.peer().await;
+    let there = Arc::new(plane(peer_store.clone(), peer_hub));
+    let c = "watched/é";
+
+    let mut sub = here.watch(c).await.unwrap();
+    assert_eq!(
+        wait_for(&mut sub, 0, "the current snapshot").await.version,
+        0
+    );
+    accepted(here.push(c, 0, "v1".into(), "n1").await.unwrap());
+    let seen = wait_for(&mut sub, 1, "a push through this manager").await;
+    assert_eq!((seen.version, seen.data.clone()), (1, Bytes::from("v1")));
+    accepted(there.push(c, 1, "v2".into(), "n2").await.unwrap());
+    let seen = wait_for(&mut sub, 2, "a push through another manager").await;
+    assert_eq!((seen.version, seen.data.clone()), (2, Bytes::from("v2")));
+
+    // Another cluster's change does not wake this subscription.
+    accepted(there.push("unwatched", 0, "x".into(), "n2").await.unwrap());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next_different(2))
+            .await
+            .is_err(),
+        "woken by another cluster"
+    );
+
+    // A change between subscribing and reading is in the read or published.
+    let mut late = s.hub.subscribe(c);
+    accepted(there.push(c, 2, "v3".into(), "n2").await.unwrap());
+    s.hub.publish(s.store.get_meta(c).await.unwrap());
+    let seen = wait_for(&mut late, 3, "a change made before the read").await;
+    assert_eq!(seen.data, Bytes::from("v3"));
+
+    // Watches opened while another manager keeps pushing all reach the last
+    // version.
+    let pushes = 20u64;
+    let writer = {
+        let there = there.clone();
+        tokio::spawn(async move {
+            for v in 3..3 + pushes {
+                accepted(
+                    there
+                        .push(c, v, Bytes::from(format!("v{}", v + 1)), "n2")
+                        .await
+                        .unwrap(),
+                );
+            }
+        })
+    };
+    let mut watchers = Vec::new();
+    while !writer.is_finished() {
+        watchers.push(here.watch(c).await.unwrap());
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    watchers.push(here.watch(c).await.unwrap());
+    for (i, mut w) in watchers.into_iter().enumerate() {
+        let seen = wait_for(&mut w, 3 + pushes, &format!("watcher {i}")).await;
+        assert_eq!(seen.version, 3 + pushes);
+    }
+    drop((sub, late, there));
+    peer_store.close().await;
+    s.store.close().await;
+}
+
+/// Catalogs of several MiB round-trip byte for byte, through reads, conflicts
+/// and watches.
+async fn large_catalogs(s: Subject) {
+    let (other, other_hub) = s.peer().await;
+    let here = plane(s.store.clone(), s.hub.clone());
+    let there = plane(other.clone(), other_hub);
+    let c = "big";
+    let mut sub = here.watch(c).await.unwrap();
+
+    let first = noise(5 * 1024 * 1024, 1);
+    assert_eq!(
+        accepted(s.store.cas_meta(c, 0, first.clone()).await.unwrap()),
+        1
+    );
+    let got = other.get_meta(c).await.unwrap();
+    assert_eq!(got.version, 1);
+    assert!(got.data == first, "a 5 MiB catalog read back differently");
+
+    let second = noise(5 * 1024 * 1024 + 7, 2);
+    assert_eq!(
+        accepted(there.push(c, 1, second.clone(), "n").await.unwrap()),
+        2
+    );
+    let got = s.store.get_meta(c).await.unwrap();
+    assert!(got.version == 2 && got.data == second);
+    let seen = wait_for(&mut sub, 2, "a large catalog watched").await;
+    assert!(seen.data == second, "a watched large catalog differs");
+
+    let lost = conflict(
+        s.store
+            .cas_meta(c, 1, noise(3 * 1024 * 1024, 3))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(lost.version, 2);
+    assert!(lost.data == second, "a large conflict snapshot differs");
+    drop((sub, there));
+    other.close().await;
+    s.store.close().await;
+}
+
+/// Nodes and catalogs survive closing and reopening the store.
+async fn restart(s: Subject) {
+    let c = "kept";
+    let n = node(c, "n1");
+    s.store.put_node(n.clone()).await.unwrap();
+    s.store.put_node(node("other", "n2")).await.unwrap();
+    accepted(s.store.cas_meta(c, 0, "v1".into()).await.unwrap());
+    accepted(
+        s.store
+            .cas_meta(c, 1, noise(2 * 1024 * 1024 + 3, 5))
+            .await
+            .unwrap(),
+    );
+    let before = s.store.get_meta(c).await.unwrap();
+
+    let s = s.reopen().await;
+    let store = &s.store;
+    // The embedded store grants one TTL of grace from the restart on, so
+    // the last heartbeat may have moved forward.
+    let kept = store.get_node(c, "n1").await.unwrap().expect("node kept");
+    assert!(kept.last_heartbeat_ms >= n.last_heartbeat_ms);
+    assert_eq!(
+        NodeRecord {
+            last_heartbeat_ms: n.last_heartbeat_ms,
+            ..kept
+        },
+        n
+    );
+    assert_eq!(store.list_nodes(None).await.unwrap().len(), 2);
+    assert!(store.heartbeat(c, "n1", now_ms()).await.unwrap());
+    assert_eq!(store.get_meta(c).await.unwrap(), before);
+    assert_eq!(store.list_catalogs().await.unwrap(), [(c.to_owned(), 2)]);
+    assert_eq!(
+        conflict(store.cas_meta(c, 1, "stale".into()).await.unwrap()),
+        before
+    );
+    assert_eq!(
+        accepted(store.cas_meta(c, 2, "v3".into()).await.unwrap()),
+        3
+    );
+    store.close().await;
+}
+
+/// One test per behaviour and store.
+macro_rules! contract {
+    ($($behaviour:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour(super::Subject::embedded().await).await
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour(super::Subject::etcd().await).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    nodes,
+    liveness,
+    compare_and_swap,
+    watches,
+    large_catalogs,
+    restart
+);
