@@ -5,7 +5,7 @@
 //!   `CREATE DATABASE` is noticed at once; the client's periodic resync is the
 //!   safety net for a missed event.
 //! - Applies the cluster's catalog through InfluxQL over the HTTP API, in the
-//!   dependency order [`crate::influx::diff`] gives, so a remote `DROP`
+//!   dependency order [`crate::influx::diff`] plans, so a remote `DROP`
 //!   deletes data exactly as a local one does.
 //! - Users: InfluxQL cannot set a password hash, so a user created (or
 //!   re-passworded) from the cluster gets a random local password. The agent
@@ -28,10 +28,12 @@ use notify::Watcher;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::agent::influxql::Influxd;
+use crate::agent::influxql::{error_chain, Influxd};
 use crate::client::meta::{MetaClient, MetaError};
 use crate::influx::catalog::Catalog;
-use crate::influx::diff::{diff, quote_ident, quote_string, Change, Password};
+use crate::influx::change::{Change, Password};
+use crate::influx::diff::diff;
+use crate::influx::influxql::{quote_ident, quote_string};
 use crate::influx::merge::merge;
 
 /// A local hash the agent caused, and the cluster hash it stands for.
@@ -56,15 +58,19 @@ pub struct InfluxdMeta {
 
 impl InfluxdMeta {
     /// Watches `meta_dir/meta.db`; keeps its own files in `state_dir`.
-    pub fn new(influxd: Influxd, meta_dir: &Path, state_dir: &Path) -> Result<Self, MetaError> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| MetaError::Failed(format!("{}: {e}", state_dir.display())))?;
+    pub async fn new(
+        influxd: Influxd,
+        meta_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<Self, MetaError> {
+        tokio::fs::create_dir_all(state_dir)
+            .await
+            .map_err(|e| failed(state_dir, &e))?;
         let hashes_file = state_dir.join("user-hashes.json");
-        let hashes = match std::fs::read(&hashes_file) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| MetaError::Failed(format!("{}: {e}", hashes_file.display())))?,
+        let hashes = match tokio::fs::read(&hashes_file).await {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| failed(&hashes_file, &e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(MetaError::Failed(format!("{}: {e}", hashes_file.display()))),
+            Err(e) => return Err(failed(&hashes_file, &e)),
         };
         let changes = watch::channel(0).0;
         let watcher = watch_meta_dir(meta_dir, changes.clone());
@@ -79,15 +85,16 @@ impl InfluxdMeta {
         })
     }
 
-    fn read_raw(&self) -> Result<Catalog, MetaError> {
-        let bytes = std::fs::read(&self.meta_db).map_err(|e| {
+    /// `meta.db` as it is now, read off the async workers.
+    async fn read_raw(&self) -> Result<Catalog, MetaError> {
+        let bytes = tokio::fs::read(&self.meta_db).await.map_err(|e| {
             MetaError::Unavailable(format!(
-                "cannot read {}: {e} (is influxd running with this meta directory?)",
-                self.meta_db.display()
+                "cannot read {}: {} (is influxd running with this meta directory?)",
+                self.meta_db.display(),
+                error_chain(&e)
             ))
         })?;
-        Catalog::from_meta_bytes(&bytes)
-            .map_err(|e| MetaError::Failed(format!("{}: {e}", self.meta_db.display())))
+        Catalog::from_meta_bytes(&bytes).map_err(|e| failed(&self.meta_db, &e))
     }
 
     fn pairs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, HashPair>> {
@@ -118,27 +125,37 @@ impl InfluxdMeta {
         c
     }
 
-    fn remember_hashes(&self, target: &Catalog, after: &Catalog) -> Result<(), MetaError> {
-        let mut pairs = self.pairs();
-        pairs.clear();
-        for (name, wanted) in &target.users {
-            if let Some(local) = after.users.get(name).filter(|l| l.hash != wanted.hash) {
-                pairs.insert(
-                    name.clone(),
-                    HashPair {
-                        local: local.hash.clone(),
-                        cluster: wanted.hash.clone(),
-                    },
-                );
+    async fn remember_hashes(&self, target: &Catalog, after: &Catalog) -> Result<(), MetaError> {
+        let json = {
+            let mut pairs = self.pairs();
+            pairs.clear();
+            for (name, wanted) in &target.users {
+                if let Some(local) = after.users.get(name).filter(|l| l.hash != wanted.hash) {
+                    pairs.insert(
+                        name.clone(),
+                        HashPair {
+                            local: local.hash.clone(),
+                            cluster: wanted.hash.clone(),
+                        },
+                    );
+                }
             }
-        }
-        let json =
-            serde_json::to_vec_pretty(&*pairs).map_err(|e| MetaError::Failed(e.to_string()))?;
+            serde_json::to_vec_pretty(&*pairs).map_err(|e| failed(&self.hashes_file, &e))?
+        };
+        // Written whole and renamed over, so a crash never leaves half a file.
         let tmp = self.hashes_file.with_extension("tmp");
-        std::fs::write(&tmp, json)
-            .and_then(|_| std::fs::rename(&tmp, &self.hashes_file))
-            .map_err(|e| MetaError::Failed(format!("{}: {e}", self.hashes_file.display())))
+        tokio::fs::write(&tmp, json)
+            .await
+            .map_err(|e| failed(&tmp, &e))?;
+        tokio::fs::rename(&tmp, &self.hashes_file)
+            .await
+            .map_err(|e| failed(&self.hashes_file, &e))
     }
+}
+
+/// A failed operation on `path`, with the whole cause.
+fn failed(path: &Path, e: &dyn std::error::Error) -> MetaError {
+    MetaError::Failed(format!("{}: {}", path.display(), error_chain(e)))
 }
 
 /// Bumps `changes` whenever something happens to `meta.db` in `dir`. A
@@ -190,13 +207,13 @@ fn some_admin(c: &Catalog) -> Option<String> {
 #[async_trait]
 impl MetaClient for InfluxdMeta {
     async fn catalog(&self) -> Result<Catalog, MetaError> {
-        let catalog = self.to_cluster_terms(self.read_raw()?);
+        let catalog = self.to_cluster_terms(self.read_raw().await?);
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(catalog.clone());
         Ok(catalog)
     }
 
     async fn apply(&self, target: &Catalog) -> Result<(), MetaError> {
-        let before = self.read_raw()?;
+        let before = self.read_raw().await?;
         let now = self.to_cluster_terms(before.clone());
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let target = match seen {
@@ -234,14 +251,16 @@ impl MetaClient for InfluxdMeta {
                 .redacted()
                 .unwrap_or_else(|| "SET PASSWORD FOR … = '***'".into());
             tracing::info!(statement = %shown, "applying");
-            self.influxd.execute(&influxql, admin.as_deref()).await?;
+            self.influxd
+                .execute(&influxql, &shown, admin.as_deref())
+                .await?;
             if admin.is_none() {
                 // The first admin user may just have been created.
-                admin = some_admin(&self.read_raw()?);
+                admin = some_admin(&self.read_raw().await?);
             }
         }
-        let after = self.read_raw()?;
-        self.remember_hashes(target, &after)
+        let after = self.read_raw().await?;
+        self.remember_hashes(target, &after).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -16,6 +16,72 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use crate::agent::config::InfluxAuth;
 use crate::client::meta::MetaError;
 
+/// Why a statement did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum InfluxdError {
+    /// The request could not be built (a bad `--influxdb-url`).
+    #[error("cannot build a request to {url}")]
+    Request {
+        url: String,
+        #[source]
+        source: http::Error,
+    },
+    /// influxd cannot be reached.
+    #[error("{base} cannot be reached")]
+    Unreachable {
+        base: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The answer broke off.
+    #[error("{base}: the answer broke off")]
+    Body {
+        base: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// No answer in time.
+    #[error("{base}: no answer within {TIMEOUT:?}")]
+    Timeout { base: String },
+    /// influxd answered with an error: it refused the statement.
+    #[error("influxd refused {statement}: {answer}")]
+    Refused {
+        /// The statement, passwords redacted.
+        statement: String,
+        /// influxd's own words.
+        answer: String,
+    },
+}
+
+impl InfluxdError {
+    /// Whether influxd itself refused the statement (it was reachable).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, InfluxdError::Refused { .. })
+    }
+}
+
+impl From<InfluxdError> for MetaError {
+    fn from(e: InfluxdError) -> Self {
+        let text = error_chain(&e);
+        match e {
+            InfluxdError::Refused { .. } | InfluxdError::Request { .. } => MetaError::Failed(text),
+            _ => MetaError::Unavailable(text),
+        }
+    }
+}
+
+/// An error and its causes in one line, for the string-carrying [`MetaError`].
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// How long a signed JWT is valid.
 const JWT_LIFETIME: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,45 +149,59 @@ impl Influxd {
         )
     }
 
-    /// Runs one InfluxQL statement; `admin` is a user to act as in
-    /// shared-secret mode when none is configured.
-    pub async fn execute(&self, statement: &str, admin: Option<&str>) -> Result<(), MetaError> {
+    /// Runs one InfluxQL statement; `shown` is how it may be logged
+    /// (passwords redacted), `admin` a user to act as in shared-secret mode
+    /// when none is configured.
+    pub async fn execute(
+        &self,
+        statement: &str,
+        shown: &str,
+        admin: Option<&str>,
+    ) -> Result<(), InfluxdError> {
         let body = format!("q={}", utf8_percent_encode(statement, NON_ALPHANUMERIC));
-        let mut req = hyper::Request::post(format!("{}/query", self.base))
-            .header("content-type", "application/x-www-form-urlencoded");
+        let url = format!("{}/query", self.base);
+        let mut req =
+            hyper::Request::post(&url).header("content-type", "application/x-www-form-urlencoded");
         if let Some(a) = self.authorization(admin) {
             req = req.header("authorization", a);
         }
         let req = req
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| MetaError::Failed(format!("cannot build request: {e}")))?;
+            .map_err(|source| InfluxdError::Request { url, source })?;
+        let base = || self.base.clone();
         let exchange = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| MetaError::Unavailable(format!("{}: {e}", self.base)))?;
+            let resp =
+                self.http
+                    .request(req)
+                    .await
+                    .map_err(|source| InfluxdError::Unreachable {
+                        base: base(),
+                        source,
+                    })?;
             let status = resp.status();
             let body = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| MetaError::Unavailable(format!("{}: {e}", self.base)))?
+                .map_err(|source| InfluxdError::Body {
+                    base: base(),
+                    source,
+                })?
                 .to_bytes();
-            Ok::<_, MetaError>((status, body))
+            Ok::<_, InfluxdError>((status, body))
         };
         let (status, body) = tokio::time::timeout(TIMEOUT, exchange)
             .await
-            .map_err(|_| {
-                MetaError::Unavailable(format!("{}: no answer within {TIMEOUT:?}", self.base))
-            })??;
-        if let Some(err) = query_error(&body) {
-            return Err(MetaError::Failed(format!("{statement:?}: {err}")));
+            .map_err(|_| InfluxdError::Timeout { base: base() })??;
+        let answer =
+            query_error(&body).or_else(|| (!status.is_success()).then(|| format!("HTTP {status}")));
+        match answer {
+            Some(answer) => Err(InfluxdError::Refused {
+                statement: shown.to_owned(),
+                answer,
+            }),
+            None => Ok(()),
         }
-        if !status.is_success() {
-            return Err(MetaError::Failed(format!("{statement:?}: HTTP {status}")));
-        }
-        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ struct AgentState {
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let influxd = Influxd::new(&config.influxdb_url, config.auth.clone());
     let meta = InfluxdMeta::new(influxd.clone(), &config.meta_dir, &config.state_dir)
+        .await
         .context("cannot set up the InfluxDB adapter")?;
     let settings = NodeSettings {
         cluster: config.cluster.clone(),

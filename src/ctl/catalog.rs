@@ -28,8 +28,8 @@ pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
             println!(
                 "  policy {} duration {} shard duration {} replication {}",
                 rp.name,
-                crate::influx::diff::format_duration(rp.duration_ns),
-                crate::influx::diff::format_duration(rp.shard_group_duration_ns),
+                crate::influx::influxql::format_duration(rp.duration_ns),
+                crate::influx::influxql::format_duration(rp.shard_group_duration_ns),
                 rp.replica_n
             );
             for sub in rp.subscriptions.values() {

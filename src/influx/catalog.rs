@@ -27,8 +27,8 @@ pub enum CatalogError {
     #[error("metadata does not decode as meta.Data: {0}")]
     Decode(#[from] prost::DecodeError),
     /// The bytes are not a well-formed protobuf message.
-    #[error("metadata is not a well-formed meta.Data: {0}")]
-    Malformed(&'static str),
+    #[error("metadata is not a well-formed meta.Data")]
+    Malformed(#[from] wire::WireError),
     /// A privilege value outside InfluxDB 1.x's 0–3.
     #[error("user {user:?} has privilege {value} on database {database:?}, which InfluxDB 1.x does not define")]
     UnknownPrivilege {

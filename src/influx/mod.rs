@@ -13,22 +13,27 @@
 //! - [`merge`]: the three-way merge a node runs when its push loses a race:
 //!   the remote catalog with the node's own changes since the last synced base
 //!   re-applied on top, per entity, with warnings for what cannot be kept.
-//! - [`diff`]: the InfluxQL statements that turn a running server's catalog
+//! - [`diff`]: the plan — the [`change`]s that turn a running server's catalog
 //!   into another one, in an order the server accepts, since InfluxQL is the
-//!   only way to change a running server's metadata.
+//!   only way to change a running server's metadata; [`influxql`] renders
+//!   them (and quotes names and durations for the agent and `cfluxctl`).
 //!
 //! A node's sync step is then: `merge(base, local, remote)` → `diff(local,
 //! merged)` → run the statements → read `meta.db` back as the new local
-//! catalog. [`diff::simulate`] models what influxd does with each statement,
-//! so the whole loop can be tested without a server.
+//! catalog. A test-only model of influxd (`simulate`) applies statements to
+//! a catalog, so the whole loop can be tested without a server.
 //!
 //! [`meta_pb`] holds the prost types generated from `proto/influxdb/meta.proto`.
 //! prost drops unknown fields, so they are used for reading only; writing goes
 //! through the field-level splice of the private `wire` module.
 
 pub mod catalog;
+pub mod change;
 pub mod diff;
+pub mod influxql;
 pub mod merge;
+#[cfg(test)]
+mod simulate;
 #[cfg(test)]
 mod testgen;
 mod wire;
@@ -37,8 +42,10 @@ pub use catalog::{
     apply_to_meta, Catalog, CatalogError, ContinuousQuery, Database, Privilege, RetentionPolicy,
     Subscription, User,
 };
-pub use diff::{diff, Change, Statement, Target};
+pub use change::{Change, Statement, Target};
+pub use diff::diff;
 pub use merge::{merge, MergeOutcome};
+pub use wire::WireError;
 
 pub mod meta_pb {
     //! InfluxDB 1.x's `meta.Data` (proto2), generated from

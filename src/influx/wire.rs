@@ -8,7 +8,30 @@
 use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, skip_field};
 use prost::encoding::{DecodeContext, WireType};
 
-use super::catalog::CatalogError;
+/// Why bytes are not a well-formed protobuf message.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A key, varint or field value does not decode.
+    #[error("malformed protobuf: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A length prefix claims more bytes than the message holds.
+    #[error("a length-delimited field of {claimed} bytes runs past the end of its message ({left} left)")]
+    Truncated {
+        /// The length the prefix claims.
+        claimed: u64,
+        /// The bytes left in the message.
+        left: usize,
+    },
+    /// A string field holds bytes that are not UTF-8.
+    #[error("string field {number} is not UTF-8")]
+    NotUtf8 {
+        /// The field number.
+        number: u32,
+        /// The conversion's error.
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+}
 
 /// One field record of a message, as it sits in the buffer.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +48,7 @@ pub(crate) struct Field<'a> {
 }
 
 /// Splits a message into its field records, in order.
-pub(crate) fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, CatalogError> {
+pub(crate) fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, WireError> {
     let mut out = Vec::new();
     let mut rest = buf;
     while !rest.is_empty() {
@@ -36,10 +59,11 @@ pub(crate) fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, CatalogError> {
             let len = decode_varint(&mut rest)?;
             let len = usize::try_from(len)
                 .ok()
-                .filter(|len| *len <= rest.len())
-                .ok_or(CatalogError::Malformed(
-                    "a length-delimited field runs past the end of its message",
-                ))?;
+                .filter(|n| *n <= rest.len())
+                .ok_or(WireError::Truncated {
+                    claimed: len,
+                    left: rest.len(),
+                })?;
             let (payload, after) = rest.split_at(len);
             rest = after;
             payload
@@ -59,15 +83,14 @@ pub(crate) fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, CatalogError> {
 }
 
 /// The string in field `number` of a message (the last one wins, as in protobuf).
-pub(crate) fn string_field(fields: &[Field<'_>], number: u32) -> Result<String, CatalogError> {
+pub(crate) fn string_field(fields: &[Field<'_>], number: u32) -> Result<String, WireError> {
     let bytes = fields
         .iter()
         .rev()
         .find(|f| f.number == number && f.delimited)
         .map(|f| f.payload)
         .unwrap_or_default();
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| CatalogError::Malformed("a string field is not UTF-8"))
+    String::from_utf8(bytes.to_vec()).map_err(|source| WireError::NotUtf8 { number, source })
 }
 
 /// Appends a length-delimited record (a nested message or a string).
@@ -110,12 +133,27 @@ mod tests {
     }
 
     #[test]
+    fn a_string_that_is_not_utf8_keeps_its_cause() {
+        let mut buf = Vec::new();
+        put_bytes(&mut buf, 1, &[0xff, 0xfe]);
+        let err = string_field(&fields(&buf).unwrap(), 1).unwrap_err();
+        assert!(matches!(err, WireError::NotUtf8 { number: 1, .. }));
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
     fn rejects_truncated_input() {
         let mut buf = Vec::new();
         put_bytes(&mut buf, 2, b"hello");
         buf.pop();
-        assert!(fields(&buf).is_err());
-        assert!(fields(&[0x08]).is_err());
-        assert!(fields(&[0x00]).is_err());
+        assert!(matches!(
+            fields(&buf),
+            Err(WireError::Truncated {
+                claimed: 5,
+                left: 4
+            })
+        ));
+        assert!(matches!(fields(&[0x08]), Err(WireError::Decode(_))));
+        assert!(matches!(fields(&[0x00]), Err(WireError::Decode(_))));
     }
 }
