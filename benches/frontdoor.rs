@@ -25,8 +25,8 @@
 //! or a time cap; a run takes well under two minutes.
 
 mod common;
-#[path = "../tests/support/influxd.rs"]
-mod influxd;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,8 +36,9 @@ use bytes::Bytes;
 use cflux::agent::frontdoor::authenticator::Authenticator;
 use cflux::agent::frontdoor::credentials::{self, Secret};
 use cflux::influx::catalog::{Catalog, User};
-use common::{percentile, us, Manager};
-use influxd::{free_port, Agent, AgentOptions, Influxd, InfluxdOptions};
+use common::{percentile, us};
+use support::influxd::{self, free_port, Agent, AgentOptions, Influxd, InfluxdOptions};
+use support::Manager;
 
 const SECRET: &str = "frontdoor-bench-shared-secret";
 const ADMIN_PW: &str = "bench-admin-pw";
@@ -77,7 +78,7 @@ struct Path {
 async fn bench() -> anyhow::Result<()> {
     let started = Instant::now();
     header();
-    let manager = Manager::start().await?;
+    let manager = Manager::start().await;
     let dir = tempfile::Builder::new()
         .prefix("cflux-frontdoor-bench-")
         .tempdir()?;
@@ -153,24 +154,26 @@ async fn setup(http: &reqwest::Client, door: &Path, agent: &Agent) -> anyhow::Re
     if !r.status().is_success() {
         bail!("cannot create the admin: {}", r.text().await?);
     }
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
+    let vouched = support::wait::poll(Duration::from_secs(20), || async {
         let r = http
             .post(format!("{}/query", door.base))
             .basic_auth("admin", Some(ADMIN_PW))
             .form(&[("q", format!("CREATE DATABASE {DB}"))])
             .send()
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         let ok = r.status().is_success();
         let metrics = agent.metrics().await;
         if ok && metrics.contains("cflux_frontdoor_requests_total{auth=\"cached\"}") {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(metrics)
         }
-        if Instant::now() > until {
-            bail!("the front door did not come to vouch for the admin:\n{metrics}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    vouched.map_err(|metrics| {
+        anyhow::anyhow!("the front door did not come to vouch for the admin:\n{metrics}")
+    })
 }
 
 /// `n` batches of line protocol, every point distinct.

@@ -27,6 +27,8 @@
 //! a run takes about half a minute and stays well under three minutes.
 
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,7 +46,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-use common::{percentile, Manager};
+use common::percentile;
+use support::Manager;
 
 type Client = ClusterfluxClient<Channel>;
 
@@ -74,9 +77,9 @@ fn main() -> anyhow::Result<()> {
 async fn bench() -> anyhow::Result<()> {
     let started = Instant::now();
     header();
-    let manager = Manager::start().await?;
+    let manager = Manager::start().await;
     println!("manager: `{}` pid {} on {}, embedded store in a temp dir; client: tonic (HTTP/2) and reqwest (HTTP/1.1)\n",
-        Manager::bin(), manager.child.id(), manager.addr);
+        Manager::bin(), manager.pid(), manager.addr);
 
     println!("## Push → wake latency\n");
     println!("Time from sending `PushMeta` until the first / the last waiter has the new version (4 KiB catalog), one push at a time. `ack` is the push's own round trip.\n");

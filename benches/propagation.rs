@@ -31,8 +31,8 @@
 //! the end (and on a panic).
 
 mod common;
-#[path = "../tests/support/influxd.rs"]
-mod influxd;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,8 +40,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use common::{load_average, mib, percentile, Manager};
-use influxd::{start_nodes, AgentOptions, InfluxdOptions, Node};
+use common::{load_average, mib, percentile};
+use support::influxd::{self, start_nodes, AgentOptions, InfluxdOptions, Node};
+use support::Manager;
 use tokio::task::JoinSet;
 
 /// Changes timed one at a time, per mode.
@@ -75,11 +76,11 @@ async fn bench() -> anyhow::Result<()> {
     let started = Instant::now();
     let ticks = clock_ticks();
     header(ticks);
-    let manager = Manager::start().await?;
+    let manager = Manager::start().await;
     println!(
         "manager: `{}` pid {} on {}, embedded store in a temp dir; agents: `{}`; influxd: `{}`\n",
         Manager::bin(),
-        manager.child.id(),
+        manager.pid(),
         manager.addr,
         influxd::agent_bin(),
         influxd::influxd_bin()

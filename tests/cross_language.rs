@@ -8,7 +8,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cflux::proto::ListClustersRequest;
 use support::Manager;
@@ -30,17 +30,23 @@ async fn a_python_client_registers_watches_and_pushes() {
         .stderr(out)
         .spawn()
         .expect("run python3");
-    let until = Instant::now() + PYTHON_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for python3") {
-            break Some(status);
+    let exited = support::wait::poll(PYTHON_DEADLINE, || {
+        let status = child.try_wait();
+        async move {
+            status
+                .map_err(|e| format!("cannot wait for python3: {e}"))?
+                .ok_or_else(|| "still running".to_owned())
         }
-        if Instant::now() >= until {
+    })
+    .await;
+    let status = match exited {
+        Ok(status) => Some(status),
+        Err(e) if e == "still running" => {
             let _ = child.kill();
             let _ = child.wait();
-            break None;
+            None
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err(e) => panic!("{e}"),
     };
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
     println!("--- python client ---\n{output}--- end ---");

@@ -20,12 +20,11 @@ mod support;
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::influxd::{
-    eventually, free_port, Agent, AgentOptions, InfluxApi, Influxd, InfluxdOptions,
-};
+use support::agent::start_nodes_with;
+use support::influxd::{eventually, AgentOptions, InfluxApi, InfluxdOptions};
+use support::process::free_ports;
 use support::{self_signed_cert, Manager};
 
 const SECRET: &str = "frontdoor-test-shared-secret";
@@ -39,10 +38,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 struct Node {
     /// `http(s)://127.0.0.1:PORT` of the front door.
     door: String,
-    // Field order is drop order: the agent dies first, the directory last.
-    agent: Agent,
-    influxd: Influxd,
-    _dir: tempfile::TempDir,
+    node: support::influxd::Node,
 }
 
 impl Node {
@@ -53,6 +49,7 @@ impl Node {
 }
 
 struct Cluster {
+    // Field order is drop order: the nodes go before their manager.
     nodes: Vec<Node>,
     _manager: Manager,
 }
@@ -62,20 +59,13 @@ impl Cluster {
     /// `tls` is a certificate and key for the front doors.
     async fn start(n: usize, tls: Option<(&str, &str)>) -> Cluster {
         let manager = Manager::start().await;
-        let dirs: Vec<tempfile::TempDir> = (0..n)
-            .map(|i| {
-                tempfile::Builder::new()
-                    .prefix(&format!("cflux-frontdoor{i}-"))
-                    .tempdir()
-                    .expect("a temp dir")
-            })
-            .collect();
-        let influxd_dirs: Vec<_> = dirs.iter().map(|d| d.path().join("influxd")).collect();
-        let servers = Influxd::start_many(&influxd_dirs, &InfluxdOptions::auth(SECRET)).await;
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let agents = join_all(servers.iter().zip(&dirs).zip(&ports).map(|((s, d), port)| {
+        let ports = free_ports(n);
+        let nodes = start_nodes_with(n, &InfluxdOptions::auth(SECRET), |i| {
             let mut options = AgentOptions::new(&manager.url(), CLUSTER);
-            options.args = vec!["--frontdoor-listen".into(), format!("127.0.0.1:{port}")];
+            options.args = vec![
+                "--frontdoor-listen".into(),
+                format!("127.0.0.1:{}", ports[i]),
+            ];
             if let Some((cert, key)) = tls {
                 options.args.extend([
                     "--frontdoor-tls-cert".into(),
@@ -84,21 +74,16 @@ impl Cluster {
                     key.into(),
                 ]);
             }
-            let state = d.path().join("agent");
-            async move { Agent::start(s, &state, &options).await }
-        }))
+            options
+        })
         .await;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let nodes = agents
+        let nodes = nodes
             .into_iter()
-            .zip(servers)
-            .zip(dirs)
             .zip(ports)
-            .map(|(((agent, influxd), dir), port)| Node {
+            .map(|(node, port)| Node {
                 door: format!("{scheme}://127.0.0.1:{port}"),
-                agent,
-                influxd,
-                _dir: dir,
+                node,
             })
             .collect();
         Cluster {
@@ -196,6 +181,7 @@ async fn one_password_works_on_every_node_and_only_where_it_should() {
     // ...thanks to the front door: B's influxd itself holds a random
     // password for bob (InfluxQL cannot copy a hash).
     let (status, _) = b
+        .node
         .influxd
         .api()
         .login("bob", "first-pw")
@@ -404,7 +390,7 @@ async fn every_credential_form_works_writes_land_and_chunked_answers_stream() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "write with u/p: {body}");
-    let direct = door.influxd.api().jwt(SECRET, "admin");
+    let direct = door.node.influxd.api().jwt(SECRET, "admin");
     let through = door.api().login("carol", pw);
     for api in [&through, &direct] {
         let count = api.select_number("lines", "SELECT count(v) FROM m").await;
@@ -456,7 +442,7 @@ async fn every_credential_form_works_writes_land_and_chunked_answers_stream() {
     assert!(pieces >= 2, "the answer arrived in {pieces} piece(s)");
 
     // The agent counted what it did; no request reached influxd unanswered.
-    let metrics = door.agent.metrics().await;
+    let metrics = door.node.agent.metrics().await;
     assert!(
         metrics.contains("cflux_frontdoor_requests_total{auth=\"cached\"}"),
         "{metrics}"

@@ -3,12 +3,12 @@
 //! data in a temporary directory, waits until every member reports healthy,
 //! and kills them all when dropped.
 //!
-//! Self-contained on purpose: include it with
+//! Reachable as `support::etcd`, and self-contained on purpose (it
+//! includes only [`process`]): include it on its own with
 //! `#[path = "support/etcd.rs"] mod etcd_support;`.
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,14 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 /// Fresh ports are tried this many times (another process may grab a port
 /// between our probe and etcd's bind).
 const START_ATTEMPTS: usize = 3;
+
+// Also `support::process` when this file is `support::etcd`: included on
+// its own, it brings its own copy.
+#[allow(clippy::duplicate_mod)]
+#[path = "process.rs"]
+mod process;
+
+use process::free_ports;
 
 static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 
@@ -58,17 +66,6 @@ pub struct EtcdCluster {
 
 fn etcd_bin() -> String {
     std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".to_owned())
-}
-
-/// `n` distinct free ports (all held at once while choosing, so they differ).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a probe port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("probe port address").port())
-        .collect()
 }
 
 fn temp_root() -> tempfile::TempDir {

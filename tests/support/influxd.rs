@@ -1,164 +1,59 @@
-//! Real InfluxDB 1.x servers (`influxd`) and `cflux-agent` processes, for
-//! integration tests and benchmarks.
+//! Real InfluxDB 1.x servers (`influxd`), for integration tests and
+//! benchmarks, and InfluxDB's own HTTP API to talk to them.
 //!
 //! - [`Influxd::start`] runs `/usr/bin/influxd` (or `$INFLUXD_BIN`) on free
 //!   127.0.0.1 ports with its meta, data and WAL directories under a given
 //!   directory, configured only by environment variables, and waits (with a
 //!   deadline) until `GET /ping` answers. [`Influxd::start_many`] starts
-//!   several in parallel.
-//! - [`Agent::start`] runs the `cflux-agent` binary built with the test beside
-//!   one `Influxd`, and waits until its `/health` answers.
-//! - [`Node`] is one of each in one temporary directory; [`start_nodes`]
-//!   starts several, in parallel.
+//!   several in parallel. It is killed when dropped; when the thread is
+//!   panicking (or `CFLUX_TEST_LOGS=1`), the tail of its log is printed first.
 //! - [`InfluxApi`] speaks InfluxDB's own HTTP API (`/query`, `/write`), with
 //!   no credentials, basic credentials or a JWT, and parses the `SHOW`
 //!   answers the tests compare.
-//! - [`eventually`] waits for a condition with a deadline and panics with the
-//!   last thing the condition reported, never a fixed sleep.
 //!
-//! Every process is killed when its owner is dropped; when the thread is
-//! panicking (or `CFLUX_TEST_LOGS=1`), the tail of its log is printed first,
-//! so a failure shows what influxd and the agent said.
-//!
-//! Self-contained (only the `cflux` library and dev-dependencies): use it as
-//! `support::influxd` after `mod support;`, or include it on its own with
-//! `#[path = "../tests/support/influxd.rs"] mod influxd;` (e.g. from a
-//! benchmark).
+//! The agent beside a server ([`Agent`], [`Node`], [`start_nodes`]), the
+//! process helpers and the waits are re-exported here from their own
+//! modules, where tests have always found them.
 
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::process::{clean_env, exited, kill_child, log_tail, port_is_free, show_logs};
+// Where the tests have always found them; not every test uses every one.
+#[allow(unused_imports)]
+pub use super::{
+    agent::{agent_bin, start_nodes, Agent, AgentOptions, Node},
+    process::{free_port, process_usage, ProcessUsage},
+    wait::{eventually, same},
+};
+
 /// How long an influxd may take to answer `/ping`.
 const INFLUXD_START_DEADLINE: Duration = Duration::from_secs(30);
-/// How long an agent may take to answer `/health`.
-const AGENT_START_DEADLINE: Duration = Duration::from_secs(15);
 /// Fresh ports are tried this many times (another process may take a port
 /// between our probe and the server's bind).
-const START_ATTEMPTS: usize = 5;
+pub(super) const START_ATTEMPTS: usize = 5;
 /// Lines of a log printed when a test fails.
-const LOG_TAIL_LINES: usize = 150;
-
-/// A free 127.0.0.1 port (bound, then released).
-pub fn free_port() -> u16 {
-    let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    probe.local_addr().expect("probe port address").port()
-}
-
-fn port_is_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
+pub(super) const LOG_TAIL_LINES: usize = 150;
 
 /// The influxd binary: `$INFLUXD_BIN`, or Debian's `/usr/bin/influxd`.
 pub fn influxd_bin() -> String {
     std::env::var("INFLUXD_BIN").unwrap_or_else(|_| "/usr/bin/influxd".to_owned())
 }
 
-/// The `cflux-agent` binary built with this test or benchmark.
-pub fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cflux-agent")
-}
-
 /// A plain HTTP client with a per-request timeout.
-fn http_client() -> reqwest::Client {
+pub(super) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
         .expect("an HTTP client")
 }
-
-/// The last `n` lines of a file (empty when it cannot be read).
-fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let skip = lines.len().saturating_sub(n);
-    let mut out = String::new();
-    if skip > 0 {
-        out.push_str(&format!("[… {skip} earlier lines]\n"));
-    }
-    for l in &lines[skip..] {
-        out.push_str(l);
-        out.push('\n');
-    }
-    out
-}
-
-/// Whether to print the logs of dropped processes: when the test failed, or
-/// always with `CFLUX_TEST_LOGS=1`.
-fn show_logs() -> bool {
-    std::thread::panicking() || std::env::var_os("CFLUX_TEST_LOGS").is_some_and(|v| v == "1")
-}
-
-/// The environment of a child, without anything from ours that would
-/// configure influxd or the agent behind the test's back.
-fn clean_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("INFLUXDB_")
-            || key.starts_with("CFLUX_")
-            || key == "CLUSTER"
-            || key == "RUST_LOG"
-        {
-            cmd.env_remove(key);
-        }
-    }
-}
-
-/// CPU time and resident memory of a process.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ProcessUsage {
-    /// User and system CPU time so far.
-    pub cpu_seconds: f64,
-    /// Resident set size (`VmRSS`).
-    pub rss_bytes: u64,
-}
-
-/// [`ProcessUsage`] of a running process, from `/proc` (Linux); `None`
-/// when it is gone.
-pub fn process_usage(pid: u32) -> Option<ProcessUsage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which is in parentheses and may
-    // hold spaces: the first is field 3 (state), utime is 14, stime 15.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
-    // USER_HZ, the unit of utime and stime, is 100 on Linux.
-    let cpu_seconds = (ticks(14)? + ticks(15)?) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(ProcessUsage {
-        cpu_seconds,
-        rss_bytes: rss_kib * 1024,
-    })
-}
-
-fn kill_child(child: &mut Option<Child>) {
-    if let Some(mut c) = child.take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-fn exited(child: &mut Option<Child>) -> Option<std::process::ExitStatus> {
-    child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-}
-
-// ---------------------------------------------------------------------------
-// influxd
-// ---------------------------------------------------------------------------
 
 /// How to run an influxd.
 #[derive(Clone, Debug, Default)]
@@ -402,362 +297,6 @@ impl Drop for Influxd {
             );
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// cflux-agent
-// ---------------------------------------------------------------------------
-
-/// How to run an agent.
-#[derive(Clone, Debug)]
-pub struct AgentOptions {
-    /// `--cflux-endpoint`: one manager URL or a comma-separated list.
-    pub endpoint: String,
-    /// `--cluster`.
-    pub cluster: String,
-    /// `--cflux-transport` (`grpc`, `http`, `auto`); the agent's default when `None`.
-    pub transport: Option<String>,
-    /// `--shared-secret`; by default the influxd's own secret, if any.
-    pub shared_secret: Option<String>,
-    /// More flags.
-    pub args: Vec<String>,
-    /// `RUST_LOG` of the agent.
-    pub log_filter: String,
-}
-
-impl AgentOptions {
-    pub fn new(endpoint: &str, cluster: &str) -> Self {
-        AgentOptions {
-            endpoint: endpoint.to_owned(),
-            cluster: cluster.to_owned(),
-            transport: None,
-            shared_secret: None,
-            args: Vec::new(),
-            log_filter: "info".to_owned(),
-        }
-    }
-
-    /// The legacy HTTP protocol (`--cflux-transport http`).
-    pub fn legacy(mut self) -> Self {
-        self.transport = Some("http".to_owned());
-        self
-    }
-}
-
-/// A running `cflux-agent`; killed when dropped.
-pub struct Agent {
-    child: Option<Child>,
-    /// Where it serves `/health` and `/metrics`.
-    pub listen: SocketAddr,
-    /// Its state directory (node ID, synced base).
-    pub state_dir: PathBuf,
-    log_path: PathBuf,
-    /// Every flag but `--listen`.
-    args: Vec<String>,
-    log_filter: String,
-    http: reqwest::Client,
-    /// When the running process was started.
-    started: Instant,
-}
-
-impl Agent {
-    /// Starts an agent beside `influxd`, its state in `state_dir` and its log
-    /// beside it, and waits until `/health` answers (not until it registered:
-    /// see [`Agent::wait_registered`]).
-    pub async fn start(influxd: &Influxd, state_dir: &Path, options: &AgentOptions) -> Agent {
-        let mut args: Vec<String> = vec![
-            "--cflux-endpoint".into(),
-            options.endpoint.clone(),
-            "--cluster".into(),
-            options.cluster.clone(),
-            "--influxdb-url".into(),
-            influxd.url(),
-            "--meta-dir".into(),
-            influxd.meta_dir().display().to_string(),
-            "--state-dir".into(),
-            state_dir.display().to_string(),
-        ];
-        if let Some(t) = &options.transport {
-            args.extend(["--cflux-transport".into(), t.clone()]);
-        }
-        if let Some(s) = options.shared_secret.as_deref().or(influxd.shared_secret()) {
-            args.extend(["--shared-secret".into(), s.to_owned()]);
-        }
-        args.extend(options.args.iter().cloned());
-        let log_path = state_dir
-            .parent()
-            .unwrap_or(state_dir)
-            .join(format!("agent-{}.log", influxd.http_addr.port()));
-        let mut agent = Agent {
-            child: None,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            state_dir: state_dir.to_owned(),
-            log_path,
-            args,
-            log_filter: options.log_filter.clone(),
-            http: http_client(),
-            started: Instant::now(),
-        };
-        let mut last = String::new();
-        for _ in 0..START_ATTEMPTS {
-            agent.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            match agent.spawn_and_wait().await {
-                Ok(()) => return agent,
-                Err(e) => last = e,
-            }
-        }
-        panic!("cflux-agent did not start: {last}");
-    }
-
-    async fn spawn_and_wait(&mut self) -> Result<(), String> {
-        std::fs::create_dir_all(&self.state_dir).map_err(|e| format!("state dir: {e}"))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|e| format!("agent log file: {e}"))?;
-        let mut cmd = Command::new(agent_bin());
-        clean_env(&mut cmd);
-        let child = cmd
-            .args(&self.args)
-            .arg("--listen")
-            .arg(self.listen.to_string())
-            .env("RUST_LOG", &self.log_filter)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| format!("agent log: {e}"))?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", agent_bin()))?;
-        self.child = Some(child);
-        self.started = Instant::now();
-        let until = Instant::now() + AGENT_START_DEADLINE;
-        loop {
-            if let Some(status) = exited(&mut self.child) {
-                self.child = None;
-                return Err(format!(
-                    "cflux-agent exited with {status}; log:\n{}",
-                    log_tail(&self.log_path, 30)
-                ));
-            }
-            if TcpStream::connect_timeout(&self.listen, Duration::from_millis(200)).is_ok()
-                && self.health().await.is_some()
-            {
-                return Ok(());
-            }
-            if Instant::now() >= until {
-                kill_child(&mut self.child);
-                return Err(format!(
-                    "no /health on {} within {AGENT_START_DEADLINE:?}; log:\n{}",
-                    self.listen,
-                    log_tail(&self.log_path, 30)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.listen)
-    }
-
-    /// The `/health` answer (200 or 503); `None` when the agent does not answer.
-    pub async fn health(&self) -> Option<Value> {
-        let r = self
-            .http
-            .get(format!("{}/health", self.url()))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        r.json().await.ok()
-    }
-
-    /// The node ID it reports (once registered).
-    pub async fn node_id(&self) -> Option<String> {
-        self.health().await?["node_id"].as_str().map(str::to_owned)
-    }
-
-    /// The cluster catalog version it last synced.
-    pub async fn catalog_version(&self) -> Option<u64> {
-        self.health().await?["catalog_version"].as_u64()
-    }
-
-    /// Its Prometheus metrics.
-    pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.url()))
-            .send()
-            .await
-            .expect("agent /metrics")
-            .text()
-            .await
-            .expect("agent /metrics body")
-    }
-
-    /// Waits until the agent has a node ID, and returns it.
-    pub async fn wait_registered(&self, deadline: Duration) -> String {
-        let until = Instant::now() + deadline;
-        loop {
-            if let Some(id) = self.node_id().await {
-                return id;
-            }
-            assert!(
-                Instant::now() < until,
-                "cflux-agent on {} did not register within {deadline:?}; log:\n{}",
-                self.listen,
-                log_tail(&self.log_path, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.is_some() && exited(&mut self.child).is_none()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the agent is running").id()
-    }
-
-    /// Its CPU time and memory so far (`None` when it is not running).
-    pub fn usage(&self) -> Option<ProcessUsage> {
-        process_usage(self.child.as_ref()?.id())
-    }
-
-    /// How long the running process has been up.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Kills the agent (SIGKILL, as a crash would).
-    pub fn kill(&mut self) {
-        kill_child(&mut self.child);
-    }
-
-    /// Sends SIGTERM and waits (at most `deadline`) for the agent to exit.
-    pub async fn stop(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let pid = self.pid();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        let until = Instant::now() + deadline;
-        loop {
-            if let Some(s) = exited(&mut self.child) {
-                self.child = None;
-                return s;
-            }
-            assert!(
-                Instant::now() < until,
-                "cflux-agent still running {deadline:?} after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Starts the agent again with the same flags and state directory (on the
-    /// same listen port when it is free).
-    pub async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the agent is still running");
-        if port_is_free(self.listen.port()) && self.spawn_and_wait().await.is_ok() {
-            return;
-        }
-        let mut last = String::new();
-        for _ in 0..START_ATTEMPTS {
-            self.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            match self.spawn_and_wait().await {
-                Ok(()) => return,
-                Err(e) => last = e,
-            }
-        }
-        panic!("cflux-agent did not start again: {last}");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-        if show_logs() {
-            eprintln!(
-                "--- cflux-agent log ({}) ---\n{}--- end of cflux-agent log ---",
-                self.log_path.display(),
-                log_tail(&self.log_path, LOG_TAIL_LINES)
-            );
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A node: influxd and its agent
-// ---------------------------------------------------------------------------
-
-/// An influxd with its agent, in one temporary directory (`influxd/`,
-/// `agent/`, the agent's log).
-pub struct Node {
-    pub name: String,
-    // Field order is drop order: the agent dies first, the directory last.
-    pub agent: Agent,
-    pub influxd: Influxd,
-    pub dir: tempfile::TempDir,
-}
-
-impl Node {
-    /// InfluxDB's HTTP API on this node, without credentials.
-    pub fn api(&self) -> InfluxApi {
-        self.influxd.api()
-    }
-
-    /// `$D/data/<db>`: the database's data directory.
-    pub fn data_dir_of(&self, database: &str) -> PathBuf {
-        self.influxd.data_dir().join(database)
-    }
-}
-
-/// Starts `n` influxd servers in parallel, then an agent beside each (in
-/// parallel too), named `node0`, `node1`, …. Waits until every agent
-/// answers `/health`, not until it registered or synced.
-pub async fn start_nodes(n: usize, influxd: &InfluxdOptions, agent: &AgentOptions) -> Vec<Node> {
-    let dirs: Vec<tempfile::TempDir> = (0..n)
-        .map(|i| {
-            tempfile::Builder::new()
-                .prefix(&format!("cflux-node{i}-"))
-                .tempdir()
-                .expect("create a temp dir")
-        })
-        .collect();
-    let influxd_dirs: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("influxd")).collect();
-    let servers = Influxd::start_many(&influxd_dirs, influxd).await;
-    let state_dirs: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("agent")).collect();
-    let agents = futures::future::join_all(
-        servers
-            .iter()
-            .zip(&state_dirs)
-            .map(|(s, d)| Agent::start(s, d, agent)),
-    )
-    .await;
-    agents
-        .into_iter()
-        .zip(servers)
-        .zip(dirs)
-        .enumerate()
-        .map(|(i, ((agent, influxd), dir))| Node {
-            name: format!("node{i}"),
-            agent,
-            influxd,
-            dir,
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -1103,43 +642,4 @@ pub fn strings(series: &[Series], column: &str) -> BTreeSet<String> {
 /// An InfluxQL identifier, double-quoted.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-// ---------------------------------------------------------------------------
-// Waiting
-// ---------------------------------------------------------------------------
-
-/// Calls `check` every 50 ms until it returns `Ok`; panics with `what` and
-/// the last `Err` (what was still missing) when `deadline` passes first.
-pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let started = Instant::now();
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(last) => {
-                assert!(
-                    started.elapsed() < deadline,
-                    "timed out after {deadline:?}: {what}\nlast seen: {last}"
-                );
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `Ok` when `expected == actual`, else an `Err` showing both.
-pub fn same<T: PartialEq + std::fmt::Debug>(
-    who: &str,
-    expected: &T,
-    actual: &T,
-) -> Result<(), String> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(format!("{who}: expected {expected:?}, found {actual:?}"))
-    }
 }
