@@ -25,6 +25,9 @@ use support::Manager;
 /// loaded two-core machine.
 const DEADLINE: Duration = Duration::from_secs(20);
 const CLUSTER: &str = "agents";
+/// Names that need quoting.
+const ODD_DB: &str = "odd db-name.x \"q\" ü";
+const ODD_USER: &str = "o'brien \"x\" ü";
 
 /// A manager and its nodes.
 ///
@@ -186,18 +189,61 @@ async fn wait_policies(apis: &[InfluxApi], db: &str, expected: &[PolicyRow]) {
     .await;
 }
 
-/// Every kind of metadata change, made on one node (a different one each
-/// time), shows up on the others.
-#[tokio::test]
-async fn metadata_changes_made_on_one_node_reach_every_node() {
+/// A manager and three plain influxd with their agents, and the nodes' APIs.
+async fn three_nodes() -> (Cluster, Vec<InfluxApi>) {
     let c = Cluster::start(&[], InfluxdOptions::default(), false).await;
     let apis = c.apis();
+    (c, apis)
+}
+
+/// Databases made and dropped on one node (a different one each time),
+/// odd names included, show up on the others, and in the manager's catalog.
+#[tokio::test]
+async fn databases_made_on_one_node_reach_every_node() {
+    let (c, apis) = three_nodes().await;
     let (a, b, cc) = (&apis[0], &apis[1], &apis[2]);
 
     a.exec("CREATE DATABASE db1").await;
     cc.exec("CREATE DATABASE db2").await;
     wait_databases(&apis, &["db1", "db2"], &[]).await;
     wait_policies(&apis, "db1", &[rp("autogen", "0s", "168h0m0s", true)]).await;
+
+    // A name that needs quoting, with its own default policy.
+    let odd_db = ident(ODD_DB);
+    cc.exec(&format!(
+        "CREATE DATABASE {odd_db} WITH DURATION 30d NAME \"odd rp\""
+    ))
+    .await;
+    wait_databases(&apis, &[ODD_DB], &[]).await;
+    wait_policies(&apis, ODD_DB, &[rp("odd rp", "720h0m0s", "24h0m0s", true)]).await;
+    b.exec(&format!("DROP DATABASE {odd_db}")).await;
+    wait_databases(&apis, &[], &[ODD_DB]).await;
+
+    cc.exec("DROP DATABASE db1").await;
+    wait_databases(&apis, &["db2"], &["db1"]).await;
+
+    // The manager's catalog is what the nodes show.
+    c.wait_same_version().await;
+    let catalog = c.catalog().await;
+    assert_eq!(
+        catalog
+            .databases
+            .keys()
+            .filter(|d| *d != "_internal")
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        ["db2".to_owned()].into_iter().collect(),
+    );
+}
+
+/// Retention policies created, altered, dropped and made default on one
+/// node show up on the others.
+#[tokio::test]
+async fn retention_policies_made_on_one_node_reach_every_node() {
+    let (_c, apis) = three_nodes().await;
+    let (a, b, cc) = (&apis[0], &apis[1], &apis[2]);
+    a.exec("CREATE DATABASE db1").await;
+    wait_databases(&apis, &["db1"], &[]).await;
 
     b.exec("CREATE RETENTION POLICY rp1 ON db1 DURATION 2d REPLICATION 1 SHARD DURATION 1h")
         .await;
@@ -223,6 +269,36 @@ async fn metadata_changes_made_on_one_node_reach_every_node() {
     )
     .await;
 
+    // Dropping the default policy leaves the database without one (influxd
+    // keeps the dropped name as its default); a new default is then set.
+    a.exec("DROP RETENTION POLICY rp1 ON db1").await;
+    wait_policies(&apis, "db1", &[rp("autogen", "0s", "168h0m0s", false)]).await;
+    b.exec("ALTER RETENTION POLICY autogen ON db1 DEFAULT")
+        .await;
+    wait_policies(&apis, "db1", &[rp("autogen", "0s", "168h0m0s", true)]).await;
+}
+
+/// A continuous query made on one node shows up, with the same text, on
+/// the others, and goes when it is dropped on another.
+#[tokio::test]
+async fn continuous_queries_made_on_one_node_reach_every_node() {
+    let (_c, apis) = three_nodes().await;
+    let (a, b) = (&apis[0], &apis[1]);
+    a.exec("CREATE DATABASE db1").await;
+    wait_databases(&apis, &["db1"], &[]).await;
+    b.exec("CREATE RETENTION POLICY rp1 ON db1 DURATION 2d REPLICATION 1 SHARD DURATION 1h")
+        .await;
+    // The query writes into rp1: it must have reached the node first.
+    wait_policies(
+        &apis,
+        "db1",
+        &[
+            rp("autogen", "0s", "168h0m0s", true),
+            rp("rp1", "48h0m0s", "1h0m0s", false),
+        ],
+    )
+    .await;
+
     a.exec(
         "CREATE CONTINUOUS QUERY cq1 ON db1 BEGIN SELECT mean(value) INTO db1.rp1.cpu_mean \
          FROM db1.autogen.cpu GROUP BY time(1h) END",
@@ -244,6 +320,23 @@ async fn metadata_changes_made_on_one_node_reach_every_node() {
     })
     .await;
 
+    b.exec("DROP CONTINUOUS QUERY cq1 ON db1").await;
+    on_every(&apis, "cq1 gone", |api| async move {
+        let cqs = api.continuous_queries().await;
+        same("continuous queries", &0, &cqs.len())
+    })
+    .await;
+}
+
+/// A subscription made on one node shows up on the others, and goes when it
+/// is dropped on another.
+#[tokio::test]
+async fn subscriptions_made_on_one_node_reach_every_node() {
+    let (_c, apis) = three_nodes().await;
+    let (a, b, cc) = (&apis[0], &apis[1], &apis[2]);
+    a.exec("CREATE DATABASE db1").await;
+    wait_databases(&apis, &["db1"], &[]).await;
+
     b.exec("CREATE SUBSCRIPTION sub1 ON db1.autogen DESTINATIONS ANY 'http://127.0.0.1:9', 'udp://127.0.0.1:9'")
         .await;
     on_every(&apis, "sub1 everywhere", |api| async move {
@@ -263,6 +356,25 @@ async fn metadata_changes_made_on_one_node_reach_every_node() {
         same("SHOW SUBSCRIPTIONS", &expected, &subs)
     })
     .await;
+
+    cc.exec("DROP SUBSCRIPTION sub1 ON db1.autogen").await;
+    on_every(&apis, "sub1 gone", |api| async move {
+        let subs = api.subscriptions().await;
+        same("subscriptions", &0, &subs.len())
+    })
+    .await;
+}
+
+/// Users, admin flags and privileges changed on one node (a different one
+/// each time), odd names and a password change included, show up on the
+/// others, and in the manager's catalog; no agent spun meanwhile.
+#[tokio::test]
+async fn users_and_privileges_made_on_one_node_reach_every_node() {
+    let (c, apis) = three_nodes().await;
+    let (a, b, cc) = (&apis[0], &apis[1], &apis[2]);
+    a.exec("CREATE DATABASE db1").await;
+    cc.exec("CREATE DATABASE db2").await;
+    wait_databases(&apis, &["db1", "db2"], &[]).await;
 
     cc.exec("CREATE USER alice WITH PASSWORD 'alice-pw'").await;
     cc.exec("CREATE USER root WITH PASSWORD 'root-pw' WITH ALL PRIVILEGES")
@@ -314,32 +426,7 @@ async fn metadata_changes_made_on_one_node_reach_every_node() {
     })
     .await;
 
-    // Drops, each on another node than the create.
-    cc.exec("DROP SUBSCRIPTION sub1 ON db1.autogen").await;
-    on_every(&apis, "sub1 gone", |api| async move {
-        let subs = api.subscriptions().await;
-        same("subscriptions", &0, &subs.len())
-    })
-    .await;
-
-    b.exec("DROP CONTINUOUS QUERY cq1 ON db1").await;
-    on_every(&apis, "cq1 gone", |api| async move {
-        let cqs = api.continuous_queries().await;
-        same("continuous queries", &0, &cqs.len())
-    })
-    .await;
-
-    // Dropping the default policy leaves the database without one (influxd
-    // keeps the dropped name as its default); a new default is then set.
-    a.exec("DROP RETENTION POLICY rp1 ON db1").await;
-    wait_policies(&apis, "db1", &[rp("autogen", "0s", "168h0m0s", false)]).await;
-    b.exec("ALTER RETENTION POLICY autogen ON db1 DEFAULT")
-        .await;
-    wait_policies(&apis, "db1", &[rp("autogen", "0s", "168h0m0s", true)]).await;
-
     // Names that need quoting, a password change.
-    const ODD_DB: &str = "odd db-name.x \"q\" ü";
-    const ODD_USER: &str = "o'brien \"x\" ü";
     let odd_db = ident(ODD_DB);
     let odd_user = ident(ODD_USER);
     cc.exec(&format!(
@@ -353,7 +440,6 @@ async fn metadata_changes_made_on_one_node_reach_every_node() {
     cc.exec(&format!("GRANT ALL ON {odd_db} TO {odd_user}"))
         .await;
     wait_databases(&apis, &[ODD_DB], &[]).await;
-    wait_policies(&apis, ODD_DB, &[rp("odd rp", "720h0m0s", "24h0m0s", true)]).await;
     on_every(&apis, "the oddly named user everywhere", |api| async move {
         let expected = [(ODD_DB.to_owned(), "ALL PRIVILEGES".to_owned())]
             .into_iter()
@@ -374,22 +460,9 @@ async fn metadata_changes_made_on_one_node_reach_every_node() {
     })
     .await;
 
-    cc.exec("DROP DATABASE db1").await;
-    wait_databases(&apis, &["db2"], &["db1"]).await;
-
-    // Every node and the manager ended on one version, and the manager's
-    // catalog is what the nodes show.
+    // The manager's catalog is what the nodes show.
     c.wait_same_version().await;
     let catalog = c.catalog().await;
-    assert_eq!(
-        catalog
-            .databases
-            .keys()
-            .filter(|d| *d != "_internal")
-            .cloned()
-            .collect::<BTreeSet<_>>(),
-        ["db2".to_owned()].into_iter().collect(),
-    );
     assert_eq!(
         catalog.users.keys().cloned().collect::<Vec<_>>(),
         vec!["root".to_owned()]
