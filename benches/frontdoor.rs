@@ -277,11 +277,7 @@ async fn writes(
             rate(&all[i]),
             ms(percentile(&all[i], 0.5)),
             ms(percentile(&all[i], 0.99)),
-            if capped {
-                "stopped at the time cap"
-            } else {
-                ""
-            }
+            cap_note(capped)
         );
     }
     Ok(())
@@ -344,11 +340,7 @@ async fn queries(
             ms(percentile(&times[i], 0.5)),
             ms(percentile(&times[i], 0.9)),
             ms(percentile(&times[i], 0.99)),
-            if capped {
-                "stopped at the time cap"
-            } else {
-                ""
-            }
+            cap_note(capped)
         );
     }
     Ok(())
@@ -478,6 +470,15 @@ async fn auth_in_process() {
         (warm + jwt + parse).as_secs_f64() * 1e6,
         cold_time.as_secs_f64() / (warm + jwt + parse).as_secs_f64()
     );
+}
+
+/// The note of a phase that stopped at [`PHASE_CAP`].
+fn cap_note(capped: bool) -> &'static str {
+    if capped {
+        "stopped at the time cap"
+    } else {
+        ""
+    }
 }
 
 fn ms(d: Option<Duration>) -> String {

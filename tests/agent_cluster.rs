@@ -243,6 +243,7 @@ async fn retention_policies_made_on_one_node_reach_every_node() {
     let (_c, apis) = three_nodes().await;
     let (a, b, cc) = (&apis[0], &apis[1], &apis[2]);
     a.exec("CREATE DATABASE db1").await;
+    wait_databases(&apis, &["db1"], &[]).await;
 
     b.exec("CREATE RETENTION POLICY rp1 ON db1 DURATION 2d REPLICATION 1 SHARD DURATION 1h")
         .await;
@@ -284,9 +285,19 @@ async fn continuous_queries_made_on_one_node_reach_every_node() {
     let (_c, apis) = three_nodes().await;
     let (a, b) = (&apis[0], &apis[1]);
     a.exec("CREATE DATABASE db1").await;
+    wait_databases(&apis, &["db1"], &[]).await;
     b.exec("CREATE RETENTION POLICY rp1 ON db1 DURATION 2d REPLICATION 1 SHARD DURATION 1h")
         .await;
-    wait_databases(&apis, &["db1"], &[]).await;
+    // The query writes into rp1: it must have reached the node first.
+    wait_policies(
+        &apis,
+        "db1",
+        &[
+            rp("autogen", "0s", "168h0m0s", true),
+            rp("rp1", "48h0m0s", "1h0m0s", false),
+        ],
+    )
+    .await;
 
     a.exec(
         "CREATE CONTINUOUS QUERY cq1 ON db1 BEGIN SELECT mean(value) INTO db1.rp1.cpu_mean \

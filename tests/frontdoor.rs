@@ -115,13 +115,17 @@ impl Cluster {
     }
 }
 
-/// `Ok` when `SHOW DATABASES` with `u`/`p` succeeds through the front door.
-async fn logs_in(node: &Node, user: &str, password: &str) -> Result<(), String> {
-    let (status, body) = node
-        .api()
+/// `SHOW DATABASES` as `user` (`u`/`p`) through the front door.
+async fn show_databases_as(node: &Node, user: &str, password: &str) -> (u16, Value) {
+    node.api()
         .login(user, password)
         .raw_query("SHOW DATABASES", None)
-        .await;
+        .await
+}
+
+/// `Ok` when `SHOW DATABASES` with `u`/`p` succeeds through the front door.
+async fn logs_in(node: &Node, user: &str, password: &str) -> Result<(), String> {
+    let (status, body) = show_databases_as(node, user, password).await;
     if status == 200 && body.get("results").is_some() && body.get("error").is_none() {
         Ok(())
     } else {
@@ -131,11 +135,7 @@ async fn logs_in(node: &Node, user: &str, password: &str) -> Result<(), String> 
 
 /// `Ok` when the front door refuses `user` with `password` as influxd does.
 async fn is_refused(node: &Node, user: &str, password: &str) -> Result<(), String> {
-    let (status, body) = node
-        .api()
-        .login(user, password)
-        .raw_query("SHOW DATABASES", None)
-        .await;
+    let (status, body) = show_databases_as(node, user, password).await;
     if status == 401 && body["error"] == "authorization failed" {
         Ok(())
     } else {

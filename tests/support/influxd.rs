@@ -402,6 +402,18 @@ impl InfluxApi {
         }
     }
 
+    /// Sends `req` with the credentials: the HTTP status and the body.
+    /// Panics only when the server does not answer.
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> (u16, String) {
+        let resp = self
+            .authorize(req)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {what}: {e}", self.base));
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
     /// `POST /query` with `q` (and `db` when given): the HTTP status and the
     /// JSON answer. Panics only when the server does not answer.
     pub async fn raw_query(&self, q: &str, db: Option<&str>) -> (u16, Value) {
@@ -410,13 +422,7 @@ impl InfluxApi {
             form.push(("db", db));
         }
         let req = self.http.post(format!("{}/query", self.base)).form(&form);
-        let resp = self
-            .authorize(req)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{}: POST /query {q:?}: {e}", self.base));
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
+        let (status, body) = self.send(req, &format!("POST /query {q:?}")).await;
         let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
         (status, json)
     }
@@ -606,13 +612,7 @@ impl InfluxApi {
             .post(format!("{}/write", self.base))
             .query(&[("db", db)])
             .body(lines.to_owned());
-        let resp = self
-            .authorize(req)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{}: POST /write: {e}", self.base));
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
+        let (status, body) = self.send(req, "POST /write").await;
         assert_eq!(status, 204, "{}: write to {db} answered {body}", self.base);
     }
 
