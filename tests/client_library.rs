@@ -1,7 +1,7 @@
 //! `cflux::Client` as a library, over the in-memory `MetaClient`, against a
-//! real manager process: changes travel both ways, concurrent changes merge,
-//! a dead first manager fails over, and a manager that lost its state is
-//! re-seeded from the nodes.
+//! real manager process: changes travel both ways, concurrent changes merge
+//! (a push that conflicts included), a dead first manager fails over, and a
+//! manager that lost its state is re-seeded from the nodes.
 
 mod support;
 
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cflux::client::manager::{ManagerSettings, TransportKind};
+use cflux::client::metrics::NodeMetrics;
 use cflux::client::retry::RetrySettings;
 use cflux::client::{Client, InMemoryMeta, NodeSettings};
 use cflux::influx::catalog::{Database, User};
@@ -20,15 +21,35 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// A node with in-memory metadata, running until dropped.
 struct Node {
     meta: Arc<InMemoryMeta>,
+    metrics: Arc<NodeMetrics>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// What a stopped node keeps: its metadata and its state directory.
+struct Stopped {
+    meta: Arc<InMemoryMeta>,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
     fn start(endpoints: Vec<String>, cluster: &str, transport: TransportKind) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = Arc::new(InMemoryMeta::default());
+        let stopped = Stopped {
+            meta: Arc::new(InMemoryMeta::default()),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        Node::restart(stopped, endpoints, cluster, transport)
+    }
+
+    /// Starts a stopped node again, with what it kept.
+    fn restart(
+        stopped: Stopped,
+        endpoints: Vec<String>,
+        cluster: &str,
+        transport: TransportKind,
+    ) -> Node {
+        let Stopped { meta, dir } = stopped;
         let client = Client::new(
             NodeSettings {
                 cluster: cluster.into(),
@@ -53,14 +74,16 @@ impl Node {
             meta.clone(),
         )
         .unwrap();
+        let metrics = client.metrics().clone();
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move { client.run(token).await });
         Node {
             meta,
+            metrics,
             stop,
             task,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -75,12 +98,16 @@ impl Node {
         self.meta.snapshot().databases.contains_key(name)
     }
 
-    async fn stop(self) {
+    async fn stop(self) -> Stopped {
         self.stop.cancel();
         tokio::time::timeout(DEADLINE, self.task)
             .await
             .expect("the client stops on shutdown")
             .unwrap();
+        Stopped {
+            meta: self.meta,
+            dir: self.dir,
+        }
     }
 }
 
@@ -115,6 +142,30 @@ async fn changes_travel_both_ways_and_concurrent_changes_merge() {
             wait_for_database(&[&a, &b], &format!("a{i}")).await;
             wait_for_database(&[&a, &b], &format!("b{i}")).await;
         }
+
+        // A conflict for certain: b changes while it is stopped and a pushes
+        // a change meanwhile, so b's push on its return is against an old
+        // version. The merge keeps both changes.
+        let stopped = b.stop().await;
+        stopped.meta.update(|c| {
+            c.databases.insert(
+                "made_offline".into(),
+                Database::new("made_offline", "autogen"),
+            );
+        });
+        let a_version = a.metrics.version();
+        a.create_database("while_b_was_away");
+        wait_until(DEADLINE, "a's push is accepted", || async {
+            a.metrics.version() > a_version
+        })
+        .await;
+        let b = Node::restart(stopped, vec![manager.url()], &cluster, transport);
+        wait_for_database(&[&a, &b], "made_offline").await;
+        wait_for_database(&[&b], "while_b_was_away").await;
+        assert!(
+            b.metrics.pushes(false) >= 1,
+            "b's first push after its return must have conflicted"
+        );
         b.meta.update(|c| {
             c.databases.remove("from_a");
             c.users

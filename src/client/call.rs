@@ -67,46 +67,106 @@ impl std::fmt::Debug for Reply {
     }
 }
 
-/// Why a call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+/// What a failed call failed on (a transport error, a gRPC status, bad
+/// JSON…), kept so the error's chain reaches the root cause.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a call failed: what kind of failure (which decides whether it is
+/// retried), in words, and its cause when there is one.
+#[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The manager could not be reached or did not answer in time, or said it
     /// is unavailable: worth retrying, possibly on another manager.
-    #[error("manager unavailable: {0}")]
-    Transient(String),
+    #[error("manager unavailable: {what}")]
+    Transient {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The node or cluster is unknown (a heartbeat's cue to register again).
-    #[error("not found: {0}")]
-    NotFound(String),
+    #[error("not found: {what}")]
+    NotFound {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The manager refused the call for good (bad argument, bad token…).
-    #[error("refused: {0}")]
-    Refused(String),
+    #[error("refused: {what}")]
+    Refused {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The answer made no sense for the call (a bug on one side).
-    #[error("unexpected answer: {0}")]
-    Protocol(String),
+    #[error("unexpected answer: {what}")]
+    Protocol {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
 }
 
 impl CallError {
+    pub fn transient(what: impl Into<String>) -> Self {
+        CallError::Transient {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        CallError::NotFound {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    pub fn refused(what: impl Into<String>) -> Self {
+        CallError::Refused {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    pub fn protocol(what: impl Into<String>) -> Self {
+        CallError::Protocol {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// The same failure, caused by `e`.
+    pub fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let (CallError::Transient { cause, .. }
+        | CallError::NotFound { cause, .. }
+        | CallError::Refused { cause, .. }
+        | CallError::Protocol { cause, .. }) = &mut self;
+        *cause = Some(Box::new(e));
+        self
+    }
+
     /// Whether the retry layer should try again.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CallError::Transient(_))
+        matches!(self, CallError::Transient { .. })
     }
 }
 
 impl From<tonic::Status> for CallError {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code;
-        let msg = format!("{:?}: {}", s.code(), s.message());
-        match s.code() {
+        let what = format!("{:?}: {}", s.code(), s.message());
+        let kind = match s.code() {
             // Unknown and Cancelled are what a broken connection surfaces as.
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::ResourceExhausted
             | Code::Aborted
             | Code::Unknown
-            | Code::Cancelled => CallError::Transient(msg),
-            Code::NotFound => CallError::NotFound(msg),
-            _ => CallError::Refused(msg),
-        }
+            | Code::Cancelled => CallError::transient(what),
+            Code::NotFound => CallError::not_found(what),
+            _ => CallError::refused(what),
+        };
+        kind.caused_by(s)
     }
 }
 
@@ -115,7 +175,7 @@ macro_rules! expect_reply {
     ($reply:expr, $variant:ident) => {
         match $reply {
             $crate::client::call::Reply::$variant(v) => Ok(v),
-            other => Err($crate::client::call::CallError::Protocol(format!(
+            other => Err($crate::client::call::CallError::protocol(format!(
                 "expected {}, got {other:?}",
                 stringify!($variant)
             ))),

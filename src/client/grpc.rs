@@ -43,20 +43,19 @@ impl GrpcTransport {
     /// a manager that is down now does not stop the node from starting.
     pub fn new(url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, CallError> {
         let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| CallError::Refused(format!("invalid endpoint {url:?}: {e}")))?
+            .map_err(|e| CallError::refused(format!("invalid endpoint {url:?}")).caused_by(e))?
             .connect_timeout(timeout)
             .timeout(timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let token =
-            match token {
-                Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-                    CallError::Refused("the token is not valid in a header".into())
-                })?),
-                None => None,
-            };
+        let token = match token {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|e| {
+                CallError::refused("the token is not valid in a header").caused_by(e)
+            })?),
+            None => None,
+        };
         let client =
             ClusterfluxClient::with_interceptor(endpoint.connect_lazy(), TokenInterceptor(token))
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -42,7 +42,7 @@ impl LegacyTransport {
     pub fn new(url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, CallError> {
         let base = url.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") {
-            return Err(CallError::Refused(format!(
+            return Err(CallError::refused(format!(
                 "legacy endpoint {url:?} must be an http:// URL"
             )));
         }
@@ -73,13 +73,13 @@ impl LegacyTransport {
         }
         let req = req
             .body(Full::new(body))
-            .map_err(|e| CallError::Refused(format!("cannot build request: {e}")))?;
+            .map_err(|e| CallError::refused("cannot build the request").caused_by(e))?;
         let exchange = async {
             let resp = self
                 .http
                 .request(req)
                 .await
-                .map_err(|e| CallError::Transient(format!("{}: {e}", self.base)))?;
+                .map_err(|e| CallError::transient(self.base.clone()).caused_by(e))?;
             let status = resp.status();
             let version = resp
                 .headers()
@@ -90,7 +90,9 @@ impl LegacyTransport {
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| CallError::Transient(format!("{}: {e}", self.base)))?
+                .map_err(|e| {
+                    CallError::transient(format!("{}: reading the answer", self.base)).caused_by(e)
+                })?
                 .to_bytes();
             Ok::<_, CallError>(Answer {
                 status,
@@ -98,8 +100,8 @@ impl LegacyTransport {
                 body,
             })
         };
-        let answer = tokio::time::timeout(limit, exchange).await.map_err(|_| {
-            CallError::Transient(format!("{}: no answer within {limit:?}", self.base))
+        let answer = tokio::time::timeout(limit, exchange).await.map_err(|e| {
+            CallError::transient(format!("{}: no answer within {limit:?}", self.base)).caused_by(e)
         })??;
         match answer.status {
             s if s.is_success()
@@ -108,15 +110,15 @@ impl LegacyTransport {
             {
                 Ok(answer)
             }
-            StatusCode::NOT_FOUND => Err(CallError::NotFound(text(&answer.body))),
+            StatusCode::NOT_FOUND => Err(CallError::not_found(text(&answer.body))),
             StatusCode::SERVICE_UNAVAILABLE
             | StatusCode::BAD_GATEWAY
-            | StatusCode::TOO_MANY_REQUESTS => Err(CallError::Transient(format!(
+            | StatusCode::TOO_MANY_REQUESTS => Err(CallError::transient(format!(
                 "{}: {}",
                 answer.status,
                 text(&answer.body)
             ))),
-            s => Err(CallError::Refused(format!("{s}: {}", text(&answer.body)))),
+            s => Err(CallError::refused(format!("{s}: {}", text(&answer.body)))),
         }
     }
 
@@ -135,11 +137,11 @@ impl LegacyTransport {
                 cluster: cluster.to_owned(),
                 version: a
                     .version
-                    .ok_or_else(|| CallError::Protocol("no Version header".into()))?,
+                    .ok_or_else(|| CallError::protocol("no Version header"))?,
                 data: a.body,
             })),
             StatusCode::GATEWAY_TIMEOUT | StatusCode::NO_CONTENT => Ok(None),
-            s => Err(CallError::Protocol(format!("long poll answered {s}"))),
+            s => Err(CallError::protocol(format!("long poll answered {s}"))),
         }
     }
 
@@ -156,13 +158,13 @@ impl LegacyTransport {
                         Method::POST,
                         &format!("/nodes/{}", seg(&r.cluster)),
                         serde_json::to_vec(&body)
-                            .map_err(|e| CallError::Refused(format!("registration: {e}")))?
+                            .map_err(|e| CallError::refused("registration").caused_by(e))?
                             .into(),
                         self.timeout,
                     )
                     .await?;
                 let reg: wire::Registered = serde_json::from_slice(&a.body)
-                    .map_err(|e| CallError::Protocol(format!("registration answer: {e}")))?;
+                    .map_err(|e| CallError::protocol("registration answer").caused_by(e))?;
                 Ok(Reply::Registered(proto::RegisterResponse {
                     node_id: reg.id,
                     // The legacy protocol hands out neither; these are the original's.
@@ -183,8 +185,8 @@ impl LegacyTransport {
                     .await?;
                 Ok(Reply::Done)
             }
-            Call::ListClusters(_) => Err(CallError::Refused(
-                "the legacy protocol cannot list clusters".into(),
+            Call::ListClusters(_) => Err(CallError::refused(
+                "the legacy protocol cannot list clusters",
             )),
             Call::ListNodes(r) => {
                 let a = self
@@ -196,7 +198,7 @@ impl LegacyTransport {
                     )
                     .await?;
                 let nodes: Vec<wire::Node> = serde_json::from_slice(&a.body)
-                    .map_err(|e| CallError::Protocol(format!("node list: {e}")))?;
+                    .map_err(|e| CallError::protocol("node list").caused_by(e))?;
                 Ok(Reply::Nodes(proto::ListNodesResponse {
                     nodes: nodes
                         .into_iter()
@@ -217,7 +219,7 @@ impl LegacyTransport {
                 let snapshot = self.poll(&r.cluster, u64::MAX, self.timeout).await?;
                 snapshot
                     .map(Reply::Snapshot)
-                    .ok_or_else(|| CallError::Protocol("GetMeta long poll was held".into()))
+                    .ok_or_else(|| CallError::protocol("GetMeta long poll was held"))
             }
             Call::PushMeta(r) => {
                 let path = format!(
@@ -228,7 +230,7 @@ impl LegacyTransport {
                 let a = self.send(Method::POST, &path, r.data, self.timeout).await?;
                 let version = a
                     .version
-                    .ok_or_else(|| CallError::Protocol("no Version header".into()))?;
+                    .ok_or_else(|| CallError::protocol("no Version header"))?;
                 use proto::push_meta_response::Result as R;
                 let result = if a.status == StatusCode::CONFLICT {
                     R::Conflict(proto::MetaSnapshot {

@@ -97,7 +97,7 @@ impl Service<Call> for Failover {
                         .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                     {
-                        tracing::warn!(from = %this.endpoints[i].url, to = %this.endpoints[next].url, error = %e, "failing over");
+                        tracing::warn!(from = %this.endpoints[i].url, to = %this.endpoints[next].url, error = e as &dyn std::error::Error, "failing over");
                     }
                 }
             }
@@ -138,7 +138,7 @@ pub struct ManagerClient {
 impl ManagerClient {
     pub fn new(s: &ManagerSettings) -> Result<Self, CallError> {
         if s.endpoints.is_empty() {
-            return Err(CallError::Refused("no manager endpoint configured".into()));
+            return Err(CallError::refused("no manager endpoint configured"));
         }
         let mode = match s.transport {
             TransportKind::Grpc => GRPC,
@@ -224,9 +224,7 @@ impl ManagerClient {
         match reply.result {
             Some(R::AcceptedVersion(v)) => Ok(Pushed::Accepted(v)),
             Some(R::Conflict(s)) => Ok(Pushed::Conflict(s)),
-            None => Err(CallError::Protocol(
-                "PushMeta answered with no result".into(),
-            )),
+            None => Err(CallError::protocol("PushMeta answered with no result")),
         }
     }
 

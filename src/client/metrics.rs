@@ -68,8 +68,9 @@ impl NodeMetrics {
     }
 
     pub fn pushed(&self, accepted: bool) {
-        let result = if accepted { "accepted" } else { "conflict" };
-        self.pushes.with_label_values(&[result]).inc();
+        self.pushes
+            .with_label_values(&[push_result(accepted)])
+            .inc();
     }
 
     pub fn pulled(&self) {
@@ -86,6 +87,13 @@ impl NodeMetrics {
 
     pub fn synced(&self) {
         *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Pushes the manager accepted (`true`) or answered with a conflict.
+    pub fn pushes(&self, accepted: bool) -> u64 {
+        self.pushes
+            .with_label_values(&[push_result(accepted)])
+            .get()
     }
 
     /// The catalog version last synced.
@@ -105,6 +113,15 @@ impl NodeMetrics {
     }
 }
 
+/// The `result` label of a push.
+fn push_result(accepted: bool) -> &'static str {
+    if accepted {
+        "accepted"
+    } else {
+        "conflict"
+    }
+}
+
 impl Default for NodeMetrics {
     fn default() -> Self {
         Self::new()
@@ -120,6 +137,7 @@ mod tests {
         let m = NodeMetrics::new();
         m.pushed(false);
         m.set_version(4);
+        assert_eq!((m.pushes(false), m.pushes(true)), (1, 0));
         let text = m.render();
         assert!(text.contains(r#"cflux_node_pushes_total{result="conflict"} 1"#));
         assert!(text.contains("cflux_node_catalog_version 4"));

@@ -166,7 +166,7 @@ impl<M: MetaClient> Client<M> {
                     node_id = Some(id);
                 }),
                 Some(id) => match self.manager.heartbeat(&self.settings.cluster, id).await {
-                    Err(CallError::NotFound(_)) => {
+                    Err(CallError::NotFound { .. }) => {
                         tracing::warn!("manager does not know this node; registering again");
                         node_id = None;
                         continue;
@@ -182,7 +182,11 @@ impl<M: MetaClient> Client<M> {
                 Err(e) => {
                     self.metrics.failure("heartbeat");
                     let wait = failed.next_wait();
-                    tracing::warn!(error = %e, ?wait, "membership call failed; trying again");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        ?wait,
+                        "membership call failed; trying again"
+                    );
                     wait
                 }
             };

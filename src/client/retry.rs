@@ -80,7 +80,12 @@ impl tower::retry::Policy<Call, Reply, CallError> for RetryPolicy {
         match result {
             Err(e) if e.is_transient() && self.left > 0 => {
                 self.left -= 1;
-                tracing::debug!(call = call.name(), error = %e, left = self.left, "retrying");
+                tracing::debug!(
+                    call = call.name(),
+                    error = e as &dyn std::error::Error,
+                    left = self.left,
+                    "retrying"
+                );
                 Some(self.backoff.next_backoff())
             }
             _ => None,
@@ -107,15 +112,14 @@ mod tests {
         }
     }
 
-    /// Counts calls and fails them with `error`.
+    /// Counts calls and fails them with the error `error` makes.
     fn failing(
-        error: CallError,
+        error: fn() -> CallError,
         calls: Arc<AtomicUsize>,
     ) -> impl Service<Call, Response = Reply, Error = CallError> + Clone {
         tower::service_fn(move |_call: Call| {
             calls.fetch_add(1, Ordering::SeqCst);
-            let e = error.clone();
-            async move { Err::<Reply, _>(e) }
+            async move { Err::<Reply, _>(error()) }
         })
     }
 
@@ -128,17 +132,16 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let svc = ServiceBuilder::new()
             .layer(RetryPolicy::layer(&settings()))
-            .service(failing(CallError::Transient("down".into()), calls.clone()));
+            .service(failing(|| CallError::transient("down"), calls.clone()));
         assert!(svc.oneshot(heartbeat()).await.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]
     async fn permanent_failures_are_not_retried() {
-        for error in [
-            CallError::NotFound("x".into()),
-            CallError::Refused("bad".into()),
-        ] {
+        let permanent: [fn() -> CallError; 2] =
+            [|| CallError::not_found("x"), || CallError::refused("bad")];
+        for error in permanent {
             let calls = Arc::new(AtomicUsize::new(0));
             let svc = ServiceBuilder::new()
                 .layer(RetryPolicy::layer(&settings()))
@@ -158,7 +161,7 @@ mod tests {
                 let n = c.fetch_add(1, Ordering::SeqCst);
                 async move {
                     if n < 2 {
-                        Err(CallError::Transient("down".into()))
+                        Err(CallError::transient("down"))
                     } else {
                         Ok(Reply::Done)
                     }

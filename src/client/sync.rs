@@ -37,9 +37,9 @@ enum SyncError {
     Call(#[from] CallError),
     #[error(transparent)]
     Meta(#[from] MetaError),
-    #[error("the cluster catalog is not valid meta.Data: {0}")]
+    #[error("the cluster catalog cannot be read")]
     Decode(#[from] CatalogError),
-    #[error("saving the synced base: {0}")]
+    #[error("the synced base on disk")]
     State(#[from] std::io::Error),
     #[error("still conflicting after {0} rounds")]
     Contended(usize),
@@ -148,7 +148,7 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             Err(e) => {
                 self.client.metrics.failure("watch");
                 self.reopen_wait = self.reopen.next_wait();
-                tracing::warn!(error = %e, wait = ?self.reopen_wait, "cannot watch the cluster catalog");
+                tracing::warn!(error = &e as &dyn std::error::Error, wait = ?self.reopen_wait, "cannot watch the cluster catalog");
             }
         }
     }
@@ -217,7 +217,10 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
 
     fn on_watch_end(&mut self, error: Option<CallError>) {
         match error {
-            Some(e) => tracing::info!(error = %e, "watch ended; reopening"),
+            Some(e) => tracing::info!(
+                error = &e as &dyn std::error::Error,
+                "watch ended; reopening"
+            ),
             None => tracing::info!("watch ended; reopening"),
         }
         self.watch = None;
@@ -242,7 +245,10 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
     fn step(&self, what: &'static str, result: Result<(), SyncError>) {
         if let Err(e) = result {
             self.client.metrics.failure(what);
-            tracing::warn!(error = %e, "{what} failed; will try again");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "{what} failed; will try again"
+            );
         }
     }
 
@@ -382,7 +388,10 @@ async fn load_base<M>(client: &Client<M>) -> Synced {
         Err(e) => Err(e.into()),
     };
     stored.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot read the synced base; joining as a new node");
+        tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "cannot read the synced base; joining as a new node"
+        );
         Synced {
             version: 0,
             catalog: None,
@@ -480,7 +489,7 @@ mod tests {
             s.calls.push(call.name());
             if let Some(i) = s.failures.iter().position(|f| *f == call.name()) {
                 s.failures.remove(i);
-                return Err(CallError::Transient("scripted failure".into()));
+                return Err(CallError::transient("scripted failure"));
             }
             let current = |s: &Script| proto::MetaSnapshot {
                 cluster: CLUSTER.into(),
@@ -515,7 +524,7 @@ mod tests {
                         futures::stream::iter(std::mem::take(&mut s.watch).into_iter().map(Ok));
                     Reply::Watch(Box::pin(ready.chain(futures::stream::pending())))
                 }
-                other => return Err(CallError::Refused(format!("not scripted: {other:?}"))),
+                other => return Err(CallError::refused(format!("not scripted: {other:?}"))),
             })
         }
     }
@@ -704,11 +713,7 @@ mod tests {
             [catalog(&["mine", "shared", "theirs"]), merged.clone()]
         );
         assert_eq!(task.base.version, 4);
-        assert!(f
-            .client
-            .metrics
-            .render()
-            .contains(r#"cflux_node_pushes_total{result="conflict"} 2"#));
+        assert_eq!(f.client.metrics.pushes(false), 2);
     }
 
     #[tokio::test]
