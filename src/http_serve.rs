@@ -5,6 +5,7 @@
 //! a grace period.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,12 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::backoff::Backoff;
+
+/// Back-off after a failed accept (out of file descriptors and the like).
+const ACCEPT_MIN_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The address a request came from, put into every request's extensions.
 #[derive(Clone, Copy, Debug)]
@@ -32,16 +39,22 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut accept_backoff = Backoff::new(ACCEPT_MIN_BACKOFF, ACCEPT_MAX_BACKOFF);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    accept_backoff.reset();
+                    a
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = accept_backoff.wait() => continue,
+                    }
                 }
             },
         };
@@ -88,27 +101,49 @@ pub async fn serve(
     }
 }
 
+/// Why a TLS certificate and key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no private key in {}", .0.display())]
+    NoKey(PathBuf),
+    #[error("invalid certificate or key")]
+    Config(#[from] tokio_rustls::rustls::Error),
+}
+
 /// Loads a PEM certificate chain and key into a TLS acceptor (HTTP/2 and
 /// HTTP/1.1 offered through ALPN).
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
-    use anyhow::Context;
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("cannot open {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("cannot open {}", key.display()))?,
-    ))
-    .with_context(|| format!("cannot read the key from {}", key.display()))?
-    .with_context(|| format!("no private key in {}", key.display()))?;
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let certs = rustls_pemfile::certs(&mut open_pem(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_error(cert, e))?;
+    let key = rustls_pemfile::private_key(&mut open_pem(key)?)
+        .map_err(|e| read_error(key, e))?
+        .ok_or_else(|| TlsError::NoKey(key.to_owned()))?;
     let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("invalid certificate or key")?;
+    .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn open_pem(path: &Path) -> Result<std::io::BufReader<std::fs::File>, TlsError> {
+    std::fs::File::open(path)
+        .map(std::io::BufReader::new)
+        .map_err(|e| read_error(path, e))
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> TlsError {
+    TlsError::Read {
+        path: path.to_owned(),
+        source,
+    }
 }

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
+use tower::{Layer, Service};
 
 use crate::http_serve::PeerAddr;
+use crate::manager::metrics::Metrics;
 use crate::manager::plane::{ControlPlane, PlaneError, Registration};
 use crate::manager::store::{CasOutcome, NodeStatus, Snapshot};
 use crate::proto::{self, clusterflux_server::Clusterflux, push_meta_response};
@@ -22,23 +25,104 @@ impl GrpcService {
     pub fn new(plane: Arc<ControlPlane>) -> Self {
         GrpcService { plane }
     }
+}
 
-    /// Runs a handler, recording its latency and status code.
-    async fn observe<T>(
-        &self,
-        method: &'static str,
-        fut: impl std::future::Future<Output = Result<T, PlaneError>>,
-    ) -> Result<Response<T>, Status> {
+/// A handler's plane result as a gRPC answer.
+async fn answer<T>(
+    fut: impl std::future::Future<Output = Result<T, PlaneError>>,
+) -> Result<Response<T>, Status> {
+    fut.await.map(Response::new).map_err(Status::from)
+}
+
+/// The methods of the service, the only values of the `method` label (an
+/// unknown path must not grow the metric without bound).
+const METHODS: [&str; 8] = [
+    "Register",
+    "Heartbeat",
+    "Deregister",
+    "ListNodes",
+    "ListClusters",
+    "GetMeta",
+    "WatchMeta",
+    "PushMeta",
+];
+
+/// Counts every call of the wrapped gRPC service in
+/// `cflux_requests_total{layer="grpc"}` and its latency (until the answer's
+/// headers) in `cflux_request_duration_seconds`.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        GrpcMetricsLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`GrpcMetricsLayer`] makes.
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: NamedService> NamedService for GrpcMetrics<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + NamedService,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(S::NAME))
+            .and_then(|p| p.strip_prefix('/'))
+            .and_then(|m| METHODS.iter().copied().find(|known| *known == m));
+        let metrics = self.metrics.clone();
         let start = Instant::now();
-        let result = fut.await.map(Response::new).map_err(Status::from);
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        self.plane
-            .metrics
-            .observe("grpc", method, &format!("{code:?}"), start.elapsed());
-        result
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            if let Some(method) = method {
+                // A refused call is answered trailers-only, its status in the
+                // headers; an answered one carries OK in its trailers.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .map_or(tonic::Code::Ok, |v| tonic::Code::from_bytes(v.as_bytes()));
+                metrics.observe("grpc", method, &format!("{code:?}"), start.elapsed());
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -99,7 +183,7 @@ impl Clusterflux for GrpcService {
             .get::<PeerAddr>()
             .map(|p| p.0.ip().to_string());
         let r = request.into_inner();
-        self.observe("Register", async {
+        answer(async {
             let node = self
                 .plane
                 .register(Registration {
@@ -127,7 +211,7 @@ impl Clusterflux for GrpcService {
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
         let r = request.into_inner();
-        self.observe("Heartbeat", async {
+        answer(async {
             self.plane.heartbeat(&r.cluster, &r.node_id).await?;
             Ok(proto::HeartbeatResponse {})
         })
@@ -139,7 +223,7 @@ impl Clusterflux for GrpcService {
         request: Request<proto::DeregisterRequest>,
     ) -> Result<Response<proto::DeregisterResponse>, Status> {
         let r = request.into_inner();
-        self.observe("Deregister", async {
+        answer(async {
             self.plane.deregister(&r.cluster, &r.node_id).await?;
             Ok(proto::DeregisterResponse {})
         })
@@ -151,7 +235,7 @@ impl Clusterflux for GrpcService {
         request: Request<proto::ListNodesRequest>,
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
         let r = request.into_inner();
-        self.observe("ListNodes", async {
+        answer(async {
             let nodes = self.plane.list_nodes(&r.cluster).await?;
             Ok(proto::ListNodesResponse {
                 nodes: nodes.into_iter().map(node_message).collect(),
@@ -164,7 +248,7 @@ impl Clusterflux for GrpcService {
         &self,
         _request: Request<proto::ListClustersRequest>,
     ) -> Result<Response<proto::ListClustersResponse>, Status> {
-        self.observe("ListClusters", async {
+        answer(async {
             let clusters = self.plane.list_clusters().await?;
             Ok(proto::ListClustersResponse {
                 clusters: clusters
@@ -186,10 +270,7 @@ impl Clusterflux for GrpcService {
         request: Request<proto::GetMetaRequest>,
     ) -> Result<Response<proto::MetaSnapshot>, Status> {
         let r = request.into_inner();
-        self.observe("GetMeta", async {
-            Ok(snapshot_message(&self.plane.get_meta(&r.cluster).await?))
-        })
-        .await
+        answer(async { Ok(snapshot_message(&self.plane.get_meta(&r.cluster).await?)) }).await
     }
 
     type WatchMetaStream = SnapshotStream;
@@ -200,7 +281,7 @@ impl Clusterflux for GrpcService {
     ) -> Result<Response<Self::WatchMetaStream>, Status> {
         let r = request.into_inner();
         let plane = self.plane.clone();
-        self.observe("WatchMeta", async move {
+        answer(async move {
             let sub = plane.watch(&r.cluster).await?;
             plane.metrics.watch_streams.inc();
             let gauge = StreamGauge(plane.clone());
@@ -223,7 +304,7 @@ impl Clusterflux for GrpcService {
         request: Request<proto::PushMetaRequest>,
     ) -> Result<Response<proto::PushMetaResponse>, Status> {
         let r = request.into_inner();
-        self.observe("PushMeta", async {
+        answer(async {
             let outcome = self
                 .plane
                 .push(&r.cluster, r.expected_version, r.data, &r.node_id)

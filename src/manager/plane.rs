@@ -134,6 +134,7 @@ impl ControlPlane {
     /// Registers a node: a new ID when none is given, the same node again when
     /// the ID is known, and a recreated node when the ID is unknown (a manager
     /// that lost its state heals).
+    #[tracing::instrument(skip_all, fields(cluster = %reg.cluster, node = %reg.node_id))]
     pub async fn register(&self, mut reg: Registration) -> PlaneResult<NodeRecord> {
         validate_cluster(&reg.cluster)?;
         if reg.hostname.trim().is_empty() {
@@ -171,6 +172,7 @@ impl ControlPlane {
     }
 
     /// Refreshes a node's TTL.
+    #[tracing::instrument(skip_all, fields(%cluster, node = %node_id))]
     pub async fn heartbeat(&self, cluster: &str, node_id: &str) -> PlaneResult<()> {
         validate_cluster(cluster)?;
         if node_id.is_empty() {
@@ -187,6 +189,7 @@ impl ControlPlane {
     }
 
     /// Removes a node.
+    #[tracing::instrument(skip_all, fields(%cluster, node = %node_id))]
     pub async fn deregister(&self, cluster: &str, node_id: &str) -> PlaneResult<()> {
         validate_cluster(cluster)?;
         if self.call(self.store.delete_node(cluster, node_id)).await? {
@@ -198,6 +201,7 @@ impl ControlPlane {
     }
 
     /// The nodes of one cluster, or of all clusters when `cluster` is empty.
+    #[tracing::instrument(skip_all, fields(%cluster))]
     pub async fn list_nodes(&self, cluster: &str) -> PlaneResult<Vec<NodeStatus>> {
         let filter = if cluster.is_empty() {
             None
@@ -233,6 +237,7 @@ impl ControlPlane {
     }
 
     /// A cluster's current catalog.
+    #[tracing::instrument(skip_all, fields(%cluster))]
     pub async fn get_meta(&self, cluster: &str) -> PlaneResult<Snapshot> {
         validate_cluster(cluster)?;
         self.call(self.store.get_meta(cluster)).await
@@ -241,6 +246,7 @@ impl ControlPlane {
     /// Subscribes to a cluster's catalog. The subscription yields the current
     /// snapshot (if its version differs from what the caller knows) and then
     /// every change.
+    #[tracing::instrument(skip_all, fields(%cluster))]
     pub async fn watch(&self, cluster: &str) -> PlaneResult<Subscription> {
         validate_cluster(cluster)?;
         let sub = self.hub.subscribe(cluster);
@@ -250,6 +256,7 @@ impl ControlPlane {
     }
 
     /// Compare-and-swap of a cluster's catalog.
+    #[tracing::instrument(skip_all, fields(%cluster, node = %node_id, expected))]
     pub async fn push(
         &self,
         cluster: &str,

@@ -14,8 +14,12 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::ServingStatus;
+use tower::Layer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
-use crate::manager::grpc::GrpcService;
+use crate::manager::grpc::{GrpcMetricsLayer, GrpcService};
 use crate::manager::legacy::{self, LegacyOptions};
 use crate::manager::plane::ControlPlane;
 use crate::proto::clusterflux_server::ClusterfluxServer;
@@ -38,7 +42,7 @@ pub fn app(
     opts: &ServeOptions,
     health: HealthServer<impl Health>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Router> {
+) -> Result<Router, tonic_reflection::server::Error> {
     // Health is described too, so `grpcurl HOST:PORT grpc.health.v1.Health/Check`
     // works with no proto files at hand.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -51,9 +55,11 @@ pub fn app(
         .build_v1alpha()?;
     // Room for a catalog of the full limit plus the request's other fields.
     let grpc_limit = opts.max_message_bytes + 64 * 1024;
-    let clusterflux = ClusterfluxServer::new(GrpcService::new(plane.clone()))
-        .max_decoding_message_size(grpc_limit)
-        .max_encoding_message_size(grpc_limit);
+    let clusterflux = GrpcMetricsLayer::new(plane.metrics.clone()).layer(
+        ClusterfluxServer::new(GrpcService::new(plane.clone()))
+            .max_decoding_message_size(grpc_limit)
+            .max_encoding_message_size(grpc_limit),
+    );
 
     let app = tonic::service::Routes::new(clusterflux)
         .add_service(health)
@@ -66,7 +72,17 @@ pub fn app(
             opts.token.clone().map(Arc::new),
             authorize,
         ))
-        .fallback(not_found);
+        .fallback(not_found)
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
+                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+        )
+        // Outermost, so no trace or log ever shows the token.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]));
     Ok(app)
 }
 

@@ -54,6 +54,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 use super::{
     CasOutcome, CatalogFeed, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions,
     StoreResult,
@@ -82,6 +84,9 @@ const COMPACTION_RETRIES: usize = 8;
 const HEARTBEAT_RETRIES: usize = 8;
 /// Catalog chunks written concurrently.
 const CHUNK_WRITERS: usize = 4;
+/// Back-off between retries of one request.
+const RETRY_MIN_BACKOFF: Duration = Duration::from_millis(20);
+const RETRY_MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Back-off of the background tasks while etcd stays unreachable.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -168,15 +173,14 @@ where
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let attempts = async {
-        let mut delay = Duration::from_millis(20);
+        let mut backoff = Backoff::new(RETRY_MIN_BACKOFF, RETRY_MAX_BACKOFF);
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => match classify(what, e) {
                     Fail::Store(StoreError::Unavailable(m)) => {
                         tracing::debug!("{m}; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_millis(500));
+                        backoff.wait().await;
                     }
                     other => return Err(other),
                 },
@@ -892,7 +896,7 @@ impl Inner {
     /// Keeps this manager's lease alive (re-registering after it expired)
     /// until the store closes.
     async fn manager_loop(self: Arc<Self>) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             let lease = self.manager_lease.load(Ordering::SeqCst);
             let outcome = tokio::select! {
@@ -913,14 +917,13 @@ impl Inner {
                 } => r,
             };
             match outcome {
-                Ok(()) => backoff = MIN_BACKOFF,
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!("manager registration: {e}");
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = backoff.wait() => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -975,7 +978,7 @@ impl Inner {
 impl Inner {
     /// Reads, publishes and watches until the store closes.
     async fn feed_loop(self: Arc<Self>) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             let started = Instant::now();
             let ended = tokio::select! {
@@ -983,14 +986,14 @@ impl Inner {
                 e = self.feed_once() => e,
             };
             if started.elapsed() >= HEALTHY_WATCH {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
             }
-            tracing::debug!("catalog watch interrupted: {ended}; reading again in {backoff:?}");
+            let wait = backoff.next_wait();
+            tracing::debug!("catalog watch interrupted: {ended}; reading again in {wait:?}");
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
