@@ -6,7 +6,9 @@
 //!   safety net for a missed event.
 //! - Applies the cluster's catalog through InfluxQL over the HTTP API, in the
 //!   dependency order [`crate::influx::diff`] plans, so a remote `DROP`
-//!   deletes data exactly as a local one does.
+//!   deletes data exactly as a local one does. A statement influxd refuses
+//!   does not stop the rest (only what depends on it is skipped); it is
+//!   retried with backoff, counted, and shown on `/health`.
 //! - Users: InfluxQL cannot set a password hash, so a user created (or
 //!   re-passworded) from the cluster gets a random local password. The agent
 //!   remembers which local hash stands for which cluster hash (`user-hashes.json`
@@ -22,19 +24,66 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use notify::Watcher;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::agent::influxql::{error_chain, Influxd};
+use crate::agent::influxql::{error_chain, Influxd, InfluxdError};
+use crate::backoff::Backoff;
 use crate::client::meta::{MetaClient, MetaError};
 use crate::influx::catalog::Catalog;
-use crate::influx::change::{Change, Password};
+use crate::influx::change::{Change, Password, Target};
 use crate::influx::diff::diff;
 use crate::influx::influxql::{quote_ident, quote_string};
 use crate::influx::merge::merge;
+
+/// Passes over the statements in one apply before the refused ones are left
+/// to the sync task's next try.
+const APPLY_ROUNDS: usize = 3;
+
+/// A statement influxd refused, as `/health` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApplyError {
+    /// The statement, passwords redacted.
+    pub statement: String,
+    /// influxd's answer.
+    pub error: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
+/// How applies went: refusals counted for `/metrics`, the last one kept for
+/// `/health` until an apply succeeds whole.
+struct ApplyStatus {
+    registry: prometheus::Registry,
+    refused: prometheus::IntCounter,
+    last_error: Mutex<Option<ApplyError>>,
+}
+
+impl ApplyStatus {
+    fn new() -> Self {
+        let registry = prometheus::Registry::new();
+        let refused = crate::telemetry::register(
+            &registry,
+            prometheus::IntCounter::new(
+                "cflux_node_apply_errors_total",
+                "Statements influxd refused while applying the cluster catalog.",
+            ),
+        );
+        ApplyStatus {
+            registry,
+            refused,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    fn last_error(&self) -> std::sync::MutexGuard<'_, Option<ApplyError>> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// A local hash the agent caused, and the cluster hash it stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +102,7 @@ pub struct InfluxdMeta {
     /// is computed from.
     seen: Mutex<Option<Catalog>>,
     changes: watch::Sender<u64>,
+    status: ApplyStatus,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -81,8 +131,81 @@ impl InfluxdMeta {
             hashes: Mutex::new(hashes),
             seen: Mutex::new(None),
             changes,
+            status: ApplyStatus::new(),
             _watcher: watcher,
         })
+    }
+
+    /// The statement influxd last refused, until an apply succeeds whole.
+    pub fn last_apply_error(&self) -> Option<ApplyError> {
+        self.status.last_error().clone()
+    }
+
+    /// The adapter's metrics, Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        crate::telemetry::render(&self.status.registry)
+    }
+
+    /// One pass over the statements from `current` to `goal`. A statement
+    /// influxd refuses is logged and counted, and the pass goes on with every
+    /// statement that does not depend on it; the refusals are returned. An
+    /// unreachable influxd ends the pass.
+    async fn apply_pass(
+        &self,
+        current: &Catalog,
+        goal: &Catalog,
+    ) -> Result<Vec<InfluxdError>, MetaError> {
+        let mut admin = some_admin(current);
+        let mut refused: Vec<(Target, InfluxdError)> = Vec::new();
+        for statement in diff(current, goal) {
+            let target = statement.target();
+            if refused.iter().any(|(t, _)| target.depends_on(t)) {
+                continue;
+            }
+            let influxql = match (&statement.change, &statement.influxql) {
+                (_, Some(q)) => q.clone(),
+                (Change::PasswordHashChanged { user }, None) => {
+                    // The cluster's hash cannot be set here: lock the old
+                    // local password out with a random one instead.
+                    format!(
+                        "SET PASSWORD FOR {} = {}",
+                        quote_ident(user),
+                        quote_string(Password::random().expose())
+                    )
+                }
+                _ => continue,
+            };
+            let shown = statement
+                .redacted()
+                .unwrap_or_else(|| "SET PASSWORD FOR … = '***'".into());
+            tracing::info!(statement = %shown, "applying");
+            match self
+                .influxd
+                .execute(&influxql, &shown, admin.as_deref())
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_refusal() => {
+                    tracing::warn!(error = %e, "influxd refused a statement; applying the rest");
+                    self.status.refused.inc();
+                    if let InfluxdError::Refused { statement, answer } = &e {
+                        *self.status.last_error() = Some(ApplyError {
+                            statement: statement.clone(),
+                            error: answer.clone(),
+                            at_ms: crate::clock::now_ms(),
+                        });
+                    }
+                    refused.push((target, e));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if admin.is_none() {
+                // The first admin user may just have been created.
+                admin = some_admin(&self.read_raw().await?);
+            }
+        }
+        Ok(refused.into_iter().map(|(_, e)| e).collect())
     }
 
     /// `meta.db` as it is now, read off the async workers.
@@ -230,37 +353,34 @@ impl MetaClient for InfluxdMeta {
             }
             _ => target.clone(),
         };
-        let target = &target;
         let goal = self.to_local_terms(target.clone());
-        let mut admin = some_admin(&before);
-        for statement in diff(&before, &goal) {
-            let influxql = match (&statement.change, &statement.influxql) {
-                (_, Some(q)) => q.clone(),
-                (Change::PasswordHashChanged { user }, None) => {
-                    // The cluster's hash cannot be set here: lock the old
-                    // local password out with a random one instead.
-                    format!(
-                        "SET PASSWORD FOR {} = {}",
-                        quote_ident(user),
-                        quote_string(Password::random().expose())
-                    )
-                }
-                _ => continue,
+        // Refused statements are tried again after a wait: influxd may accept
+        // them once something else changed (another node's fix arrived).
+        let mut backoff =
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(2)).with_jitter(0.5);
+        let mut current = before;
+        let mut round = 1;
+        loop {
+            let pass = self.apply_pass(&current, &goal).await;
+            // Created users' random hashes are remembered even after a
+            // partial apply, so they are never pushed as local changes.
+            current = self.read_raw().await?;
+            self.remember_hashes(&target, &current).await?;
+            let refused = pass?;
+            let Some(first) = refused.first() else {
+                *self.status.last_error() = None;
+                return Ok(());
             };
-            let shown = statement
-                .redacted()
-                .unwrap_or_else(|| "SET PASSWORD FOR … = '***'".into());
-            tracing::info!(statement = %shown, "applying");
-            self.influxd
-                .execute(&influxql, &shown, admin.as_deref())
-                .await?;
-            if admin.is_none() {
-                // The first admin user may just have been created.
-                admin = some_admin(&self.read_raw().await?);
+            if round == APPLY_ROUNDS {
+                return Err(MetaError::Failed(format!(
+                    "{} statement(s) refused after {APPLY_ROUNDS} rounds, the rest applied; first: {}",
+                    refused.len(),
+                    error_chain(first)
+                )));
             }
+            round += 1;
+            backoff.wait().await;
         }
-        let after = self.read_raw().await?;
-        self.remember_hashes(target, &after).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

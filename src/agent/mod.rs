@@ -132,13 +132,15 @@ async fn host_ips(hostname: &str) -> Vec<String> {
     }
 }
 
-/// 200 with the node's state when influxd answers, 503 otherwise.
+/// 200 with the node's state when influxd answers, 503 otherwise; a refused
+/// statement (`last_apply_error`) is reported, not counted as unhealthy.
 async fn health(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
     let up = s.influxd.ping().await;
     let body = serde_json::json!({
         "influxdb": if up { "up" } else { "down" },
         "node_id": s.client.node_id(),
         "catalog_version": s.client.metrics().version(),
+        "last_apply_error": s.client.meta().last_apply_error(),
     });
     let code = if up {
         StatusCode::OK
@@ -154,9 +156,12 @@ async fn metrics(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        match &s.frontdoor {
-            Some(door) => s.client.metrics().render() + &door.render_metrics(),
-            None => s.client.metrics().render(),
+        {
+            let mut text = s.client.metrics().render() + &s.client.meta().render_metrics();
+            if let Some(door) = &s.frontdoor {
+                text.push_str(&door.render_metrics());
+            }
+            text
         },
     )
 }

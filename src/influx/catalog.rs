@@ -20,6 +20,17 @@ use serde::{Deserialize, Serialize};
 use super::meta_pb;
 use super::wire::{self, Field};
 
+/// The database each influxd's monitor keeps its own statistics in: node-local,
+/// like shards. It is never read into a catalog (so never pushed), and a
+/// catalog's copy is never written or applied (so never created or dropped
+/// from remote).
+pub const INTERNAL_DATABASE: &str = "_internal";
+
+/// Whether `database` belongs to the node alone, never to the catalog.
+pub fn is_node_local_database(database: &str) -> bool {
+    database == INTERNAL_DATABASE
+}
+
 /// Why metadata bytes could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -211,6 +222,9 @@ impl Catalog {
     pub fn from_meta(data: &meta_pb::Data) -> Result<Catalog, CatalogError> {
         let mut catalog = Catalog::default();
         for d in &data.databases {
+            if is_node_local_database(&d.name) {
+                continue;
+            }
             let mut db = Database::new(d.name.clone(), d.default_retention_policy.clone());
             for rp in &d.retention_policies {
                 let mut policy = RetentionPolicy {
@@ -249,6 +263,9 @@ impl Catalog {
         for u in &data.users {
             let mut user = User::new(u.name.clone(), u.hash.clone(), u.admin);
             for p in &u.privileges {
+                if is_node_local_database(&p.database) {
+                    continue;
+                }
                 let privilege = Privilege::from_i32(p.privilege).ok_or_else(|| {
                     CatalogError::UnknownPrivilege {
                         user: u.name.clone(),
@@ -312,6 +329,8 @@ struct BaseData<'a> {
     tail: Vec<&'a [u8]>,
     present: Vec<u32>,
     databases: BTreeMap<String, BaseDatabase<'a>>,
+    /// Whole records of node-local databases (`_internal`), kept as they are.
+    node_local_databases: Vec<&'a [u8]>,
     users: BTreeMap<String, BaseUser<'a>>,
 }
 
@@ -335,6 +354,8 @@ struct BasePolicy<'a> {
 #[derive(Default)]
 struct BaseUser<'a> {
     privileges: BTreeMap<String, Vec<&'a [u8]>>,
+    /// Whole records of privileges on node-local databases, kept as they are.
+    node_local_privileges: Vec<&'a [u8]>,
     unknown: Vec<&'a [u8]>,
 }
 
@@ -347,6 +368,10 @@ impl<'a> BaseData<'a> {
                 DATA_DATABASES => {
                     let inner = wire::fields(f.payload)?;
                     let name = wire::string_field(&inner, 1)?;
+                    if is_node_local_database(&name) {
+                        base.node_local_databases.push(f.record);
+                        continue;
+                    }
                     let db = BaseDatabase::parse(&inner)?;
                     base.databases.entry(name).or_insert(db);
                 }
@@ -414,7 +439,11 @@ impl<'a> BaseUser<'a> {
             match f.number {
                 4 => {
                     let (database, unknown) = leaf(f.payload, PRIVILEGE_KNOWN)?;
-                    user.privileges.entry(database).or_insert(unknown);
+                    if is_node_local_database(&database) {
+                        user.node_local_privileges.push(f.record);
+                    } else {
+                        user.privileges.entry(database).or_insert(unknown);
+                    }
                 }
                 n if n > USER_KNOWN => user.unknown.push(f.record),
                 _ => {}
@@ -448,9 +477,13 @@ fn encode_data(catalog: &Catalog, base: &BaseData<'_>) -> Vec<u8> {
         out.extend_from_slice(record);
     }
     for (name, db) in &catalog.databases {
+        if is_node_local_database(name) {
+            continue;
+        }
         let bytes = encode_database(name, db, base.databases.get(name));
         wire::put_bytes(&mut out, DATA_DATABASES, &bytes);
     }
+    extend(&mut out, &base.node_local_databases);
     for (name, user) in &catalog.users {
         let bytes = encode_user(name, user, base.users.get(name));
         wire::put_bytes(&mut out, DATA_USERS, &bytes);
@@ -531,6 +564,9 @@ fn encode_user(name: &str, user: &User, base: Option<&BaseUser<'_>>) -> Vec<u8> 
     wire::put_bytes(&mut out, 2, user.hash.as_bytes());
     wire::put_varint(&mut out, 3, u64::from(user.admin));
     for (database, privilege) in &user.privileges {
+        if is_node_local_database(database) {
+            continue;
+        }
         let mut bytes = Vec::new();
         wire::put_bytes(&mut bytes, 1, database.as_bytes());
         // int32 travels sign-extended to 64 bits.
@@ -541,6 +577,7 @@ fn encode_user(name: &str, user: &User, base: Option<&BaseUser<'_>>) -> Vec<u8> 
         wire::put_bytes(&mut out, 4, &bytes);
     }
     if let Some(b) = base {
+        extend(&mut out, &b.node_local_privileges);
         extend(&mut out, &b.unknown);
     }
     out
@@ -834,6 +871,51 @@ pub(crate) mod tests {
         let data = meta_pb::Data::decode(out.as_slice()).unwrap();
         assert_eq!(data, meta_pb::Data::default());
         assert_eq!(Catalog::from_meta_bytes(&[]).unwrap(), Catalog::default());
+    }
+
+    #[test]
+    fn internal_is_node_local_on_read_and_on_write() {
+        let mut with_internal = sample();
+        with_internal.databases.insert(
+            INTERNAL_DATABASE.into(),
+            Database::new(INTERNAL_DATABASE, "monitor"),
+        );
+        with_internal
+            .users
+            .get_mut("alice")
+            .unwrap()
+            .privileges
+            .insert(INTERNAL_DATABASE.into(), Privilege::Read);
+        // A catalog never carries it out...
+        let bytes = with_internal.to_meta_bytes();
+        assert_eq!(Catalog::from_meta_bytes(&bytes).unwrap(), sample());
+        let data = meta_pb::Data::decode(bytes.as_slice()).unwrap();
+        assert!(data.databases.iter().all(|d| d.name != INTERNAL_DATABASE));
+
+        // ...nor reads it from a node's meta.db, whose own copy a write keeps.
+        let mut node = meta_pb::Data::decode(sample().to_meta_bytes().as_slice()).unwrap();
+        node.databases.push(meta_pb::DatabaseInfo {
+            name: INTERNAL_DATABASE.into(),
+            default_retention_policy: "monitor".into(),
+            ..Default::default()
+        });
+        let alice = node.users.iter_mut().find(|u| u.name == "alice").unwrap();
+        alice.privileges.push(meta_pb::UserPrivilege {
+            database: INTERNAL_DATABASE.into(),
+            privilege: 1,
+        });
+        let node_bytes = node.encode_to_vec();
+        assert_eq!(Catalog::from_meta_bytes(&node_bytes).unwrap(), sample());
+        let mut without = sample();
+        without.databases.remove("telegraf");
+        let written = apply_to_meta(&node_bytes, &without).unwrap();
+        let data = meta_pb::Data::decode(written.as_slice()).unwrap();
+        assert!(data.databases.iter().any(|d| d.name == INTERNAL_DATABASE));
+        let alice = data.users.iter().find(|u| u.name == "alice").unwrap();
+        assert!(alice
+            .privileges
+            .iter()
+            .any(|p| p.database == INTERNAL_DATABASE));
     }
 
     #[test]

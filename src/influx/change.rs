@@ -202,6 +202,38 @@ pub enum Target {
     },
 }
 
+impl Target {
+    /// Whether this entity needs `other` to exist: it is `other`, or lives
+    /// inside it (a privilege needs its user and its database).
+    pub fn depends_on(&self, other: &Target) -> bool {
+        if self == other {
+            return true;
+        }
+        match other {
+            Target::Database { database } => self.database() == Some(database.as_str()),
+            Target::RetentionPolicy {
+                database,
+                retention_policy,
+            } => matches!(self, Target::Subscription { database: d, retention_policy: p, .. }
+                if d == database && p == retention_policy),
+            Target::User { user } => matches!(self, Target::Privilege { user: u, .. } if u == user),
+            _ => false,
+        }
+    }
+
+    /// The database the entity lives in (a user lives in none).
+    fn database(&self) -> Option<&str> {
+        match self {
+            Target::Database { database }
+            | Target::RetentionPolicy { database, .. }
+            | Target::Subscription { database, .. }
+            | Target::ContinuousQuery { database, .. }
+            | Target::Privilege { database, .. } => Some(database),
+            Target::User { .. } => None,
+        }
+    }
+}
+
 /// A random password, printed as `***` by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(String);
@@ -326,5 +358,47 @@ impl Change {
                 database: d.clone(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependencies_follow_the_catalog_tree() {
+        let db = Target::Database {
+            database: "db".into(),
+        };
+        let rp = Target::RetentionPolicy {
+            database: "db".into(),
+            retention_policy: "rp".into(),
+        };
+        let sub = Target::Subscription {
+            database: "db".into(),
+            retention_policy: "rp".into(),
+            subscription: "s".into(),
+        };
+        let cq = Target::ContinuousQuery {
+            database: "db".into(),
+            continuous_query: "cq".into(),
+        };
+        let user = Target::User { user: "u".into() };
+        let grant = Target::Privilege {
+            user: "u".into(),
+            database: "db".into(),
+        };
+        for child in [&db, &rp, &sub, &cq, &grant] {
+            assert!(child.depends_on(&db), "{child:?}");
+        }
+        assert!(sub.depends_on(&rp));
+        assert!(grant.depends_on(&user));
+        assert!(!user.depends_on(&db));
+        assert!(!cq.depends_on(&rp));
+        assert!(!db.depends_on(&cq));
+        let other = Target::Database {
+            database: "other".into(),
+        };
+        assert!(!cq.depends_on(&other));
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! [`diff`] lists the statements in an order influxd accepts:
 //!
+//! 0. `CREATE USER … WITH ALL PRIVILEGES` for new admins: an auth-enabled
+//!    server without an admin accepts nothing else, and a user depends on
+//!    nothing;
 //! 1. `DROP CONTINUOUS QUERY`, then `DROP SUBSCRIPTION` — removed ones, and
 //!    changed ones (InfluxQL cannot alter either, so a change is a drop and a
 //!    create) — before any policy or database goes;
@@ -12,6 +15,9 @@
 //! 5. `DROP USER`, `CREATE USER`, then `GRANT`/`REVOKE ALL PRIVILEGES` for the
 //!    admin flag, then `GRANT`/`REVOKE ... ON` (users and databases exist);
 //! 6. notes that InfluxQL cannot carry out (a changed password hash).
+//!
+//! `_internal` ([`is_node_local_database`]) is no part of either side: it is
+//! never created, dropped or granted on.
 //!
 //! Children of a dropped parent are not dropped one by one: `DROP DATABASE`
 //! takes its policies, subscriptions, queries and the privileges on it along
@@ -52,7 +58,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::catalog::{
-    Catalog, ContinuousQuery, Database, Privilege, RetentionPolicy, Subscription, User,
+    is_node_local_database, Catalog, ContinuousQuery, Database, Privilege, RetentionPolicy,
+    Subscription, User,
 };
 use super::change::{Change, Password, PolicyUpdate, Statement};
 use super::influxql::{NS_PER_DAY, NS_PER_HOUR, NS_PER_WEEK};
@@ -65,12 +72,15 @@ pub const AUTOGEN: &str = "autogen";
 pub fn diff(from: &Catalog, to: &Catalog) -> Vec<Statement> {
     let mut plan = Plan::default();
     for name in from.databases.keys() {
-        if !to.databases.contains_key(name) {
+        if !to.databases.contains_key(name) && !is_node_local_database(name) {
             plan.drop_databases
                 .push(Change::DropDatabase { name: name.clone() });
         }
     }
     for (name, target) in &to.databases {
+        if is_node_local_database(name) {
+            continue;
+        }
         match from.databases.get(name) {
             None => plan.new_database(name, target),
             Some(current) => plan.existing_database(name, current, target),
@@ -91,6 +101,7 @@ pub fn diff(from: &Catalog, to: &Catalog) -> Vec<Statement> {
 /// The changes of a diff, by phase.
 #[derive(Default)]
 struct Plan {
+    create_admins: Vec<Change>,
     drop_queries: Vec<Change>,
     drop_subscriptions: Vec<Change>,
     create_databases: Vec<Change>,
@@ -110,6 +121,7 @@ struct Plan {
 impl Plan {
     fn into_statements(self) -> Vec<Statement> {
         [
+            self.create_admins,
             self.drop_queries,
             self.drop_subscriptions,
             self.create_databases,
@@ -316,11 +328,16 @@ impl Plan {
         let wanted = privileges(target, to);
         let had = match current {
             None => {
-                self.create_users.push(Change::CreateUser {
+                let created = Change::CreateUser {
                     name: name.to_owned(),
                     password: Password::random(),
                     admin: target.admin,
-                });
+                };
+                if target.admin {
+                    self.create_admins.push(created);
+                } else {
+                    self.create_users.push(created);
+                }
                 BTreeMap::new()
             }
             Some(current) => {
@@ -359,7 +376,11 @@ impl Plan {
 fn privileges(user: &User, catalog: &Catalog) -> BTreeMap<String, Privilege> {
     user.privileges
         .iter()
-        .filter(|(db, p)| **p != Privilege::None && catalog.databases.contains_key(*db))
+        .filter(|(db, p)| {
+            **p != Privilege::None
+                && catalog.databases.contains_key(*db)
+                && !is_node_local_database(db)
+        })
         .map(|(db, p)| (db.clone(), *p))
         .collect()
 }
@@ -448,6 +469,7 @@ fn policy_update(current: &RetentionPolicy, target: &RetentionPolicy) -> PolicyU
 mod tests {
     use super::*;
     use crate::influx::catalog::tests::sample;
+    use crate::influx::catalog::INTERNAL_DATABASE;
     use crate::influx::change::Target;
     use crate::influx::influxql::NS_PER_MINUTE;
     use crate::influx::simulate::simulate;
@@ -551,6 +573,10 @@ mod tests {
         let text = sql(&statements);
         assert_eq!(
             text[0],
+            "CREATE USER \"root\" WITH PASSWORD '***' WITH ALL PRIVILEGES"
+        );
+        assert_eq!(
+            text[1],
             r#"CREATE DATABASE "telegraf" WITH DURATION INF REPLICATION 1 SHARD DURATION 1w NAME "autogen""#
         );
         assert!(text.contains(
@@ -561,8 +587,6 @@ mod tests {
             &r#"CREATE SUBSCRIPTION "kapacitor" ON "telegraf"."autogen" DESTINATIONS ANY 'udp://k1:9092', 'udp://k2:9092'"#
                 .to_owned()
         ));
-        assert!(text
-            .contains(&"CREATE USER \"root\" WITH PASSWORD '***' WITH ALL PRIVILEGES".to_owned()));
         // No autogen appears where the target has none.
         let after = apply(&Catalog::default(), &statements);
         assert!(!after.databases["wéird 'db' 日本"]
@@ -792,6 +816,52 @@ mod tests {
             }
         );
         assert_eq!(statements[1].influxql, None);
+    }
+
+    #[test]
+    fn new_admins_come_before_anything_else() {
+        let mut from = Catalog::default();
+        from.users
+            .insert("plain".into(), User::new("plain", "h", false));
+        let mut to = sample();
+        to.users
+            .insert("plain".into(), User::new("plain", "h", false));
+        to.users.insert("zed".into(), User::new("zed", "h", true));
+        let statements = diff(&from, &to);
+        let admins: Vec<bool> = statements
+            .iter()
+            .map(|s| matches!(s.change, Change::CreateUser { admin: true, .. }))
+            .collect();
+        // The two new admins (root, zed) first, nothing else before them.
+        assert_eq!(
+            admins.iter().take_while(|a| **a).count(),
+            2,
+            "{:#?}",
+            sql(&statements)
+        );
+        assert_eq!(admins.iter().filter(|a| **a).count(), 2);
+        assert_converges(&from, &to);
+    }
+
+    #[test]
+    fn internal_is_never_created_dropped_or_granted_on() {
+        let internal = || Database::new(INTERNAL_DATABASE, "monitor");
+        let mut from = sample();
+        from.databases.insert(INTERNAL_DATABASE.into(), internal());
+        let mut to = sample();
+        to.users
+            .get_mut("alice")
+            .unwrap()
+            .privileges
+            .insert(INTERNAL_DATABASE.into(), Privilege::All);
+        // The node's own _internal stays, whatever the cluster says.
+        assert!(diff(&from, &to).is_empty(), "{:#?}", sql(&diff(&from, &to)));
+        // A cluster catalog carrying one (an old node's) creates nothing.
+        let mut remote = sample();
+        remote
+            .databases
+            .insert(INTERNAL_DATABASE.into(), internal());
+        assert!(diff(&sample(), &remote).is_empty());
     }
 
     #[test]
