@@ -160,7 +160,7 @@ async fn push(
             cluster: cluster.to_owned(),
             expected_version: expected,
             data,
-            node_id: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();

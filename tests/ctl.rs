@@ -53,6 +53,7 @@ async fn cfluxctl_lists_shows_and_deregisters() {
         expected_version: 0,
         data: catalog.to_meta_bytes().into(),
         node_id: node.clone(),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -139,6 +139,7 @@ impl LegacyTransport {
                     .version
                     .ok_or_else(|| CallError::protocol("no Version header"))?,
                 data: a.body,
+                history_id: String::new(),
             })),
             StatusCode::GATEWAY_TIMEOUT | StatusCode::NO_CONTENT => Ok(None),
             s => Err(CallError::protocol(format!("long poll answered {s}"))),
@@ -237,6 +238,8 @@ impl LegacyTransport {
                         cluster: r.cluster,
                         version,
                         data: a.body,
+                        // The legacy protocol keeps no history identity.
+                        history_id: String::new(),
                     })
                 } else {
                     R::AcceptedVersion(version)

@@ -344,6 +344,7 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
                     expected_version: self.base.version,
                     data: encode(&local),
                     node_id: self.client.node_id().unwrap_or_default(),
+                    expected_history_id: String::new(),
                 })
                 .await?;
             match pushed {
@@ -437,6 +438,7 @@ mod tests {
             cluster: CLUSTER.into(),
             version,
             data: encode(c),
+            ..Default::default()
         }
     }
 
@@ -495,6 +497,7 @@ mod tests {
                 cluster: CLUSTER.into(),
                 version: s.version,
                 data: s.data.clone(),
+                ..Default::default()
             };
             Ok(match call {
                 Call::GetMeta(_) => Reply::Snapshot(current(&s)),

@@ -158,6 +158,7 @@ fn snapshot_message(s: &Snapshot) -> proto::MetaSnapshot {
         cluster: s.cluster.clone(),
         version: s.version,
         data: s.data.clone(),
+        history_id: String::new(),
     }
 }
 
@@ -319,5 +320,28 @@ impl Clusterflux for GrpcService {
             })
         })
         .await
+    }
+
+    // The catalog history (issue 7) lands next; until then these answer
+    // UNIMPLEMENTED, as for any RPC a manager does not serve.
+    async fn list_history(
+        &self,
+        _request: Request<proto::ListHistoryRequest>,
+    ) -> Result<Response<proto::ListHistoryResponse>, Status> {
+        Err(Status::unimplemented("catalog history is not kept yet"))
+    }
+
+    async fn get_version(
+        &self,
+        _request: Request<proto::GetVersionRequest>,
+    ) -> Result<Response<proto::MetaSnapshot>, Status> {
+        Err(Status::unimplemented("catalog history is not kept yet"))
+    }
+
+    async fn restore_version(
+        &self,
+        _request: Request<proto::RestoreVersionRequest>,
+    ) -> Result<Response<proto::PushMetaResponse>, Status> {
+        Err(Status::unimplemented("catalog history is not kept yet"))
     }
 }

@@ -174,6 +174,7 @@ pub fn push_request(cluster: &str, expected: u64, data: &[u8]) -> PushMetaReques
         expected_version: expected,
         data: data.to_vec().into(),
         node_id: String::new(),
+        expected_history_id: String::new(),
     }
 }
 
