@@ -2,7 +2,10 @@
 //! front door: plain TCP or TLS, HTTP/1.1 and HTTP/2 detected per connection,
 //! the peer's address in every request, and graceful shutdown on one
 //! cancellation token — stop accepting, let requests in flight finish within
-//! a grace period.
+//! a grace period. A connection that does not deliver its request headers
+//! (or its TLS handshake) within [`HEADER_READ_TIMEOUT`] is closed, as is an
+//! HTTP/1.1 connection idle that long between requests and an HTTP/2 peer
+//! that stops answering pings: slow or dead clients cannot pin connections.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +26,15 @@ use crate::backoff::Backoff;
 /// Back-off after a failed accept (out of file descriptors and the like).
 const ACCEPT_MIN_BACKOFF: Duration = Duration::from_millis(100);
 const ACCEPT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How long a client may take to send a request's headers (and, first, the
+/// first byte of its connection or its TLS handshake); also how long an
+/// HTTP/1.1 connection may sit idle between requests.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 connections are pinged this often when idle; long-lived watch
+/// streams stay open, peers that stop answering are dropped.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The address a request came from, put into every request's extensions.
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +50,17 @@ pub async fn serve(
     grace: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
+    let builder = Arc::new(builder);
     let mut accept_backoff = Backoff::new(ACCEPT_MIN_BACKOFF, ACCEPT_MAX_BACKOFF);
     loop {
         let (stream, peer) = tokio::select! {
@@ -71,23 +93,40 @@ pub async fn serve(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // hyper's header timeout starts once it knows the protocol; a
+            // client that sends nothing at all is closed here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                    return;
+                }
+            }
             let result = match tls {
                 None => {
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls_stream) => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                        watcher.watch(conn.into_owned()).await
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not done within the header timeout; closing");
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

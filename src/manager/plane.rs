@@ -137,9 +137,12 @@ impl ControlPlane {
     #[tracing::instrument(skip_all, fields(cluster = %reg.cluster, node = %reg.node_id))]
     pub async fn register(&self, mut reg: Registration) -> PlaneResult<NodeRecord> {
         validate_cluster(&reg.cluster)?;
-        if reg.hostname.trim().is_empty() {
-            return Err(PlaneError::InvalidArgument("hostname is missing".into()));
-        }
+        crate::names::validate_registration(crate::names::RegistrationFields {
+            hostname: &reg.hostname,
+            ips: &reg.ips,
+            http_addr: &reg.http_addr,
+            version: &reg.version,
+        })?;
         if reg.node_id.is_empty() {
             reg.node_id = uuid::Uuid::new_v4().to_string();
         } else {
@@ -175,9 +178,7 @@ impl ControlPlane {
     #[tracing::instrument(skip_all, fields(%cluster, node = %node_id))]
     pub async fn heartbeat(&self, cluster: &str, node_id: &str) -> PlaneResult<()> {
         validate_cluster(cluster)?;
-        if node_id.is_empty() {
-            return Err(PlaneError::InvalidArgument("node_id is empty".into()));
-        }
+        validate_node_id(node_id)?;
         if self
             .call(self.store.heartbeat(cluster, node_id, now_ms()))
             .await?
@@ -192,6 +193,7 @@ impl ControlPlane {
     #[tracing::instrument(skip_all, fields(%cluster, node = %node_id))]
     pub async fn deregister(&self, cluster: &str, node_id: &str) -> PlaneResult<()> {
         validate_cluster(cluster)?;
+        validate_node_id(node_id)?;
         if self.call(self.store.delete_node(cluster, node_id)).await? {
             tracing::info!(%cluster, node = %node_id, "node deregistered");
             Ok(())
