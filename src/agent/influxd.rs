@@ -31,10 +31,11 @@ use notify::Watcher;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::agent::influxql::{error_chain, Influxd, InfluxdError};
+use crate::agent::influxql::{Influxd, InfluxdError};
+use crate::agent::metadb;
 use crate::backoff::Backoff;
-use crate::client::meta::{MetaClient, MetaError};
-use crate::influx::catalog::Catalog;
+use crate::client::meta::{MetaCause, MetaClient, MetaError, MetaIdentity};
+use crate::influx::catalog::{is_node_local_database, Catalog};
 use crate::influx::change::{Change, Password, Target};
 use crate::influx::diff::diff;
 use crate::influx::influxql::{quote_ident, quote_string};
@@ -99,8 +100,8 @@ pub struct InfluxdMeta {
     hashes_file: PathBuf,
     hashes: Mutex<BTreeMap<String, HashPair>>,
     /// What `catalog()` last returned: the catalog the caller's next target
-    /// is computed from.
-    seen: Mutex<Option<Catalog>>,
+    /// is computed from, and the identity of the `meta.db` it came from.
+    seen: Mutex<Option<(Catalog, MetaIdentity)>>,
     changes: watch::Sender<u64>,
     status: ApplyStatus,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -115,12 +116,12 @@ impl InfluxdMeta {
     ) -> Result<Self, MetaError> {
         tokio::fs::create_dir_all(state_dir)
             .await
-            .map_err(|e| failed(state_dir, &e))?;
+            .map_err(|e| failed(state_dir, e))?;
         let hashes_file = state_dir.join("user-hashes.json");
         let hashes = match tokio::fs::read(&hashes_file).await {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| failed(&hashes_file, &e))?,
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| failed(&hashes_file, e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(failed(&hashes_file, &e)),
+            Err(e) => return Err(failed(&hashes_file, e)),
         };
         let changes = watch::channel(0).0;
         let watcher = watch_meta_dir(meta_dir, changes.clone());
@@ -208,16 +209,15 @@ impl InfluxdMeta {
         Ok(refused.into_iter().map(|(_, e)| e).collect())
     }
 
-    /// `meta.db` as it is now, read off the async workers.
+    /// `meta.db` as it is now; a file influxd would refuse is unavailable.
     async fn read_raw(&self) -> Result<Catalog, MetaError> {
-        let bytes = tokio::fs::read(&self.meta_db).await.map_err(|e| {
-            MetaError::Unavailable(format!(
-                "cannot read {}: {} (is influxd running with this meta directory?)",
-                self.meta_db.display(),
-                error_chain(&e)
-            ))
-        })?;
-        Catalog::from_meta_bytes(&bytes).map_err(|e| failed(&self.meta_db, &e))
+        Ok(self.read_identified().await?.0)
+    }
+
+    async fn read_identified(&self) -> Result<(Catalog, MetaIdentity), MetaError> {
+        metadb::read(&self.meta_db)
+            .await
+            .map_err(|e| MetaError::Unavailable(Box::new(e)))
     }
 
     fn pairs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, HashPair>> {
@@ -263,22 +263,53 @@ impl InfluxdMeta {
                     );
                 }
             }
-            serde_json::to_vec_pretty(&*pairs).map_err(|e| failed(&self.hashes_file, &e))?
+            serde_json::to_vec_pretty(&*pairs).map_err(|e| failed(&self.hashes_file, e))?
         };
         // Written whole and renamed over, so a crash never leaves half a file.
         let tmp = self.hashes_file.with_extension("tmp");
         tokio::fs::write(&tmp, json)
             .await
-            .map_err(|e| failed(&tmp, &e))?;
+            .map_err(|e| failed(&tmp, e))?;
         tokio::fs::rename(&tmp, &self.hashes_file)
             .await
-            .map_err(|e| failed(&self.hashes_file, &e))
+            .map_err(|e| failed(&self.hashes_file, e))
     }
 }
 
-/// A failed operation on `path`, with the whole cause.
-fn failed(path: &Path, e: &dyn std::error::Error) -> MetaError {
-    MetaError::Failed(format!("{}: {}", path.display(), error_chain(e)))
+/// An operation on one of the agent's files that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", path.display())]
+struct FileError {
+    path: PathBuf,
+    #[source]
+    source: MetaCause,
+}
+
+/// A failed operation on `path`, with its cause.
+fn failed(path: &Path, e: impl Into<MetaCause>) -> MetaError {
+    MetaError::Failed(Box::new(FileError {
+        path: path.to_owned(),
+        source: e.into(),
+    }))
+}
+
+/// Statements influxd still refused after every round of an apply.
+#[derive(Debug, thiserror::Error)]
+#[error("{count} statement(s) refused after {APPLY_ROUNDS} rounds, the rest applied; the first")]
+struct ApplyRefused {
+    count: usize,
+    #[source]
+    first: InfluxdError,
+}
+
+/// `meta.db` and the influxd the agent talks to are not the same server's.
+#[derive(Debug, thiserror::Error)]
+#[error("{meta_db} does not describe the influxd at {url}: databases only in meta.db {only_in_file:?}, only in influxd {only_in_server:?}; check --meta-dir and --influxdb-url")]
+struct ServerMismatch {
+    meta_db: String,
+    url: String,
+    only_in_file: Vec<String>,
+    only_in_server: Vec<String>,
 }
 
 /// Bumps `changes` whenever something happens to `meta.db` in `dir`. A
@@ -330,16 +361,44 @@ fn some_admin(c: &Catalog) -> Option<String> {
 #[async_trait]
 impl MetaClient for InfluxdMeta {
     async fn catalog(&self) -> Result<Catalog, MetaError> {
-        let catalog = self.to_cluster_terms(self.read_raw().await?);
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(catalog.clone());
+        let (raw, identity) = self.read_identified().await?;
+        let catalog = self.to_cluster_terms(raw);
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((catalog.clone(), identity));
         Ok(catalog)
+    }
+
+    fn identity(&self) -> Option<MetaIdentity> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.as_ref().map(|(_, identity)| *identity)
+    }
+
+    /// The databases influxd lists must be `meta.db`'s (a `--meta-dir` of
+    /// one server and an `--influxdb-url` of another would otherwise push
+    /// the first's catalog over the cluster).
+    async fn verify(&self) -> Result<(), MetaError> {
+        let file = self.read_raw().await?;
+        let listed = self.influxd.databases(some_admin(&file).as_deref()).await?;
+        let listed: std::collections::BTreeSet<String> = listed
+            .into_iter()
+            .filter(|d| !is_node_local_database(d))
+            .collect();
+        let in_file: std::collections::BTreeSet<String> = file.databases.keys().cloned().collect();
+        if listed == in_file {
+            return Ok(());
+        }
+        Err(MetaError::Mismatch(Box::new(ServerMismatch {
+            meta_db: self.meta_db.display().to_string(),
+            url: self.influxd.url().to_owned(),
+            only_in_file: in_file.difference(&listed).cloned().collect(),
+            only_in_server: listed.difference(&in_file).cloned().collect(),
+        })))
     }
 
     async fn apply(&self, target: &Catalog) -> Result<(), MetaError> {
         let before = self.read_raw().await?;
         let now = self.to_cluster_terms(before.clone());
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let target = match seen {
+        let target = match seen.map(|(catalog, _)| catalog) {
             // Local changes since the caller's read are not in `target`:
             // keep them rather than undo them (a DROP of a database just
             // created here).
@@ -367,16 +426,13 @@ impl MetaClient for InfluxdMeta {
             current = self.read_raw().await?;
             self.remember_hashes(&target, &current).await?;
             let refused = pass?;
-            let Some(first) = refused.first() else {
+            let count = refused.len();
+            let Some(first) = refused.into_iter().next() else {
                 *self.status.last_error() = None;
                 return Ok(());
             };
             if round == APPLY_ROUNDS {
-                return Err(MetaError::Failed(format!(
-                    "{} statement(s) refused after {APPLY_ROUNDS} rounds, the rest applied; first: {}",
-                    refused.len(),
-                    error_chain(first)
-                )));
+                return Err(MetaError::Failed(Box::new(ApplyRefused { count, first })));
             }
             round += 1;
             backoff.wait().await;

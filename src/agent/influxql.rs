@@ -62,24 +62,13 @@ impl InfluxdError {
 
 impl From<InfluxdError> for MetaError {
     fn from(e: InfluxdError) -> Self {
-        let text = error_chain(&e);
         match e {
-            InfluxdError::Refused { .. } | InfluxdError::Request { .. } => MetaError::Failed(text),
-            _ => MetaError::Unavailable(text),
+            InfluxdError::Refused { .. } | InfluxdError::Request { .. } => {
+                MetaError::Failed(Box::new(e))
+            }
+            _ => MetaError::Unavailable(Box::new(e)),
         }
     }
-}
-
-/// An error and its causes in one line, for the string-carrying [`MetaError`].
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// How long a signed JWT is valid.
@@ -123,6 +112,11 @@ impl Influxd {
         }
     }
 
+    /// The server's base URL (`--influxdb-url`).
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
     /// The `Authorization` header for a request acting as `admin` (the
     /// shared-secret mode needs an existing user to name in the JWT).
     fn authorization(&self, admin: Option<&str>) -> Option<String> {
@@ -158,6 +152,34 @@ impl Influxd {
         shown: &str,
         admin: Option<&str>,
     ) -> Result<(), InfluxdError> {
+        self.query(statement, shown, admin).await.map(drop)
+    }
+
+    /// The databases influxd lists (`SHOW DATABASES`), `_internal` included.
+    pub async fn databases(&self, admin: Option<&str>) -> Result<Vec<String>, InfluxdError> {
+        let statement = "SHOW DATABASES";
+        let body = self.query(statement, statement, admin).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| InfluxdError::Refused {
+                statement: statement.into(),
+                answer: format!("an answer that is not JSON: {e}"),
+            })?;
+        let values = v["results"][0]["series"][0]["values"].as_array();
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row[0].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Runs one InfluxQL statement and returns influxd's answer when it
+    /// holds no error.
+    async fn query(
+        &self,
+        statement: &str,
+        shown: &str,
+        admin: Option<&str>,
+    ) -> Result<Bytes, InfluxdError> {
         let body = format!("q={}", utf8_percent_encode(statement, NON_ALPHANUMERIC));
         let url = format!("{}/query", self.base);
         let mut req =
@@ -200,7 +222,7 @@ impl Influxd {
                 statement: shown.to_owned(),
                 answer,
             }),
-            None => Ok(()),
+            None => Ok(body),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod frontdoor;
 pub mod influxd;
 pub mod influxql;
+pub mod metadb;
 
 use std::sync::Arc;
 
@@ -132,19 +133,29 @@ async fn host_ips(hostname: &str) -> Vec<String> {
     }
 }
 
-/// 200 with the node's state when influxd answers, 503 otherwise; a refused
-/// statement (`last_apply_error`) is reported, not counted as unhealthy.
+/// 200 with the node's state when it serves its cluster truthfully; 503
+/// with the reasons when influxd is down, `meta.db` cannot be read (or is not
+/// influxd's), no manager has answered for three heartbeat intervals, or the
+/// last apply of the cluster's catalog failed.
 async fn health(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
     let up = s.influxd.ping().await;
-    let body = serde_json::json!({
-        "influxdb": if up { "up" } else { "down" },
+    let mut problems = s.client.health().problems();
+    if !up {
+        problems.insert(0, format!("influxd at {} is down", s.influxd.url()));
+    }
+    let mut body = serde_json::json!({
+        "status": if problems.is_empty() { "ok" } else { "failing" },
+        "cluster": s.client.cluster(),
         "node_id": s.client.node_id(),
         "catalog_version": s.client.metrics().version(),
+        "seconds_since_sync": s.client.metrics().seconds_since_sync(),
+        "influxdb": if up { "up" } else { "down" },
         "last_apply_error": s.client.meta().last_apply_error(),
     });
-    let code = if up {
+    let code = if problems.is_empty() {
         StatusCode::OK
     } else {
+        body["reason"] = problems.join("; ").into();
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body))

@@ -13,15 +13,35 @@ use tokio::sync::watch;
 
 use crate::influx::catalog::Catalog;
 
+/// The cause of a [`MetaError`], whatever the owner's own error type is.
+pub type MetaCause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why the node's metadata could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
-    /// The owner cannot be reached right now (influxd down): try again later.
-    #[error("metadata owner unavailable: {0}")]
-    Unavailable(String),
+    /// The owner cannot be reached or read right now (influxd down, `meta.db`
+    /// unreadable): try again later.
+    #[error("metadata owner unavailable")]
+    Unavailable(#[source] MetaCause),
     /// The owner refused or failed the operation.
-    #[error("metadata operation failed: {0}")]
-    Failed(String),
+    #[error("metadata operation failed")]
+    Failed(#[source] MetaCause),
+    /// The metadata read does not describe the owner it is applied through
+    /// (`--meta-dir` of one server, `--influxdb-url` of another): nothing
+    /// may be pushed from it.
+    #[error("the metadata read does not describe the server it belongs to")]
+    Mismatch(#[source] MetaCause),
+}
+
+/// Who the metadata belongs to, as far as its owner can tell: InfluxDB's
+/// `ClusterID` (random, set once when a server's metadata is created) and
+/// `Index` (raised on every metadata change). A different `cluster_id`, or an
+/// `index` lower than one seen before, means the metadata was replaced (a
+/// fresh or reinstalled server, a restored old copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaIdentity {
+    pub cluster_id: u64,
+    pub index: u64,
 }
 
 /// The node's metadata owner.
@@ -34,11 +54,23 @@ pub trait MetaClient: Send + Sync + 'static {
     async fn apply(&self, target: &Catalog) -> Result<(), MetaError>;
     /// A counter that moves whenever the local catalog may have changed.
     fn changes(&self) -> watch::Receiver<u64>;
+    /// The identity of the metadata the last [`MetaClient::catalog`] read;
+    /// `None` when the owner keeps none.
+    fn identity(&self) -> Option<MetaIdentity> {
+        None
+    }
+    /// Checks that the metadata read describes the server it belongs to
+    /// (run before the first push after start); [`MetaError::Mismatch`] when
+    /// it does not.
+    async fn verify(&self) -> Result<(), MetaError> {
+        Ok(())
+    }
 }
 
 /// Metadata held in memory.
 pub struct InMemoryMeta {
     catalog: Mutex<Catalog>,
+    identity: Mutex<Option<MetaIdentity>>,
     changes: watch::Sender<u64>,
 }
 
@@ -46,8 +78,14 @@ impl InMemoryMeta {
     pub fn new(catalog: Catalog) -> Self {
         InMemoryMeta {
             catalog: Mutex::new(catalog),
+            identity: Mutex::new(None),
             changes: watch::channel(0).0,
         }
+    }
+
+    /// Sets the identity reported from now on (a test's replaced metadata).
+    pub fn set_identity(&self, identity: Option<MetaIdentity>) {
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = identity;
     }
 
     /// A local change: runs `f` on the catalog and tells the client.
@@ -86,5 +124,9 @@ impl MetaClient for InMemoryMeta {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    fn identity(&self) -> Option<MetaIdentity> {
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

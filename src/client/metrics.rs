@@ -13,8 +13,20 @@ pub struct NodeMetrics {
     pulls: IntCounter,
     failures: IntCounterVec,
     version: IntGauge,
+    replaced: IntCounterVec,
+    history_changes: IntCounter,
     since_sync: prometheus::Gauge,
-    last_sync: std::sync::Mutex<Option<Instant>>,
+    sync: std::sync::Mutex<SyncMoment>,
+}
+
+/// When the node was last known in sync.
+#[derive(Clone, Copy, Default)]
+struct SyncMoment {
+    /// The last moment known in sync (`None`: never).
+    last: Option<Instant>,
+    /// Whether it still is: the watch is open, nothing is left to push or
+    /// apply. While it is, the node stays in sync without any event.
+    now: bool,
 }
 
 impl NodeMetrics {
@@ -55,14 +67,31 @@ impl NodeMetrics {
                     "Cluster catalog version last synced.",
                 ),
             ),
+            replaced: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_node_metadata_replaced_total",
+                        "Times the local metadata turned out replaced (another ClusterID, an Index gone back) and the node rejoined, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            history_changes: register(
+                &r,
+                IntCounter::new(
+                    "cflux_node_history_changes_total",
+                    "Times the cluster catalog's history changed under the node (a manager that lost its state) and the node rejoined.",
+                ),
+            ),
             since_sync: register(
                 &r,
                 prometheus::Gauge::new(
                     "cflux_node_seconds_since_sync",
-                    "Seconds since the last successful sync (-1: never).",
+                    "Seconds since the node was last known in sync (-1: never); 0 while it is.",
                 ),
             ),
-            last_sync: std::sync::Mutex::new(None),
+            sync: std::sync::Mutex::new(SyncMoment::default()),
             registry: r,
         }
     }
@@ -85,8 +114,33 @@ impl NodeMetrics {
         self.version.set(i64::try_from(v).unwrap_or(i64::MAX));
     }
 
-    pub fn synced(&self) {
-        *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    /// The local metadata was found replaced (`reason`: `cluster_id`, `index`).
+    pub fn metadata_replaced(&self, reason: &str) {
+        self.replaced.with_label_values(&[reason]).inc();
+    }
+
+    pub fn history_changed(&self) {
+        self.history_changes.inc();
+    }
+
+    /// Whether the node is in sync now; leaving sync keeps the moment it
+    /// was last known to be.
+    pub fn set_in_sync(&self, in_sync: bool) {
+        let mut sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        if in_sync || sync.now {
+            sync.last = Some(Instant::now());
+        }
+        sync.now = in_sync;
+    }
+
+    /// Seconds since the node was last known in sync: 0 while it is,
+    /// `None` if it never was.
+    pub fn seconds_since_sync(&self) -> Option<f64> {
+        let sync = *self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        match sync {
+            SyncMoment { now: true, .. } => Some(0.0),
+            SyncMoment { last, .. } => last.map(|t| t.elapsed().as_secs_f64()),
+        }
     }
 
     /// Pushes the manager accepted (`true`) or answered with a conflict.
@@ -103,12 +157,8 @@ impl NodeMetrics {
 
     /// Prometheus text of every metric.
     pub fn render(&self) -> String {
-        let since = self
-            .last_sync
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map_or(-1.0, |t| t.elapsed().as_secs_f64());
-        self.since_sync.set(since);
+        self.since_sync
+            .set(self.seconds_since_sync().unwrap_or(-1.0));
         crate::telemetry::render(&self.registry)
     }
 }
@@ -142,5 +192,21 @@ mod tests {
         assert!(text.contains(r#"cflux_node_pushes_total{result="conflict"} 1"#));
         assert!(text.contains("cflux_node_catalog_version 4"));
         assert!(text.contains("cflux_node_seconds_since_sync -1"));
+    }
+
+    #[test]
+    fn seconds_since_sync_stay_zero_while_in_sync_and_count_after() {
+        let m = NodeMetrics::new();
+        assert_eq!(m.seconds_since_sync(), None);
+        m.set_in_sync(true);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(m.seconds_since_sync(), Some(0.0));
+        m.set_in_sync(false);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let since = m.seconds_since_sync().unwrap();
+        assert!((0.015..5.0).contains(&since), "{since}");
+        // Failing again does not move the moment last known in sync.
+        m.set_in_sync(false);
+        assert!(m.seconds_since_sync().unwrap() >= since);
     }
 }

@@ -6,10 +6,11 @@
 //!   the transports, [`grpc`] and [`legacy`].
 //! - [`node`]: [`Client`], registration and heartbeats; [`sync`]: the sync
 //!   task (watch, push, merge); [`state`]: what it keeps on disk; [`meta`]:
-//!   the [`MetaClient`] it wraps.
+//!   the [`MetaClient`] it wraps; [`health`]: what `/health` reports.
 
 pub mod call;
 pub mod grpc;
+pub mod health;
 pub mod legacy;
 pub mod manager;
 pub mod meta;
@@ -19,5 +20,5 @@ pub mod retry;
 pub mod state;
 pub mod sync;
 
-pub use meta::{InMemoryMeta, MetaClient, MetaError};
+pub use meta::{InMemoryMeta, MetaClient, MetaError, MetaIdentity};
 pub use node::{Client, NodeSettings};

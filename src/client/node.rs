@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::client::call::CallError;
+use crate::client::health::NodeHealth;
 use crate::client::manager::{ManagerClient, ManagerSettings};
 use crate::client::meta::MetaClient;
 use crate::client::metrics::NodeMetrics;
@@ -59,6 +60,7 @@ pub struct Client<M> {
     pub(crate) settings: NodeSettings,
     pub(crate) state: StateDir,
     pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) health: NodeHealth,
     observed: watch::Sender<Option<Arc<Catalog>>>,
     /// Read from the state directory once (when the client starts running),
     /// then kept here.
@@ -86,6 +88,7 @@ impl<M: MetaClient> Client<M> {
             state: StateDir::open(&settings.state_dir)?,
             settings,
             metrics: Arc::new(NodeMetrics::new()),
+            health: NodeHealth::new(),
             observed: watch::channel(None).0,
             node_id: watch::channel(None).0,
         })
@@ -118,6 +121,15 @@ impl<M: MetaClient> Client<M> {
 
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
         &self.metrics
+    }
+
+    /// What keeps the node from serving its cluster, for `/health`.
+    pub fn health(&self) -> &NodeHealth {
+        &self.health
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.settings.cluster
     }
 
     /// The node's ID, once it has registered (kept across restarts).
@@ -177,6 +189,7 @@ impl<M: MetaClient> Client<M> {
             let wait = match step {
                 Ok(()) => {
                     failed.reset();
+                    self.health.manager_answered(interval);
                     interval
                 }
                 Err(e) => {

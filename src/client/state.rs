@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::client::meta::MetaIdentity;
+
 /// The state directory.
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -28,10 +30,20 @@ pub struct SyncedBase {
     /// Cluster-wide `meta.Data` bytes; `None` when the node has not joined
     /// yet (or the manager lost its state): the merge then runs as a first join.
     pub catalog: Option<Bytes>,
+    /// The catalog history `version` belongs to; empty when unknown (a
+    /// manager that keeps none, or a base from before history ids).
+    pub history_id: String,
+    /// The identity of the node's own metadata when the base was agreed
+    /// (`ClusterID`, highest `Index` seen); `None` when its owner has none.
+    pub identity: Option<MetaIdentity>,
 }
 
 const NODE_ID: &str = "node-id";
 const BASE: &str = "base.bin";
+/// Opens the current format of `base.bin`. The first format began with the
+/// big-endian version, whose first byte is 0 for any version below 2^56, so
+/// a file without this tag is read as that format.
+const BASE_FORMAT_2: &[u8; 4] = b"CFB2";
 
 impl StateDir {
     /// Creates the directory if needed (once, at start-up).
@@ -66,28 +78,12 @@ impl StateDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SyncedBase::default()),
             Err(e) => return Err(e),
         };
-        let invalid = || io::Error::new(io::ErrorKind::InvalidData, "corrupt base.bin");
-        let (head, rest) = bytes.split_at_checked(9).ok_or_else(invalid)?;
-        let version = u64::from_be_bytes(head[..8].try_into().map_err(|_| invalid())?);
-        let catalog = match head[8] {
-            0 => None,
-            1 => Some(Bytes::copy_from_slice(rest)),
-            _ => return Err(invalid()),
-        };
-        Ok(SyncedBase { version, catalog })
+        decode_base(&bytes)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "corrupt base.bin"))
     }
 
     pub async fn set_base(&self, base: &SyncedBase) -> io::Result<()> {
-        let mut out = Vec::with_capacity(9 + base.catalog.as_ref().map_or(0, |c| c.len()));
-        out.extend_from_slice(&base.version.to_be_bytes());
-        match &base.catalog {
-            None => out.push(0),
-            Some(c) => {
-                out.push(1);
-                out.extend_from_slice(c);
-            }
-        }
-        self.replace(BASE, out.into()).await
+        self.replace(BASE, encode_base(base).into()).await
     }
 
     /// Write to a temporary file, fsync it, rename it over `name`, fsync the
@@ -103,6 +99,89 @@ impl StateDir {
             std::fs::File::open(&dir)?.sync_all()
         })
         .await
+    }
+}
+
+/// `base.bin`: the format tag, the version, the history id (length-prefixed),
+/// the identity (a presence byte, then `ClusterID` and `Index`), and the
+/// catalog (a presence byte, then the bytes to the end).
+fn encode_base(base: &SyncedBase) -> Vec<u8> {
+    let catalog = base.catalog.as_deref().unwrap_or_default();
+    let mut out = Vec::with_capacity(40 + base.history_id.len() + catalog.len());
+    out.extend_from_slice(BASE_FORMAT_2);
+    out.extend_from_slice(&base.version.to_be_bytes());
+    let history = base.history_id.as_bytes();
+    out.extend_from_slice(
+        &u32::try_from(history.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(&history[..history.len().min(u32::MAX as usize)]);
+    match base.identity {
+        None => out.push(0),
+        Some(id) => {
+            out.push(1);
+            out.extend_from_slice(&id.cluster_id.to_be_bytes());
+            out.extend_from_slice(&id.index.to_be_bytes());
+        }
+    }
+    match &base.catalog {
+        None => out.push(0),
+        Some(c) => {
+            out.push(1);
+            out.extend_from_slice(c);
+        }
+    }
+    out
+}
+
+/// Reads either format of `base.bin`; `None` when it is corrupt.
+fn decode_base(bytes: &[u8]) -> Option<SyncedBase> {
+    let Some(mut rest) = bytes.strip_prefix(BASE_FORMAT_2) else {
+        // The first format: version, presence byte, catalog.
+        let (version, rest) = take_u64(bytes)?;
+        return Some(SyncedBase {
+            version,
+            catalog: take_catalog(rest)?,
+            ..SyncedBase::default()
+        });
+    };
+    let version;
+    (version, rest) = take_u64(rest)?;
+    let (len, tail) = rest.split_at_checked(4)?;
+    let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
+    let (history, tail) = tail.split_at_checked(len)?;
+    let history_id = String::from_utf8(history.to_vec()).ok()?;
+    let (present, mut rest) = tail.split_first()?;
+    let identity = match present {
+        0 => None,
+        1 => {
+            let (cluster_id, index);
+            (cluster_id, rest) = take_u64(rest)?;
+            (index, rest) = take_u64(rest)?;
+            Some(MetaIdentity { cluster_id, index })
+        }
+        _ => return None,
+    };
+    Some(SyncedBase {
+        version,
+        catalog: take_catalog(rest)?,
+        history_id,
+        identity,
+    })
+}
+
+fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, rest) = bytes.split_at_checked(8)?;
+    Some((u64::from_be_bytes(head.try_into().ok()?), rest))
+}
+
+/// A presence byte, then the catalog to the end.
+fn take_catalog(bytes: &[u8]) -> Option<Option<Bytes>> {
+    match bytes.split_first()? {
+        (0, _) => Some(None),
+        (1, c) => Some(Some(Bytes::copy_from_slice(c))),
+        _ => None,
     }
 }
 
@@ -129,18 +208,41 @@ mod tests {
         let base = SyncedBase {
             version: 7,
             catalog: Some(Bytes::from_static(b"\x08\x01")),
+            history_id: "h-1".into(),
+            identity: Some(MetaIdentity {
+                cluster_id: 0xC1,
+                index: 42,
+            }),
         };
         s.set_base(&base).await.unwrap();
         let s = StateDir::open(dir.path()).unwrap();
         assert_eq!(s.node_id().await.unwrap().as_deref(), Some("n-1"));
         assert_eq!(s.base().await.unwrap(), base);
-        s.set_base(&SyncedBase {
+        let empty = SyncedBase {
             version: 3,
-            catalog: None,
-        })
-        .await
-        .unwrap();
-        assert_eq!(s.base().await.unwrap().catalog, None);
+            ..SyncedBase::default()
+        };
+        s.set_base(&empty).await.unwrap();
+        assert_eq!(s.base().await.unwrap(), empty);
+    }
+
+    #[tokio::test]
+    async fn a_base_of_the_first_format_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = 9u64.to_be_bytes().to_vec();
+        old.push(1);
+        old.extend_from_slice(b"\x08\x01");
+        std::fs::write(dir.path().join(BASE), &old).unwrap();
+        let base = StateDir::open(dir.path()).unwrap().base().await.unwrap();
+        assert_eq!(
+            base,
+            SyncedBase {
+                version: 9,
+                catalog: Some(Bytes::from_static(b"\x08\x01")),
+                history_id: String::new(),
+                identity: None,
+            }
+        );
     }
 
     #[tokio::test]
@@ -149,6 +251,14 @@ mod tests {
         std::fs::write(dir.path().join(BASE), b"\x01\x02").unwrap();
         assert!(StateDir::open(dir.path()).unwrap().base().await.is_err());
         std::fs::write(dir.path().join(BASE), [0, 0, 0, 0, 0, 0, 0, 1, 9]).unwrap();
+        assert!(StateDir::open(dir.path()).unwrap().base().await.is_err());
+        // The current format cut short inside the history id.
+        let mut cut = encode_base(&SyncedBase {
+            history_id: "history".into(),
+            ..SyncedBase::default()
+        });
+        cut.truncate(BASE_FORMAT_2.len() + 8 + 4 + 3);
+        std::fs::write(dir.path().join(BASE), cut).unwrap();
         assert!(StateDir::open(dir.path()).unwrap().base().await.is_err());
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::client::call::{CallError, SnapshotStream};
 use crate::client::manager::Pushed;
-use crate::client::meta::{MetaClient, MetaError};
+use crate::client::meta::{MetaClient, MetaError, MetaIdentity};
 use crate::client::node::Client;
 use crate::client::state::SyncedBase;
 use crate::influx::catalog::{Catalog, CatalogError};
@@ -46,11 +46,16 @@ enum SyncError {
 }
 
 /// The synced base as the sync task holds it: decoded once, not per event.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Synced {
     version: u64,
-    /// `None`: no base yet (first join, or a manager that lost its state).
+    /// `None`: no base yet (first join, replaced local metadata, or a
+    /// manager that lost its state): the next reconciliation joins.
     catalog: Option<Catalog>,
+    /// The history `version` belongs to; empty when unknown.
+    history_id: String,
+    /// The local metadata's identity when the base was agreed.
+    identity: Option<MetaIdentity>,
 }
 
 /// What the sync task reacts to.
@@ -66,6 +71,8 @@ enum Event {
     ResyncTick,
     /// The wait after a failed attempt to open the watch is over.
     ReopenDue,
+    /// The wait after a failed apply is over.
+    ApplyDue,
     Shutdown,
 }
 
@@ -81,6 +88,13 @@ fn decode(bytes: &[u8]) -> Result<Catalog, SyncError> {
     Ok(Catalog::from_meta_bytes(bytes)?)
 }
 
+/// A cluster catalog that could not be applied, and when to try again.
+#[derive(Debug)]
+struct Unapplied {
+    snapshot: proto::MetaSnapshot,
+    due: tokio::time::Instant,
+}
+
 /// The sync task of one [`Client`].
 pub(crate) struct SyncTask<'a, M> {
     client: &'a Client<M>,
@@ -91,10 +105,17 @@ pub(crate) struct SyncTask<'a, M> {
     reopen: Backoff,
     /// How long to wait before the next attempt, after a failed one.
     reopen_wait: Duration,
-    /// A cluster catalog that could not be applied (influxd down, say): tried
-    /// again at each resync tick, since the watch may send nothing new for a
-    /// long time.
-    unapplied: Option<proto::MetaSnapshot>,
+    /// A cluster catalog that could not be applied (influxd down, a refused
+    /// statement): tried again after a growing wait, not at every local
+    /// change — a failed apply changes `meta.db` itself.
+    unapplied: Option<Unapplied>,
+    /// Waits between failed applies of the same catalog.
+    apply_retry: Backoff,
+    /// Whether the node's metadata was found to describe its server (checked
+    /// once after start, before anything is pushed or applied).
+    verified: bool,
+    /// Whether the last step succeeded.
+    last_step_ok: bool,
 }
 
 impl<'a, M: MetaClient> SyncTask<'a, M> {
@@ -106,6 +127,7 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             if task.watch.is_none() {
                 task.open_watch().await;
             }
+            task.report_sync();
             match task.next_event(&shutdown).await {
                 Event::Shutdown => return,
                 event => task.handle(event).await,
@@ -124,7 +146,19 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             reopen: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             reopen_wait: Duration::ZERO,
             unapplied: None,
+            apply_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            verified: false,
+            last_step_ok: false,
         }
+    }
+
+    /// The node is in sync while the watch is open, the last step succeeded
+    /// and nothing waits to be applied: then the manager or the metadata
+    /// owner tells it of any change.
+    fn report_sync(&self) {
+        self.client
+            .metrics
+            .set_in_sync(self.watch.is_some() && self.last_step_ok && self.unapplied.is_none());
     }
 
     /// Local changes made while the node was down are pushed first.
@@ -171,9 +205,17 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
                 }
             }
         };
+        let apply_due = self.unapplied.as_ref().map(|u| u.due);
+        let retry = async move {
+            match apply_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => Event::Shutdown,
             event = watched => event,
+            () = retry => Event::ApplyDue,
             changed = self.changes.changed() => {
                 if changed.is_err() {
                     tracing::warn!("the metadata owner stopped reporting changes");
@@ -191,6 +233,7 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             Event::WatchEnded(e) => self.on_watch_end(e),
             Event::LocalChange => self.on_local_change().await,
             Event::ResyncTick => self.on_resync_tick().await,
+            Event::ApplyDue => self.on_apply_due().await,
             // The loop opens the watch again before the next event.
             Event::ReopenDue | Event::Shutdown => {}
         }
@@ -210,8 +253,10 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
                 }
             }
         }
-        let r = self.on_remote(snapshot.clone()).await;
-        self.unapplied = r.is_err().then_some(snapshot);
+        // A newer catalog replaces one still waiting to be applied.
+        self.unapplied = None;
+        self.apply_retry.reset();
+        let r = self.on_remote(snapshot).await;
         self.step("pull", r);
     }
 
@@ -226,23 +271,31 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
         self.watch = None;
     }
 
+    /// A local change is pushed; while a cluster catalog waits to be applied
+    /// it is left to that retry (which pushes what is left afterwards), since
+    /// the failed apply's own writes to the metadata wake this too.
     async fn on_local_change(&mut self) {
+        if self.unapplied.is_some() {
+            tracing::debug!("local change while an apply waits; the retry handles it");
+            return;
+        }
         let r = self.reconcile().await;
         self.step("push", r);
     }
 
     async fn on_resync_tick(&mut self) {
-        match self.unapplied.take() {
-            Some(snapshot) => {
-                let r = self.on_remote(snapshot.clone()).await;
-                self.unapplied = r.is_err().then_some(snapshot);
-                self.step("pull", r);
-            }
-            None => self.on_local_change().await,
+        self.on_local_change().await;
+    }
+
+    async fn on_apply_due(&mut self) {
+        if let Some(u) = self.unapplied.take() {
+            let r = self.on_remote(u.snapshot).await;
+            self.step("pull", r);
         }
     }
 
-    fn step(&self, what: &'static str, result: Result<(), SyncError>) {
+    fn step(&mut self, what: &'static str, result: Result<(), SyncError>) {
+        self.last_step_ok = result.is_ok();
         if let Err(e) = result {
             self.client.metrics.failure(what);
             tracing::warn!(
@@ -252,30 +305,155 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
         }
     }
 
-    async fn save(&mut self, version: u64, catalog: &Catalog) -> Result<(), SyncError> {
+    async fn save(
+        &mut self,
+        version: u64,
+        catalog: &Catalog,
+        history_id: String,
+    ) -> Result<(), SyncError> {
+        let identity = self.client.meta.identity();
         self.client
             .state
             .set_base(&SyncedBase {
                 version,
                 catalog: Some(encode(catalog)),
+                history_id: history_id.clone(),
+                identity,
             })
             .await?;
         self.base = Synced {
             version,
             catalog: Some(catalog.clone()),
+            history_id,
+            identity,
         };
         self.client.metrics.set_version(version);
-        self.client.metrics.synced();
         Ok(())
+    }
+
+    /// Forgets the base: the next reconciliation joins as a new node would
+    /// (the cluster's definitions win, local-only entities are added,
+    /// nothing is dropped because of it).
+    fn rejoin(&mut self) {
+        self.base = Synced::default();
+    }
+
+    /// Whether `s` belongs to another history than the base (both known).
+    fn history_changed(&self, s: &proto::MetaSnapshot) -> bool {
+        let changed = !s.history_id.is_empty()
+            && !self.base.history_id.is_empty()
+            && s.history_id != self.base.history_id;
+        if changed {
+            self.client.metrics.history_changed();
+            tracing::warn!(
+                base_history = %self.base.history_id,
+                cluster_history = %s.history_id,
+                "the cluster catalog's history changed (a manager lost its state); rejoining: nothing is dropped because of it"
+            );
+        }
+        changed
+    }
+
+    /// The node's catalog as it is now. Metadata replaced under the base
+    /// (another `ClusterID`, an `Index` gone back) makes the node rejoin,
+    /// and before anything is pushed or applied the owner checks that the
+    /// metadata describes its server.
+    async fn read_local(&mut self) -> Result<Catalog, SyncError> {
+        let read = self.client.meta.catalog().await;
+        self.client.health.meta_read(
+            read.as_ref()
+                .map(drop)
+                .map_err(|e| e as &dyn std::error::Error),
+        );
+        let local = read?;
+        if !self.verified {
+            let verified = self.client.meta.verify().await;
+            if let Err(e) = &verified {
+                self.client.health.meta_read(Err(e));
+                tracing::error!(
+                    error = e as &dyn std::error::Error,
+                    "refusing to push or apply anything"
+                );
+            }
+            verified?;
+            self.verified = true;
+        }
+        self.client.observe(&local);
+        let (Some(now), Some(then)) = (self.client.meta.identity(), self.base.identity) else {
+            return Ok(local);
+        };
+        let reason = if now.cluster_id != then.cluster_id {
+            Some("cluster_id")
+        } else if now.index < then.index {
+            Some("index")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.client.metrics.metadata_replaced(reason);
+            tracing::warn!(
+                reason,
+                synced_cluster_id = then.cluster_id,
+                cluster_id = now.cluster_id,
+                synced_index = then.index,
+                index = now.index,
+                "the local metadata was replaced since the last sync (a fresh or reinstalled server, or an older meta.db); rejoining: the cluster's definitions win, nothing is dropped because of it"
+            );
+            self.rejoin();
+        }
+        Ok(local)
+    }
+
+    /// Applies `target` (unless the node holds it already); a failure leaves
+    /// `snapshot` to be applied again after a growing wait.
+    async fn apply(
+        &mut self,
+        local: &Catalog,
+        target: &Catalog,
+        snapshot: &proto::MetaSnapshot,
+    ) -> Result<(), SyncError> {
+        if target == local {
+            return Ok(());
+        }
+        let applied = self.client.meta.apply(target).await;
+        self.client.health.applied(
+            applied
+                .as_ref()
+                .map(drop)
+                .map_err(|e| e as &dyn std::error::Error),
+        );
+        if applied.is_err() {
+            let wait = self.apply_retry.next_wait();
+            self.unapplied = Some(Unapplied {
+                snapshot: snapshot.clone(),
+                due: tokio::time::Instant::now() + wait,
+            });
+            tracing::info!(?wait, "the cluster catalog is applied again after a wait");
+        } else {
+            self.apply_retry.reset();
+            self.client.metrics.pulled();
+            tracing::info!(version = snapshot.version, "applied the cluster catalog");
+        }
+        Ok(applied?)
     }
 
     /// Applies a cluster catalog, then pushes what of the local one the
     /// cluster does not have yet.
     async fn on_remote(&mut self, s: proto::MetaSnapshot) -> Result<(), SyncError> {
-        if s.version == self.base.version {
-            return Ok(());
+        if self.history_changed(&s) {
+            self.rejoin();
         }
-        let s = if s.version < self.base.version {
+        let s = if self.base.catalog.is_none() {
+            s
+        } else if s.version == self.base.version {
+            if self.base.history_id.is_empty() && !s.history_id.is_empty() {
+                // The first snapshot that names the history this node's
+                // base belongs to.
+                let catalog = self.base.catalog.clone().unwrap_or_default();
+                self.save(s.version, &catalog, s.history_id).await?;
+            }
+            return Ok(());
+        } else if s.version < self.base.version {
             // Either a snapshot overtaken by this node's own accepted push, or
             // a manager that lost its state: only the manager's current
             // version tells them apart.
@@ -284,42 +462,38 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
                 .manager
                 .get_meta(&self.client.settings.cluster)
                 .await?;
-            if current.version >= self.base.version {
+            if self.history_changed(&current) {
+                self.rejoin();
+            } else if current.version >= self.base.version {
                 return Ok(());
+            } else {
+                // Re-seed it from this node, merging as on a first join with
+                // whatever it holds now.
+                tracing::warn!(
+                    node_version = self.base.version,
+                    manager_version = current.version,
+                    "manager is behind this node; re-seeding it"
+                );
+                self.rejoin();
             }
-            // Re-seed it from this node, merging as on a first join with
-            // whatever it holds now.
-            tracing::warn!(
-                node_version = self.base.version,
-                manager_version = current.version,
-                "manager is behind this node; re-seeding it"
-            );
-            self.base = Synced {
-                version: current.version,
-                catalog: None,
-            };
             current
         } else {
             s
         };
         let remote = decode(&s.data)?;
-        let local = self.client.meta.catalog().await?;
-        self.client.observe(&local);
+        let local = self.read_local().await?;
         let target = if self.base.catalog.as_ref() == Some(&local) {
             remote.clone()
         } else {
             self.merge(&local, &remote)
         };
-        if target != local {
-            self.client.meta.apply(&target).await?;
-            self.client.metrics.pulled();
-            tracing::info!(version = s.version, "applied the cluster catalog");
-        }
-        self.save(s.version, &remote).await?;
+        self.apply(&local, &target, &s).await?;
+        self.save(s.version, &remote, s.history_id).await?;
         self.reconcile().await
     }
 
-    /// The three-way merge against the base, its warnings logged.
+    /// The three-way merge against the base (a first join without one),
+    /// its warnings logged.
     fn merge(&self, local: &Catalog, remote: &Catalog) -> Catalog {
         let m = merge(self.base.catalog.as_ref(), local, remote);
         for w in &m.warnings {
@@ -328,11 +502,31 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
         m.merged
     }
 
+    /// Takes `s`, the cluster's catalog, as the base after merging the local
+    /// one into it (against the base, or as a first join without one).
+    async fn merge_in(&mut self, local: &Catalog, s: proto::MetaSnapshot) -> Result<(), SyncError> {
+        let remote = decode(&s.data)?;
+        let merged = self.merge(local, &remote);
+        self.apply(local, &merged, &s).await?;
+        self.save(s.version, &remote, s.history_id).await
+    }
+
     /// Pushes local changes until the manager accepts them or nothing is left.
+    /// Without a base, the cluster's catalog is fetched and merged first, so
+    /// a push never lands over a cluster catalog the node has not seen.
     async fn reconcile(&mut self) -> Result<(), SyncError> {
         for _ in 0..MAX_ROUNDS {
-            let local = self.client.meta.catalog().await?;
-            self.client.observe(&local);
+            let local = self.read_local().await?;
+            if self.base.catalog.is_none() {
+                let current = self
+                    .client
+                    .manager
+                    .get_meta(&self.client.settings.cluster)
+                    .await?;
+                tracing::info!(version = current.version, "joining the cluster catalog");
+                self.merge_in(&local, current).await?;
+                continue;
+            }
             if self.base.catalog.as_ref() == Some(&local) {
                 return Ok(());
             }
@@ -344,14 +538,15 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
                     expected_version: self.base.version,
                     data: encode(&local),
                     node_id: self.client.node_id().unwrap_or_default(),
-                    expected_history_id: String::new(),
+                    expected_history_id: self.base.history_id.clone(),
                 })
                 .await?;
             match pushed {
                 Pushed::Accepted(v) => {
                     self.client.metrics.pushed(true);
                     tracing::info!(version = v, "pushed local catalog changes");
-                    return self.save(v, &local).await;
+                    let history = self.base.history_id.clone();
+                    return self.save(v, &local, history).await;
                 }
                 Pushed::Conflict(s) => {
                     self.client.metrics.pushed(false);
@@ -360,13 +555,10 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
                         current = s.version,
                         "push conflicted; merging"
                     );
-                    let remote = decode(&s.data)?;
-                    let merged = self.merge(&local, &remote);
-                    if merged != local {
-                        self.client.meta.apply(&merged).await?;
-                        self.client.metrics.pulled();
+                    if self.history_changed(&s) {
+                        self.rejoin();
                     }
-                    self.save(s.version, &remote).await?;
+                    self.merge_in(&local, s).await?;
                 }
             }
         }
@@ -385,6 +577,8 @@ async fn load_base<M>(client: &Client<M>) -> Synced {
             .map(|catalog| Synced {
                 version: b.version,
                 catalog,
+                history_id: b.history_id,
+                identity: b.identity,
             }),
         Err(e) => Err(e.into()),
     };
@@ -393,10 +587,7 @@ async fn load_base<M>(client: &Client<M>) -> Synced {
             error = &e as &dyn std::error::Error,
             "cannot read the synced base; joining as a new node"
         );
-        Synced {
-            version: 0,
-            catalog: None,
-        }
+        Synced::default()
     })
 }
 
@@ -453,6 +644,10 @@ mod tests {
     struct Script {
         version: u64,
         data: Bytes,
+        /// The catalog's history; empty as from a manager that keeps none.
+        history_id: String,
+        /// The `expected_history_id` of every push.
+        pushed_histories: Vec<String>,
         /// Another node's catalogs, one committed just before each coming
         /// push is handled.
         interference: VecDeque<Catalog>,
@@ -497,7 +692,7 @@ mod tests {
                 cluster: CLUSTER.into(),
                 version: s.version,
                 data: s.data.clone(),
-                ..Default::default()
+                history_id: s.history_id.clone(),
             };
             Ok(match call {
                 Call::GetMeta(_) => Reply::Snapshot(current(&s)),
@@ -507,7 +702,10 @@ mod tests {
                         s.data = encode(&theirs);
                     }
                     use proto::push_meta_response::Result as R;
-                    let result = if r.expected_version == s.version {
+                    s.pushed_histories.push(r.expected_history_id.clone());
+                    let same_history =
+                        r.expected_history_id.is_empty() || r.expected_history_id == s.history_id;
+                    let result = if same_history && r.expected_version == s.version {
                         s.version += 1;
                         s.data = r.data;
                         let answer = PushAnswer::Accepted(s.version);
@@ -599,6 +797,10 @@ mod tests {
         fn changes(&self) -> watch::Receiver<u64> {
             self.inner.changes()
         }
+
+        fn identity(&self) -> Option<MetaIdentity> {
+            self.inner.identity()
+        }
     }
 
     /// A node whose synced base on disk is `base` (at `version`).
@@ -613,13 +815,24 @@ mod tests {
         version: u64,
         base: Option<&Catalog>,
     ) -> Fixture {
+        let base = SyncedBase {
+            version,
+            catalog: base.map(encode),
+            ..SyncedBase::default()
+        };
+        node_at(manager, meta, &base).await
+    }
+
+    /// A node whose synced base on disk is `base`, history and identity too.
+    async fn node_at(
+        manager: &ScriptedManager,
+        meta: Arc<RecordingMeta>,
+        base: &SyncedBase,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         StateDir::open(dir.path())
             .unwrap()
-            .set_base(&SyncedBase {
-                version,
-                catalog: base.map(encode),
-            })
+            .set_base(base)
             .await
             .unwrap();
         let settings = NodeSettings {
@@ -791,23 +1004,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_catalog_that_could_not_be_applied_is_applied_at_the_resync() {
+    async fn a_catalog_that_could_not_be_applied_is_applied_again_after_a_growing_wait_not_at_each_local_change(
+    ) {
         let base = catalog(&["a"]);
         let remote = catalog(&["a", "b"]);
         let manager = ScriptedManager::at(2, &remote);
         let meta = RecordingMeta::holding(base.clone());
-        *meta.failing_applies.lock().unwrap() = 1;
+        *meta.failing_applies.lock().unwrap() = 2;
         let f = node(&manager, meta.clone(), 1, Some(&base)).await;
         let mut task = SyncTask::new(&f.client).await;
 
         task.on_snapshot(snapshot(2, &remote)).await;
         assert_eq!(meta.inner.snapshot(), base);
         assert_eq!(task.base.version, 1, "the base moves only once applied");
+        let first_wait = task.unapplied.as_ref().unwrap().due - tokio::time::Instant::now();
+        assert!(!f.client.health.problems().is_empty());
 
+        // The failed apply's own writes wake the local-change watcher (here:
+        // a change of the metadata); that is no reason to try at once.
+        meta.inner.update(|_| ());
+        task.on_local_change().await;
         task.on_resync_tick().await;
+        assert!(
+            manager.script(|s| s.calls.is_empty()),
+            "{:?}",
+            manager.script(|s| s.calls.clone())
+        );
+        assert!(meta.applied().is_empty());
+
+        task.on_apply_due().await;
+        let second_wait = task.unapplied.as_ref().unwrap().due - tokio::time::Instant::now();
+        assert!(
+            second_wait > first_wait,
+            "{first_wait:?} then {second_wait:?}"
+        );
+        task.on_apply_due().await;
         assert_eq!(meta.inner.snapshot(), remote);
         assert_eq!(task.base.version, 2);
         assert!(task.unapplied.is_none());
+        assert!(f.client.health.problems().is_empty());
+        assert_eq!(
+            task.apply_retry.peek(),
+            Duration::from_secs(1),
+            "reset after a success"
+        );
     }
 
     #[tokio::test]
@@ -833,5 +1073,232 @@ mod tests {
 
         task.on_watch_end(None);
         assert!(task.watch.is_none(), "an ended watch is reopened");
+    }
+
+    fn identity(cluster_id: u64, index: u64) -> Option<MetaIdentity> {
+        Some(MetaIdentity { cluster_id, index })
+    }
+
+    /// A node synced at version 3 on `base`, its metadata identified as
+    /// cluster 7 at index 100 when it synced.
+    async fn identified_node(
+        manager: &ScriptedManager,
+        meta: Arc<RecordingMeta>,
+        base: &Catalog,
+        history_id: &str,
+    ) -> Fixture {
+        let base = SyncedBase {
+            version: 3,
+            catalog: Some(encode(base)),
+            history_id: history_id.into(),
+            identity: identity(7, 100),
+        };
+        node_at(manager, meta, &base).await
+    }
+
+    #[tokio::test]
+    async fn replaced_local_metadata_rejoins_instead_of_pushing_its_drops() {
+        for (replaced, reason) in [(identity(8, 1), "cluster_id"), (identity(7, 40), "index")] {
+            let cluster = catalog(&["a", "b"]);
+            let manager = ScriptedManager::at(3, &cluster);
+            // A fresh server's (or an old copy's) metadata: `b` is missing,
+            // `fresh` was made there.
+            let meta = RecordingMeta::holding(catalog(&["a", "fresh"]));
+            meta.inner.set_identity(replaced);
+            let f = identified_node(&manager, meta.clone(), &cluster, "").await;
+            let mut task = SyncTask::new(&f.client).await;
+
+            task.on_local_change().await;
+
+            let union = catalog(&["a", "b", "fresh"]);
+            assert_eq!(manager.current(), (4, union.clone()), "{reason}");
+            assert_eq!(meta.inner.snapshot(), union, "{reason}");
+            assert_eq!(manager.script(|s| s.calls.clone()), ["GetMeta", "PushMeta"]);
+            assert!(f.client.metrics.render().contains(&format!(
+                r#"cflux_node_metadata_replaced_total{{reason="{reason}"}} 1"#
+            )));
+            // The new identity is the base's now: no second rejoin.
+            assert_eq!(task.base.identity, replaced);
+            assert_eq!(f.client.state.base().await.unwrap().identity, replaced);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_real_local_drop_on_the_same_metadata_still_propagates() {
+        let cluster = catalog(&["a", "b"]);
+        let manager = ScriptedManager::at(3, &cluster);
+        let meta = RecordingMeta::holding(catalog(&["a"]));
+        meta.inner.set_identity(identity(7, 101));
+        let f = identified_node(&manager, meta.clone(), &cluster, "").await;
+        let mut task = SyncTask::new(&f.client).await;
+
+        task.on_local_change().await;
+
+        assert_eq!(manager.current(), (4, catalog(&["a"])));
+        assert_eq!(manager.script(|s| s.calls.clone()), ["PushMeta"]);
+        assert_eq!(task.base.identity, identity(7, 101));
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_base_merges_the_cluster_catalog_before_it_pushes() {
+        let cluster = catalog(&["theirs"]);
+        let manager = ScriptedManager::at(3, &cluster);
+        let meta = RecordingMeta::holding(catalog(&["mine"]));
+        let f = node(&manager, meta.clone(), 0, None).await;
+        let mut task = SyncTask::new(&f.client).await;
+
+        task.on_start().await;
+
+        let both = catalog(&["mine", "theirs"]);
+        assert_eq!(manager.script(|s| s.calls.clone()), ["GetMeta", "PushMeta"]);
+        assert_eq!(
+            manager.script(|s| std::mem::take(&mut s.pushes)),
+            [PushAnswer::Accepted(4)]
+        );
+        assert_eq!(manager.current(), (4, both.clone()));
+        assert_eq!(meta.inner.snapshot(), both);
+    }
+
+    #[tokio::test]
+    async fn a_new_history_on_the_watch_merges_as_a_first_join() {
+        // The manager lost its state while this node was down; another node
+        // re-seeded it and added two databases, and the version numbers met
+        // again: version 4 of the new history is not this node's version 4.
+        let mine = catalog(&["shared", "old"]);
+        let theirs = catalog(&["shared", "new1", "new2"]);
+        let manager = ScriptedManager::at(4, &theirs);
+        manager.script(|s| s.history_id = "h-2".into());
+        let meta = RecordingMeta::holding(catalog(&["shared", "old", "local"]));
+        let base = SyncedBase {
+            version: 3,
+            catalog: Some(encode(&mine)),
+            history_id: "h-1".into(),
+            identity: None,
+        };
+        let f = node_at(&manager, meta.clone(), &base).await;
+        let mut task = SyncTask::new(&f.client).await;
+
+        let mut s = snapshot(4, &theirs);
+        s.history_id = "h-2".into();
+        task.on_snapshot(s).await;
+
+        let all = catalog(&["local", "new1", "new2", "old", "shared"]);
+        assert_eq!(meta.inner.snapshot(), all, "nothing dropped on this node");
+        assert_eq!(manager.current(), (5, all), "nor in the cluster");
+        assert_eq!(manager.script(|s| s.pushed_histories.clone()), ["h-2"]);
+        assert_eq!(task.base.history_id, "h-2");
+        assert!(f
+            .client
+            .metrics
+            .render()
+            .contains("cflux_node_history_changes_total 1"));
+    }
+
+    #[tokio::test]
+    async fn a_push_under_an_old_history_conflicts_and_merges_as_a_first_join() {
+        // The same, noticed by the node's first push after its restart: the
+        // manager conflicts on the history, whatever the versions.
+        let mine = catalog(&["shared"]);
+        let theirs = catalog(&["shared", "new1", "new2"]);
+        let manager = ScriptedManager::at(3, &theirs);
+        manager.script(|s| s.history_id = "h-2".into());
+        let meta = RecordingMeta::holding(catalog(&["shared", "local"]));
+        let base = SyncedBase {
+            version: 3,
+            catalog: Some(encode(&mine)),
+            history_id: "h-1".into(),
+            identity: None,
+        };
+        let f = node_at(&manager, meta.clone(), &base).await;
+        let mut task = SyncTask::new(&f.client).await;
+
+        task.on_start().await;
+
+        let all = catalog(&["local", "new1", "new2", "shared"]);
+        assert_eq!(
+            manager.script(|s| s.pushed_histories.clone()),
+            ["h-1", "h-2"]
+        );
+        assert_eq!(manager.current(), (4, all.clone()));
+        assert_eq!(meta.inner.snapshot(), all);
+    }
+
+    #[tokio::test]
+    async fn an_empty_history_is_unknown_and_versions_decide_as_before() {
+        let base = catalog(&["a"]);
+        let remote = catalog(&["b"]);
+        let manager = ScriptedManager::at(2, &remote);
+        let meta = RecordingMeta::holding(base.clone());
+        let stored = SyncedBase {
+            version: 1,
+            catalog: Some(encode(&base)),
+            history_id: "h-1".into(),
+            identity: None,
+        };
+        let f = node_at(&manager, meta.clone(), &stored).await;
+        let mut task = SyncTask::new(&f.client).await;
+
+        // A manager without histories: a three-way merge, so `a`, dropped
+        // remotely and unchanged here, is dropped.
+        task.on_snapshot(snapshot(2, &remote)).await;
+        assert_eq!(meta.inner.snapshot(), remote);
+        assert!(f
+            .client
+            .metrics
+            .render()
+            .contains("cflux_node_history_changes_total 0"));
+    }
+
+    #[tokio::test]
+    async fn metadata_that_does_not_describe_its_server_pushes_nothing() {
+        struct Foreign(InMemoryMeta);
+        #[async_trait]
+        impl MetaClient for Foreign {
+            async fn catalog(&self) -> Result<Catalog, MetaError> {
+                self.0.catalog().await
+            }
+            async fn apply(&self, target: &Catalog) -> Result<(), MetaError> {
+                self.0.apply(target).await
+            }
+            fn changes(&self) -> watch::Receiver<u64> {
+                self.0.changes()
+            }
+            async fn verify(&self) -> Result<(), MetaError> {
+                Err(MetaError::Mismatch("another server's meta.db".into()))
+            }
+        }
+        let manager = ScriptedManager::at(1, &catalog(&["a", "b"]));
+        let dir = tempfile::tempdir().unwrap();
+        let settings = NodeSettings {
+            cluster: CLUSTER.into(),
+            hostname: "scripted".into(),
+            ips: Vec::new(),
+            http_addr: String::new(),
+            version: "test".into(),
+            state_dir: dir.path().to_owned(),
+            resync_interval: Duration::from_secs(3600),
+        };
+        let client = Client::with_manager(
+            settings,
+            ManagerClient::from_service(BoxCloneSyncService::new(manager.clone())),
+            Arc::new(Foreign(InMemoryMeta::new(catalog(&[])))),
+        )
+        .unwrap();
+        let mut task = SyncTask::new(&client).await;
+
+        task.on_start().await;
+        task.on_snapshot(snapshot(1, &catalog(&["a", "b"]))).await;
+
+        assert!(manager.script(|s| s.calls.is_empty()));
+        assert_eq!(manager.current(), (1, catalog(&["a", "b"])));
+        assert!(
+            client.meta().0.snapshot().databases.is_empty(),
+            "nothing applied either"
+        );
+        let problems = client.health.problems();
+        assert!(
+            problems.iter().any(|p| p.contains("another server")),
+            "{problems:?}"
+        );
     }
 }
