@@ -64,6 +64,7 @@ impl Node {
                 endpoints,
                 transport,
                 token: None,
+                ca_file: None,
                 timeout: Duration::from_secs(2),
                 retry: RetrySettings {
                     min: Duration::from_millis(20),

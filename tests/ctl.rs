@@ -1,5 +1,6 @@
-//! `cfluxctl` against a real manager: listings, the catalog in words,
-//! deregistration, and a clear failure for an unknown node.
+//! `cfluxctl` against a real manager: listings, the catalog in words and in
+//! JSON, deregistration (refused for a live node without `--force`), clear
+//! failures for an unknown node or cluster, and backup and restore.
 
 mod support;
 
@@ -10,22 +11,45 @@ use cflux::proto::{PushMetaRequest, RegisterRequest};
 use support::Manager;
 
 fn ctl(manager: &Manager, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cfluxctl"))
+    ctl_in(manager, None, args)
+}
+
+/// `cfluxctl` with `CLUSTER` set to `cluster` (unset for `None`), stdin closed.
+fn ctl_in(manager: &Manager, cluster: Option<&str>, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cfluxctl"));
+    command
         .args(args)
         .env("CFLUX_ENDPOINT", manager.url())
         .env_remove("CFLUX_TOKEN")
+        .env_remove("CFLUX_TOKEN_FILE")
+        .env_remove("CFLUX_CA")
+        .env_remove("CLUSTER")
         .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run cfluxctl")
+        .stdin(std::process::Stdio::null());
+    if let Some(c) = cluster {
+        command.env("CLUSTER", c);
+    }
+    command.output().expect("run cfluxctl")
 }
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[tokio::test]
-async fn cfluxctl_lists_shows_and_deregisters() {
-    let manager = Manager::start().await;
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The JSON document a successful `-o json` command printed.
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{o:?}");
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {o:?}"))
+}
+
+/// A cluster `prod` with one node (`influx-a`) and a catalog of one
+/// database and one admin user at version 1; returns the node's ID.
+async fn prod_cluster(manager: &Manager) -> String {
     let mut grpc = manager.grpc_client().await;
     let node = grpc
         .register(RegisterRequest {
@@ -57,6 +81,13 @@ async fn cfluxctl_lists_shows_and_deregisters() {
     })
     .await
     .unwrap();
+    node
+}
+
+#[tokio::test]
+async fn cfluxctl_lists_shows_and_deregisters() {
+    let manager = Manager::start().await;
+    let node = prod_cluster(&manager).await;
 
     let nodes = ctl(&manager, &["nodes", "--cluster", "prod"]);
     assert!(nodes.status.success(), "{nodes:?}");
@@ -100,7 +131,228 @@ async fn cfluxctl_lists_shows_and_deregisters() {
         "{unknown:?}"
     );
 
-    let gone = ctl(&manager, &["deregister", "--cluster", "prod", &node]);
+    // The node is alive: its agent would register it again at once.
+    let alive = ctl(&manager, &["deregister", "--cluster", "prod", &node]);
+    assert!(!alive.status.success(), "{alive:?}");
+    assert!(
+        stderr(&alive).contains("is alive") && stderr(&alive).contains("--force"),
+        "{alive:?}"
+    );
+    assert!(stdout(&ctl(&manager, &["nodes"])).contains(&node));
+
+    let gone = ctl(
+        &manager,
+        &["deregister", "--cluster", "prod", "--force", &node],
+    );
     assert!(gone.status.success(), "{gone:?}");
+    assert!(stdout(&gone).contains("removed"), "{gone:?}");
     assert!(!stdout(&ctl(&manager, &["nodes"])).contains(&node));
+}
+
+#[tokio::test]
+async fn every_command_names_the_clusters_that_exist() {
+    let manager = Manager::start().await;
+    let fresh = ctl(&manager, &["catalog", "--cluster", "prod"]);
+    assert_eq!(fresh.status.code(), Some(1), "{fresh:?}");
+    assert!(
+        stderr(&fresh).contains(r#"cluster "prod" does not exist; no clusters yet"#),
+        "{fresh:?}"
+    );
+    assert!(stdout(&fresh).is_empty(), "{fresh:?}");
+
+    prod_cluster(&manager).await;
+    for args in [
+        &["catalog", "--cluster", "nope"][..],
+        &["nodes", "--cluster", "nope"],
+        &["watch", "--cluster", "nope"],
+        &["backup", "--cluster", "nope", "/nonexistent/backup.json"],
+        &["deregister", "--cluster", "nope", "some-node"],
+        &["-o", "json", "catalog", "--cluster", "nope"],
+    ] {
+        let out = ctl(&manager, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            stderr(&out).contains(r#"cluster "nope" does not exist; clusters: prod"#),
+            "{args:?}: {out:?}"
+        );
+    }
+
+    // CLUSTER chooses the cluster, as for the agent.
+    let from_env = ctl_in(&manager, Some("prod"), &["catalog"]);
+    assert!(
+        stdout(&from_env).contains("cluster prod version 1"),
+        "{from_env:?}"
+    );
+    let unknown_env = ctl_in(&manager, Some("nope"), &["catalog"]);
+    assert!(
+        stderr(&unknown_env).contains("does not exist"),
+        "{unknown_env:?}"
+    );
+}
+
+#[tokio::test]
+async fn json_output_for_scripts() {
+    let manager = Manager::start().await;
+    let node = prod_cluster(&manager).await;
+
+    let clusters = json(&ctl(&manager, &["-o", "json", "clusters"]));
+    assert_eq!(
+        clusters,
+        serde_json::json!([{"name": "prod", "version": 1, "nodes": 1, "alive_nodes": 1}])
+    );
+
+    let nodes = json(&ctl(&manager, &["--output", "json", "nodes"]));
+    assert_eq!(nodes[0]["node_id"], node.as_str(), "{nodes}");
+    assert_eq!(nodes[0]["hostname"], "influx-a", "{nodes}");
+    assert_eq!(nodes[0]["alive"], true, "{nodes}");
+
+    let out = ctl(&manager, &["-o", "json", "catalog", "--cluster", "prod"]);
+    assert!(
+        !stdout(&out).contains("secret-hash"),
+        "hashes are never printed: {out:?}"
+    );
+    let catalog = json(&out);
+    assert_eq!(catalog["version"], 1, "{catalog}");
+    assert_eq!(
+        catalog["catalog"]["databases"]["metrics"]["default_retention_policy"], "week",
+        "{catalog}"
+    );
+    assert_eq!(
+        catalog["catalog"]["users"]["ops"]["admin"], true,
+        "{catalog}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prod.json");
+    let saved = json(&ctl(
+        &manager,
+        &[
+            "-o",
+            "json",
+            "backup",
+            "--cluster",
+            "prod",
+            file.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(saved["version"], 1, "{saved}");
+
+    let removed = json(&ctl(
+        &manager,
+        &[
+            "-o",
+            "json",
+            "deregister",
+            "--cluster",
+            "prod",
+            "--force",
+            &node,
+        ],
+    ));
+    assert_eq!(removed["node_id"], node.as_str(), "{removed}");
+    assert_eq!(removed["was_alive"], true, "{removed}");
+
+    let failed = ctl(&manager, &["-o", "json", "catalog", "--cluster", "nope"]);
+    assert!(
+        !failed.status.success() && stdout(&failed).is_empty(),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn backup_restores_onto_a_fresh_manager_and_over_a_changed_cluster() {
+    let manager = Manager::start().await;
+    prod_cluster(&manager).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prod.json");
+    let path = file.to_str().unwrap();
+    let backed_up = ctl(&manager, &["backup", "--cluster", "prod", path]);
+    assert!(backed_up.status.success(), "{backed_up:?}");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(written["format"], "cflux-backup/1", "{written}");
+    assert_eq!(written["cluster"], "prod", "{written}");
+    assert_eq!(written["version"], 1, "{written}");
+    assert!(
+        written["taken_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{written}"
+    );
+    let original = support::get_meta(&mut manager.grpc_client().await, "prod").await;
+
+    // The file is kept, not overwritten, unless asked.
+    let again = ctl(&manager, &["backup", "--cluster", "prod", path]);
+    assert!(
+        !again.status.success() && stderr(&again).contains("--overwrite"),
+        "{again:?}"
+    );
+
+    // Onto a fresh manager: the same bytes, as version 1.
+    let fresh = Manager::start().await;
+    let restored = json(&ctl(&fresh, &["-o", "json", "restore", path]));
+    assert_eq!(restored["cluster"], "prod", "{restored}");
+    assert_eq!(restored["version"], 1, "{restored}");
+    let copy = support::get_meta(&mut fresh.grpc_client().await, "prod").await;
+    assert_eq!((copy.version, &copy.data), (1, &original.data));
+
+    // Over a cluster that changed since: a new version holding the backup,
+    // after a confirmation that a script gives with --yes.
+    let mut grpc = manager.grpc_client().await;
+    let mut changed = Catalog::from_meta_bytes(&original.data).unwrap();
+    changed
+        .databases
+        .insert("scratch".into(), Database::new("scratch", ""));
+    support::push(&mut grpc, "prod", 1, &changed.to_meta_bytes()).await;
+    let unconfirmed = ctl(&manager, &["restore", path]);
+    assert!(!unconfirmed.status.success(), "{unconfirmed:?}");
+    assert!(
+        stderr(&unconfirmed).contains("--yes") && stderr(&unconfirmed).contains("scratch"),
+        "the question names what the restore drops: {unconfirmed:?}"
+    );
+    assert_eq!(support::get_meta(&mut grpc, "prod").await.version, 2);
+    let over = json(&ctl(&manager, &["-o", "json", "restore", "--yes", path]));
+    assert_eq!(over["version"], 3, "{over}");
+    assert_eq!(
+        over["databases_dropped"],
+        serde_json::json!(["scratch"]),
+        "{over}"
+    );
+    let now = support::get_meta(&mut grpc, "prod").await;
+    assert_eq!((now.version, &now.data), (3, &original.data));
+
+    // Another cluster only when asked for; never a file that is not a backup.
+    let elsewhere = ctl(&fresh, &["restore", "--cluster", "staging", path]);
+    assert!(
+        stderr(&elsewhere).contains("--other-cluster"),
+        "{elsewhere:?}"
+    );
+    let renamed = ctl(
+        &fresh,
+        &["restore", "--cluster", "staging", "--other-cluster", path],
+    );
+    assert!(renamed.status.success(), "{renamed:?}");
+    assert_eq!(
+        support::get_meta(&mut fresh.grpc_client().await, "staging")
+            .await
+            .version,
+        1
+    );
+    let mut broken = written.clone();
+    broken["catalog_base64"] = "bm90IG1ldGEuRGF0YQ==".into();
+    for (name, text) in [
+        ("garbage.json", "not json".to_owned()),
+        ("broken.json", broken.to_string()),
+    ] {
+        let bad = dir.path().join(name);
+        std::fs::write(&bad, text).unwrap();
+        let refused = ctl(&fresh, &["restore", "--yes", bad.to_str().unwrap()]);
+        assert!(!refused.status.success(), "{name}: {refused:?}");
+    }
+    assert_eq!(
+        support::get_meta(&mut fresh.grpc_client().await, "prod")
+            .await
+            .version,
+        1
+    );
 }

@@ -3,7 +3,8 @@
 //! keys are the flag names (`cflux-endpoint = "http://m1:8000,http://m2:8000"`).
 //!
 //! The node settings (`CFLUX_ENDPOINT`, `CLUSTER`, `CFLUX_TOKEN`,
-//! `CFLUX_TRANSPORT`) keep the names the original Clusterflux node read.
+//! `CFLUX_TRANSPORT`) keep the names the original Clusterflux node read;
+//! `CFLUX_TOKEN_FILE` and `CFLUX_CA` are ours.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,9 +39,22 @@ pub struct AgentArgs {
     #[arg(long, env = "CLUSTER", value_name = "NAME")]
     pub cluster: Option<String>,
 
-    /// Bearer token for the managers.
-    #[arg(long, env = "CFLUX_TOKEN", value_name = "TOKEN")]
+    /// Bearer token for the managers (prefer --cflux-token-file: flags show in `ps`).
+    #[arg(
+        long,
+        env = "CFLUX_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub cflux_token: Option<String>,
+
+    /// File holding the managers' bearer token (its trailing newline is ignored).
+    #[arg(long, env = "CFLUX_TOKEN_FILE", value_name = "FILE")]
+    pub cflux_token_file: Option<PathBuf>,
+
+    /// PEM file of the CA that https:// managers' certificates are checked against [default: the system's roots].
+    #[arg(long, env = "CFLUX_CA", value_name = "FILE")]
+    pub cflux_ca: Option<PathBuf>,
 
     /// Protocol to the managers: grpc, http (legacy managers) or auto (gRPC, falling back to http) [default: grpc].
     #[arg(long, env = "CFLUX_TRANSPORT", value_enum, value_name = "KIND")]
@@ -177,10 +191,16 @@ impl AgentArgs {
             bail!("CFLUX_ENDPOINT names no manager");
         }
         for e in &endpoints {
-            if !e.starts_with("http://") {
-                bail!("manager endpoint {e:?} must start with http://");
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                bail!("manager endpoint {e:?} must start with http:// or https://");
             }
         }
+        let token = crate::config_file::token(
+            a.cflux_token.or(f.cflux_token),
+            a.cflux_token_file.or(f.cflux_token_file).as_deref(),
+            "--cflux-token",
+            "--cflux-token-file",
+        )?;
         let cluster = a.cluster.or(f.cluster).unwrap_or_else(|| "default".into());
         crate::names::validate_cluster(&cluster).map_err(|e| anyhow::anyhow!("CLUSTER: {e}"))?;
         let influxdb_url = a
@@ -243,7 +263,8 @@ impl AgentArgs {
                     .cflux_transport
                     .or(f.cflux_transport)
                     .unwrap_or(TransportKind::Grpc),
-                token: a.cflux_token.or(f.cflux_token),
+                token,
+                ca_file: a.cflux_ca.or(f.cflux_ca),
                 timeout: Duration::from_secs(5),
                 retry: RetrySettings::default(),
             },
@@ -350,6 +371,31 @@ mod tests {
             "/c"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn https_managers_a_ca_and_a_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let c = parse(&[
+            "--cflux-endpoint",
+            "https://a:8000,http://b:8000",
+            "--cflux-ca",
+            "/etc/cflux/ca.pem",
+            "--cflux-token-file",
+            token.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(c.manager.endpoints, vec!["https://a:8000", "http://b:8000"]);
+        assert_eq!(c.manager.ca_file, Some("/etc/cflux/ca.pem".into()));
+        assert_eq!(c.manager.token.as_deref(), Some("s3cret"));
+        // Both a token and a file, an empty file, a file that is not there.
+        let file = token.to_str().unwrap();
+        assert!(parse(&["--cflux-token", "x", "--cflux-token-file", file]).is_err());
+        std::fs::write(&token, "\n").unwrap();
+        assert!(parse(&["--cflux-token-file", file]).is_err());
+        assert!(parse(&["--cflux-token-file", "/nonexistent/token"]).is_err());
     }
 
     #[test]

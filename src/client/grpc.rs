@@ -1,5 +1,6 @@
 //! The gRPC transport: a [`Call`] becomes a `clusterflux.v1` RPC over one
-//! lazily connected HTTP/2 channel per manager.
+//! lazily connected HTTP/2 channel per manager (h2c for `http://`, TLS for
+//! `https://`).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client::call::{Call, CallError, Reply};
+use crate::client::tls::{self, Alpn};
 use crate::proto::clusterflux_client::ClusterfluxClient;
 
 /// Largest message a node accepts from a manager.
@@ -39,14 +41,19 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// A transport for `url` (`http://host:port`). Connects on first use, so
-    /// a manager that is down now does not stop the node from starting.
-    pub fn new(url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, CallError> {
+    /// A transport for `url` (`http://host:port` or `https://host:port`,
+    /// verified with `tls`). Connects on first use, so a manager that is
+    /// down now does not stop the node from starting.
+    pub fn new(
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+        tls: &tls::ClientConfig,
+    ) -> Result<Self, CallError> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| CallError::refused(format!("invalid endpoint {url:?}")).caused_by(e))?
             .connect_timeout(timeout)
             .timeout(timeout)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
@@ -56,10 +63,11 @@ impl GrpcTransport {
             })?),
             None => None,
         };
-        let client =
-            ClusterfluxClient::with_interceptor(endpoint.connect_lazy(), TokenInterceptor(token))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
+        let channel =
+            endpoint.connect_with_connector_lazy(tls::connector(tls.clone(), Alpn::Http2, timeout));
+        let client = ClusterfluxClient::with_interceptor(channel, TokenInterceptor(token))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
         Ok(GrpcTransport { client })
     }
 

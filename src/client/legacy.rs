@@ -1,17 +1,20 @@
 //! The legacy HTTP transport: a [`Call`] spoken in the original Clusterflux
 //! protocol, for managers that predate gRPC. `WatchMeta` becomes a loop of
-//! long polls where 504 and 204 both mean "ask again".
+//! long polls where 504 and 204 both mean "ask again". `https://` managers
+//! are spoken to over TLS.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use crate::client::call::{Call, CallError, Reply};
+use crate::client::tls::{self, Alpn};
 use crate::legacy_protocol as wire;
 use crate::proto;
 
@@ -24,7 +27,7 @@ pub struct LegacyTransport {
     base: String,
     token: Option<String>,
     timeout: Duration,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 struct Answer {
@@ -38,17 +41,21 @@ fn seg(s: &str) -> String {
 }
 
 impl LegacyTransport {
-    /// A transport for `url` (`http://host:port`).
-    pub fn new(url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, CallError> {
+    /// A transport for `url` (`http://host:port` or `https://host:port`,
+    /// verified with `tls`).
+    pub fn new(
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+        tls: &tls::ClientConfig,
+    ) -> Result<Self, CallError> {
         let base = url.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(CallError::refused(format!(
-                "legacy endpoint {url:?} must be an http:// URL"
+                "legacy endpoint {url:?} must be an http:// or https:// URL"
             )));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
+        let connector = tls::connector(tls.clone(), Alpn::Http1, timeout);
         Ok(LegacyTransport {
             base,
             token: token.map(str::to_owned),

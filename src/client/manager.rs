@@ -6,6 +6,7 @@
 //! manager in its place.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::client::call::{expect_reply, Call, CallError, Reply, SnapshotStream};
 use crate::client::grpc::GrpcTransport;
 use crate::client::legacy::LegacyTransport;
 use crate::client::retry::{RetryPolicy, RetrySettings};
+use crate::client::tls;
 use crate::proto;
 
 /// Which protocol to speak to managers.
@@ -109,10 +111,13 @@ impl Service<Call> for Failover {
 /// How to reach the managers.
 #[derive(Clone, Debug)]
 pub struct ManagerSettings {
-    /// Manager URLs (`http://host:port`), tried in order.
+    /// Manager URLs (`http://host:port`, or `https://` for TLS), tried in order.
     pub endpoints: Vec<String>,
     pub transport: TransportKind,
     pub token: Option<String>,
+    /// PEM file of the CA(s) `https://` managers are verified with, instead
+    /// of the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Per-call timeout (the original's was 5 s).
     pub timeout: Duration,
     pub retry: RetrySettings,
@@ -145,14 +150,21 @@ impl ManagerClient {
             TransportKind::Http => LEGACY,
             TransportKind::Auto => UNDECIDED,
         };
+        // The system's roots are loaded only when some manager needs them.
+        let tls = if s.ca_file.is_some() || s.endpoints.iter().any(|e| e.starts_with("https://")) {
+            tls::client_config(s.ca_file.as_deref())
+        } else {
+            tls::trust_nothing()
+        }
+        .map_err(|e| CallError::refused("cannot set up TLS to the managers").caused_by(e))?;
         let endpoints = s
             .endpoints
             .iter()
             .map(|url| {
                 Ok(Endpoint {
                     url: url.clone(),
-                    grpc: GrpcTransport::new(url, s.token.as_deref(), s.timeout)?,
-                    legacy: LegacyTransport::new(url, s.token.as_deref(), s.timeout)?,
+                    grpc: GrpcTransport::new(url, s.token.as_deref(), s.timeout, &tls)?,
+                    legacy: LegacyTransport::new(url, s.token.as_deref(), s.timeout, &tls)?,
                     mode: AtomicU8::new(mode),
                 })
             })

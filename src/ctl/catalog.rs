@@ -1,24 +1,54 @@
 //! `cfluxctl catalog`: a cluster's catalog in words (password hashes are
-//! never printed).
+//! never printed, in either output).
 
-use crate::client::manager::ManagerClient;
+use serde::Serialize;
+
+use super::{ClusterArg, Context};
 use crate::influx::catalog::Catalog;
+use crate::influx::influxql::format_duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The cluster whose catalog to show.
-    #[arg(long, default_value = "default")]
-    pub cluster: String,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
-pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
-    let snapshot = manager.get_meta(&args.cluster).await?;
-    println!("cluster {} version {}", args.cluster, snapshot.version);
+#[derive(Serialize)]
+struct Shown {
+    cluster: String,
+    version: u64,
+    history_id: String,
+    /// The catalog without the users' hashes.
+    catalog: serde_json::Value,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let cluster = &args.cluster.name;
+    ctx.existing_cluster(cluster).await?;
+    let snapshot = ctx.manager.get_meta(cluster).await?;
     let catalog = if snapshot.data.is_empty() {
         Catalog::default()
     } else {
         Catalog::from_meta_bytes(&snapshot.data)?
     };
+    let mut json = serde_json::to_value(&catalog)?;
+    if let Some(users) = json.get_mut("users").and_then(|u| u.as_object_mut()) {
+        for user in users.values_mut().filter_map(|u| u.as_object_mut()) {
+            user.remove("hash");
+        }
+    }
+    let shown = Shown {
+        cluster: cluster.clone(),
+        version: snapshot.version,
+        history_id: snapshot.history_id,
+        catalog: json,
+    };
+    ctx.output
+        .print(&shown, |s| print_catalog(&s.cluster, s.version, &catalog))
+}
+
+fn print_catalog(cluster: &str, version: u64, catalog: &Catalog) {
+    println!("cluster {cluster} version {version}");
     for db in catalog.databases.values() {
         println!(
             "database {} (default policy {})",
@@ -28,8 +58,8 @@ pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
             println!(
                 "  policy {} duration {} shard duration {} replication {}",
                 rp.name,
-                crate::influx::influxql::format_duration(rp.duration_ns),
-                crate::influx::influxql::format_duration(rp.shard_group_duration_ns),
+                format_duration(rp.duration_ns),
+                format_duration(rp.shard_group_duration_ns),
                 rp.replica_n
             );
             for sub in rp.subscriptions.values() {
@@ -58,5 +88,4 @@ pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
             privileges.join(" ")
         );
     }
-    Ok(())
 }

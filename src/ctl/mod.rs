@@ -1,19 +1,26 @@
 //! `cfluxctl`: the operator's command line. One file per command; every
 //! command speaks to the managers through the same [`ManagerClient`] (and so
-//! the same retry layer and failover) as the nodes.
+//! the same retry layer and failover) as the nodes, and prints through
+//! [`Output`]: a table for people, or one JSON document for scripts.
 
+mod backup;
 mod catalog;
 mod clusters;
 mod deregister;
 mod nodes;
+mod restore;
 mod watch;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
 use crate::client::manager::{ManagerClient, ManagerSettings, TransportKind};
 use crate::client::retry::RetrySettings;
+use crate::proto::ClusterInfo;
 
 /// Command line of `cfluxctl`.
 #[derive(Parser, Debug)]
@@ -23,7 +30,7 @@ use crate::client::retry::RetrySettings;
     about = "Inspect and operate a Clusterflux cluster."
 )]
 pub struct Ctl {
-    /// Manager URL; a comma-separated list fails over between managers.
+    /// Manager URL (http:// or https://); a comma-separated list fails over between managers.
     #[arg(
         long,
         env = "CFLUX_ENDPOINT",
@@ -31,9 +38,36 @@ pub struct Ctl {
         global = true
     )]
     pub endpoint: String,
-    /// Bearer token for the managers.
+    /// Bearer token for the managers (prefer --token-file: flags show in `ps`).
     #[arg(long, env = "CFLUX_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the managers' bearer token (its trailing newline is ignored).
+    #[arg(
+        long,
+        visible_alias = "cflux-token-file",
+        env = "CFLUX_TOKEN_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that https:// managers' certificates are checked against [default: the system's roots].
+    #[arg(
+        long,
+        visible_alias = "cflux-ca",
+        env = "CFLUX_CA",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub ca: Option<PathBuf>,
+    /// How to print: a table for people, or one JSON document for scripts.
+    #[arg(
+        long,
+        short = 'o',
+        value_enum,
+        default_value_t = Output::Table,
+        global = true
+    )]
+    pub output: Output,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,11 +84,71 @@ pub enum Command {
     Watch(watch::Args),
     /// Remove a node from a cluster (a decommissioned server).
     Deregister(deregister::Args),
+    /// Save a cluster's catalog to one self-describing file.
+    Backup(backup::Args),
+    /// Write a backup's catalog as the cluster's next version (onto a fresh manager or an existing cluster).
+    Restore(restore::Args),
+}
+
+/// What a command prints with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+impl Output {
+    /// Prints `value` as one JSON document, or as `table` prints it.
+    fn print<T: Serialize>(self, value: &T, table: impl FnOnce(&T)) -> anyhow::Result<()> {
+        match self {
+            Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+            Output::Table => table(value),
+        }
+        Ok(())
+    }
+}
+
+/// `--cluster`, as the agent reads it (`CLUSTER`).
+#[derive(clap::Args, Debug)]
+pub struct ClusterArg {
+    /// The cluster.
+    #[arg(long = "cluster", env = "CLUSTER", default_value = "default")]
+    pub name: String,
+}
+
+/// What every command works with.
+pub struct Context {
+    pub manager: ManagerClient,
+    pub output: Output,
+}
+
+impl Context {
+    /// The cluster `name` as the manager lists it; an error naming the
+    /// clusters that do exist when it is not among them.
+    pub async fn existing_cluster(&self, name: &str) -> anyhow::Result<ClusterInfo> {
+        let clusters = self.manager.list_clusters().await?;
+        if let Some(found) = clusters.iter().find(|c| c.name == name) {
+            return Ok(found.clone());
+        }
+        let known = if clusters.is_empty() {
+            "no clusters yet".to_owned()
+        } else {
+            let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+            format!("clusters: {}", names.join(", "))
+        };
+        bail!("cluster {name:?} does not exist; {known}")
+    }
 }
 
 impl Ctl {
     /// Runs the command, printing to stdout.
     pub async fn run(self) -> anyhow::Result<()> {
+        let token = crate::config_file::token(
+            self.token,
+            self.token_file.as_deref(),
+            "--token",
+            "--token-file",
+        )?;
         let manager = ManagerClient::new(&ManagerSettings {
             endpoints: self
                 .endpoint
@@ -63,16 +157,23 @@ impl Ctl {
                 .filter(|s| !s.is_empty())
                 .collect(),
             transport: TransportKind::Grpc,
-            token: self.token,
+            token,
+            ca_file: self.ca,
             timeout: Duration::from_secs(5),
             retry: RetrySettings::default(),
         })?;
+        let ctx = Context {
+            manager,
+            output: self.output,
+        };
         match self.command {
-            Command::Nodes(a) => nodes::run(&manager, a).await,
-            Command::Clusters => clusters::run(&manager).await,
-            Command::Catalog(a) => catalog::run(&manager, a).await,
-            Command::Watch(a) => watch::run(&manager, a).await,
-            Command::Deregister(a) => deregister::run(&manager, a).await,
+            Command::Nodes(a) => nodes::run(&ctx, a).await,
+            Command::Clusters => clusters::run(&ctx).await,
+            Command::Catalog(a) => catalog::run(&ctx, a).await,
+            Command::Watch(a) => watch::run(&ctx, a).await,
+            Command::Deregister(a) => deregister::run(&ctx, a).await,
+            Command::Backup(a) => backup::run(&ctx, a).await,
+            Command::Restore(a) => restore::run(&ctx, a).await,
         }
     }
 }
@@ -97,4 +198,12 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         line(row.clone());
     }
+}
+
+/// How long ago a heartbeat was, in words: `1.5s ago`.
+fn heartbeat_age(now_ms: u64, heartbeat_ms: u64) -> String {
+    format!(
+        "{:.1}s ago",
+        now_ms.saturating_sub(heartbeat_ms) as f64 / 1000.0
+    )
 }

@@ -1,26 +1,47 @@
-//! `cfluxctl watch`: follow a cluster's catalog versions live.
+//! `cfluxctl watch`: follow a cluster's catalog versions live. With
+//! `--output json` every version is one JSON object on its own line.
 
 use futures::StreamExt;
+use serde::Serialize;
 
-use crate::client::manager::ManagerClient;
+use super::{ClusterArg, Context, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The cluster to follow.
-    #[arg(long, default_value = "default")]
-    pub cluster: String,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
-pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
-    let mut stream = manager.watch_meta(&args.cluster, 0).await?;
+#[derive(Serialize)]
+struct Version {
+    at: String,
+    cluster: String,
+    version: u64,
+    history_id: String,
+    bytes: usize,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let cluster = &args.cluster.name;
+    ctx.existing_cluster(cluster).await?;
+    let mut stream = ctx.manager.watch_meta(cluster, 0).await?;
     while let Some(snapshot) = stream.next().await {
         let s = snapshot?;
-        println!(
-            "{} version {} ({} bytes)",
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-            s.version,
-            s.data.len()
-        );
+        let seen = Version {
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            cluster: s.cluster,
+            version: s.version,
+            history_id: s.history_id,
+            bytes: s.data.len(),
+        };
+        match ctx.output {
+            // One line per document, so a script can read them as they come.
+            Output::Json => println!("{}", serde_json::to_string(&seen)?),
+            Output::Table => println!(
+                "{} version {} ({} bytes)",
+                seen.at, seen.version, seen.bytes
+            ),
+        }
     }
     Ok(())
 }
