@@ -108,8 +108,9 @@ pub async fn stream(
         Some(cluster) => catalog_events(console.plane.watch(&cluster).await?).boxed(),
         None => futures::stream::empty().boxed(),
     };
-    let listings = WatchStream::new(console.listing.subscribe())
-        .filter_map(|listing| async move { listing.map(|json| Event::default().event("listing").data(&*json)) });
+    let listings = WatchStream::new(console.listing.subscribe()).filter_map(|listing| async move {
+        listing.map(|json| Event::default().event("listing").data(&*json))
+    });
     let events = futures::stream::select(listings, catalogs)
         .map(Ok)
         .take_until(console.shutdown.clone().cancelled_owned());

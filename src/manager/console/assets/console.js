@@ -169,7 +169,7 @@ function renderCatalog(catalog) {
 function renderDatabase(db) {
   const policies = element("ul", {}, ...db.retention_policies.map((rp) => element("li", { "data-policy": rp.name },
     element("code", {}, rp.name), rp.name === db.default_retention_policy ? " (default)" : "",
-    ` duration ${rp.duration}, shard groups ${rp.shard_group_duration}, replication ${rp.replica_n}`,
+    ` duration ${rp.duration === "0s" ? "infinite" : rp.duration}, shard groups ${rp.shard_group_duration}, replication ${rp.replica_n}`,
     ...rp.subscriptions.map((s) => element("div", { "data-subscription": s.name },
       "subscription ", element("code", {}, s.name), ` ${s.mode} → ${s.destinations.join(", ")}`)))));
   const queries = db.continuous_queries.map((cq) => element("li", { "data-continuous-query": cq.name },
