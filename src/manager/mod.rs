@@ -3,10 +3,12 @@
 //! - [`plane`]: the semantics (registration, liveness, catalogs), transport-free.
 //! - [`grpc`] and [`legacy`]: the two faces of the plane.
 //! - [`server`]: one port for gRPC, legacy HTTP and `/metrics`; TLS; shutdown.
+//! - [`console`]: the operator's web page at `/`, live through server-sent events.
 //! - [`store`]: where state lives (embedded redb or etcd); [`hub`]: change fan-out.
 //! - [`config`]: flags, environment and TOML.
 
 pub mod config;
+pub mod console;
 pub mod grpc;
 pub mod hub;
 pub mod legacy;

@@ -1,5 +1,5 @@
 //! One listening port for everything: gRPC (with health and reflection), the
-//! legacy HTTP protocol and `/metrics`, as one application served by
+//! legacy HTTP protocol, `/metrics` and the web console, as one application served by
 //! [`crate::http_serve::serve`]. Health follows the store.
 
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::manager::console;
 use crate::manager::grpc::{GrpcMetricsLayer, GrpcService};
 use crate::manager::legacy::{self, LegacyOptions};
 use crate::manager::plane::ControlPlane;
@@ -66,12 +67,19 @@ pub fn app(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .into_axum_router()
-        .merge(legacy::router(plane.clone(), opts.legacy.clone(), shutdown))
+        .merge(legacy::router(
+            plane.clone(),
+            opts.legacy.clone(),
+            shutdown.clone(),
+        ))
+        .merge(console::data_router(plane.clone(), shutdown))
         .route("/metrics", get(metrics).with_state(plane))
         .layer(middleware::from_fn_with_state(
             opts.token.clone().map(Arc::new),
             authorize,
         ))
+        // After the token check: the console's page holds no data.
+        .merge(console::page_router())
         .fallback(not_found)
         .layer(
             TraceLayer::new_for_http()

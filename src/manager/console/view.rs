@@ -1,0 +1,273 @@
+//! What the console shows, as the JSON its page renders: node listings and a
+//! cluster's catalog in words. Password hashes never enter these views.
+
+use serde::Serialize;
+
+use crate::influx::catalog::{Catalog, Privilege};
+use crate::influx::influxql::format_duration;
+use crate::manager::plane::ClusterSummary;
+use crate::manager::store::{NodeStatus, Snapshot};
+
+/// Every cluster and every node, as one listing for all consoles.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Listing {
+    pub clusters: Vec<ClusterView>,
+    pub nodes: Vec<NodeView>,
+    /// Why the store could not be listed, when it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClusterView {
+    pub name: String,
+    pub version: u64,
+    pub nodes: u32,
+    pub alive_nodes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeView {
+    pub cluster: String,
+    pub node_id: String,
+    pub hostname: String,
+    pub alive: bool,
+    pub ips: Vec<String>,
+    pub bind_address: String,
+    pub http_addr: String,
+    pub version: String,
+    pub registered_at_ms: u64,
+    pub last_heartbeat_ms: u64,
+}
+
+/// A listing stamped with the manager's clock, so a page can tell how long
+/// ago a heartbeat was whatever the browser's clock says.
+#[derive(Serialize)]
+pub struct StampedListing<'a> {
+    pub now_ms: u64,
+    #[serde(flatten)]
+    pub listing: &'a Listing,
+}
+
+impl Listing {
+    pub fn new(clusters: Vec<ClusterSummary>, nodes: Vec<NodeStatus>) -> Listing {
+        Listing {
+            clusters: clusters
+                .into_iter()
+                .map(|c| ClusterView {
+                    name: c.name,
+                    version: c.version,
+                    nodes: c.nodes,
+                    alive_nodes: c.alive_nodes,
+                })
+                .collect(),
+            nodes: nodes
+                .into_iter()
+                .map(|n| NodeView {
+                    alive: n.alive,
+                    cluster: n.record.cluster,
+                    node_id: n.record.node_id,
+                    hostname: n.record.hostname,
+                    ips: n.record.ips,
+                    bind_address: n.record.bind_address,
+                    http_addr: n.record.http_addr,
+                    version: n.record.version,
+                    registered_at_ms: n.record.registered_at_ms,
+                    last_heartbeat_ms: n.record.last_heartbeat_ms,
+                })
+                .collect(),
+            error: None,
+        }
+    }
+
+    pub fn failed(error: String) -> Listing {
+        Listing {
+            error: Some(error),
+            ..Listing::default()
+        }
+    }
+}
+
+/// One version of a cluster's catalog, without hashes.
+#[derive(Debug, Serialize)]
+pub struct CatalogView {
+    pub cluster: String,
+    pub version: u64,
+    pub databases: Vec<DatabaseView>,
+    pub users: Vec<UserView>,
+    /// Why the stored bytes could not be read as a catalog, when they could not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DatabaseView {
+    pub name: String,
+    pub default_retention_policy: String,
+    pub retention_policies: Vec<PolicyView>,
+    pub continuous_queries: Vec<ContinuousQueryView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyView {
+    pub name: String,
+    pub duration: String,
+    pub shard_group_duration: String,
+    pub replica_n: u32,
+    pub subscriptions: Vec<SubscriptionView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SubscriptionView {
+    pub name: String,
+    pub mode: String,
+    pub destinations: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContinuousQueryView {
+    pub name: String,
+    pub query: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    pub name: String,
+    pub admin: bool,
+    pub grants: Vec<GrantView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GrantView {
+    pub database: String,
+    pub privilege: Privilege,
+}
+
+impl CatalogView {
+    pub fn new(snapshot: &Snapshot) -> CatalogView {
+        let mut view = CatalogView {
+            cluster: snapshot.cluster.clone(),
+            version: snapshot.version,
+            databases: Vec::new(),
+            users: Vec::new(),
+            error: None,
+        };
+        if snapshot.data.is_empty() {
+            return view;
+        }
+        match Catalog::from_meta_bytes(&snapshot.data) {
+            Ok(catalog) => {
+                view.databases = catalog.databases.into_values().map(database).collect();
+                view.users = catalog
+                    .users
+                    .into_values()
+                    .map(|u| UserView {
+                        name: u.name,
+                        admin: u.admin,
+                        grants: u
+                            .privileges
+                            .into_iter()
+                            .map(|(database, privilege)| GrantView {
+                                database,
+                                privilege,
+                            })
+                            .collect(),
+                    })
+                    .collect();
+            }
+            Err(e) => view.error = Some(format!("the catalog cannot be read: {e}")),
+        }
+        view
+    }
+}
+
+fn database(db: crate::influx::catalog::Database) -> DatabaseView {
+    DatabaseView {
+        name: db.name,
+        default_retention_policy: db.default_retention_policy,
+        retention_policies: db
+            .retention_policies
+            .into_values()
+            .map(|rp| PolicyView {
+                name: rp.name,
+                duration: format_duration(rp.duration_ns),
+                shard_group_duration: format_duration(rp.shard_group_duration_ns),
+                replica_n: rp.replica_n,
+                subscriptions: rp
+                    .subscriptions
+                    .into_values()
+                    .map(|s| SubscriptionView {
+                        name: s.name,
+                        mode: s.mode,
+                        destinations: s.destinations,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        continuous_queries: db
+            .continuous_queries
+            .into_values()
+            .map(|cq| ContinuousQueryView {
+                name: cq.name,
+                query: cq.query,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::influx::catalog::{Database, User};
+
+    fn snapshot(catalog: &Catalog) -> Snapshot {
+        Snapshot {
+            cluster: "prod".into(),
+            version: 7,
+            data: catalog.to_meta_bytes().into(),
+        }
+    }
+
+    #[test]
+    fn a_catalog_is_shown_without_password_hashes() {
+        let mut catalog = Catalog::default();
+        catalog
+            .databases
+            .insert("metrics".into(), Database::new("metrics", "autogen"));
+        let mut alice = User::new("alice", "$2a$10$secrethashsecrethash", false);
+        alice.privileges.insert("metrics".into(), Privilege::Read);
+        catalog.users.insert("alice".into(), alice);
+        catalog
+            .users
+            .insert("root".into(), User::new("root", "$2a$10$roothash", true));
+
+        let view = CatalogView::new(&snapshot(&catalog));
+        let json = serde_json::to_string(&view).expect("serializable");
+
+        assert!(!json.contains("hash"), "{json}");
+        assert_eq!(view.version, 7);
+        assert_eq!(view.databases[0].name, "metrics");
+        assert_eq!(view.users.len(), 2);
+        assert!(json.contains(r#""grants":[{"database":"metrics","privilege":"read"}]"#));
+        assert!(json.contains(r#""name":"root","admin":true"#), "{json}");
+    }
+
+    #[test]
+    fn a_cluster_without_catalog_shows_an_empty_one() {
+        let view = CatalogView::new(&Snapshot {
+            cluster: "new".into(),
+            version: 0,
+            data: Default::default(),
+        });
+        assert!(view.databases.is_empty() && view.users.is_empty() && view.error.is_none());
+    }
+
+    #[test]
+    fn unreadable_bytes_are_reported_not_hidden() {
+        let view = CatalogView::new(&Snapshot {
+            cluster: "bad".into(),
+            version: 3,
+            data: vec![0xff, 0xff, 0xff].into(),
+        });
+        assert!(view.error.is_some());
+        assert_eq!(view.version, 3);
+    }
+}
