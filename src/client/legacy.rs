@@ -20,6 +20,12 @@ use crate::proto;
 
 /// How long one long poll may be held: above any manager's poll window.
 const LONG_POLL_LIMIT: Duration = Duration::from_secs(6 * 60);
+/// The original protocol's heartbeat interval and TTL, for answers that say
+/// nothing this node can read.
+const ORIGINAL_HEARTBEAT: Duration = Duration::from_secs(5);
+const ORIGINAL_TTL: Duration = Duration::from_secs(15);
+/// The shortest interval a registration answer may imply (a skewed clock).
+const MIN_HEARTBEAT: Duration = Duration::from_millis(200);
 
 /// One manager over the legacy protocol.
 #[derive(Clone)]
@@ -173,12 +179,13 @@ impl LegacyTransport {
                     .await?;
                 let reg: wire::Registered = serde_json::from_slice(&a.body)
                     .map_err(|e| CallError::protocol("registration answer").caused_by(e))?;
+                let (heartbeat, ttl) = liveness(&reg.expiration_date, std::time::SystemTime::now());
                 Ok(Reply::Registered(proto::RegisterResponse {
                     node_id: reg.id,
-                    // The legacy protocol hands out neither; these are the original's.
+                    // The legacy protocol does not hand it out.
                     bind_address: String::new(),
-                    heartbeat_interval_ms: 5_000,
-                    ttl_ms: 15_000,
+                    heartbeat_interval_ms: heartbeat.as_millis() as u64,
+                    ttl_ms: ttl.as_millis() as u64,
                 }))
             }
             Call::Heartbeat(r) => {
@@ -298,6 +305,57 @@ impl LegacyTransport {
     }
 }
 
+/// The heartbeat interval and TTL a registration answer implies: the TTL is
+/// the time left until its `expirationDate`, and a third of it the interval,
+/// so a node survives two lost heartbeats whatever the manager's TTL; the
+/// original's 5 s and 15 s when there is no date this can read (an original
+/// manager's) or it is not in the future.
+fn liveness(expiration_date: &str, now: std::time::SystemTime) -> (Duration, Duration) {
+    let left = humantime::parse_rfc3339_weak(expiration_date)
+        .ok()
+        .and_then(|at| at.duration_since(now).ok())
+        .filter(|left| !left.is_zero());
+    match left {
+        Some(ttl) => ((ttl / 3).clamp(MIN_HEARTBEAT, ORIGINAL_HEARTBEAT), ttl),
+        None => (ORIGINAL_HEARTBEAT, ORIGINAL_TTL),
+    }
+}
+
 fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn at(rfc3339: &str) -> SystemTime {
+        humantime::parse_rfc3339(rfc3339).unwrap()
+    }
+
+    #[test]
+    fn the_heartbeat_follows_the_expiration_date() {
+        let now = at("2026-01-01T00:00:00Z");
+        let s = Duration::from_secs;
+        // A 3 s TTL: a heartbeat every second.
+        assert_eq!(liveness("2026-01-01T00:00:03Z", now), (s(1), s(3)));
+        // The usual 15 s: the original's 5 s.
+        assert_eq!(liveness("2026-01-01T00:00:15Z", now), (s(5), s(15)));
+        // Never rarer than the original, never a busy loop.
+        assert_eq!(liveness("2026-01-01T00:01:00Z", now), (s(5), s(60)));
+        assert_eq!(
+            liveness("2026-01-01T00:00:00.300Z", now),
+            (MIN_HEARTBEAT, Duration::from_millis(300))
+        );
+        // No date, one this cannot read, or one already past: the original's.
+        for answer in [
+            "",
+            "tomorrow",
+            "2025-12-31T23:59:00Z",
+            "2026-01-01T00:00:00Z",
+        ] {
+            assert_eq!(liveness(answer, now), (s(5), s(15)), "{answer:?}");
+        }
+    }
 }

@@ -68,8 +68,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         )
     };
     if current.version > 0 && !args.yes {
-        let question = format!(
-            "cluster {cluster:?} is at version {}; restoring the backup of version {} taken {} makes its catalog version {} on every node{}{}. Go on? [y/N] ",
+        let what = format!(
+            "cluster {cluster:?} is at version {}; restoring the backup of version {} taken {} makes its catalog version {} on every node{}{}",
             current.version,
             backup.version,
             backup.taken_at,
@@ -77,7 +77,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             listed("; drops databases (and their data)", &databases_dropped),
             listed("; drops users", &users_dropped),
         );
-        if !confirm(question).await? {
+        if !confirm(what).await? {
             bail!("not restored");
         }
     }
@@ -153,13 +153,14 @@ fn listed(what: &str, names: &[String]) -> String {
     }
 }
 
-/// Asks on the terminal; without one, the answer is no (give --yes).
-async fn confirm(question: String) -> anyhow::Result<bool> {
+/// Asks whether to go on with `what` on the terminal; without one, the
+/// answer is no (give --yes).
+async fn confirm(what: String) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
-        bail!("{question}\nno terminal to ask on: give --yes to restore");
+        bail!("{what}; no terminal to ask on: give --yes to restore");
     }
     tokio::task::spawn_blocking(move || {
-        eprint!("{question}");
+        eprint!("{what}. Go on? [y/N] ");
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
