@@ -5,13 +5,15 @@ CARGO ?= cargo
 RUN_DIR ?= .run
 MANAGER_ADDR ?= 127.0.0.1:8000
 
-.PHONY: setup build test run bench proto-check lint clean
+.PHONY: setup build test run bench proto-check lint deb clean
 
 setup:
 	@bash scripts/setup.sh
 
+# --tests: the same feature resolution as `make test` (dev-dependencies
+# unify features), so the binaries and the suite share one build.
 build: setup
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins --tests
 
 # The whole suite: contract checks, unit tests, and integration tests that
 # start real managers, etcd clusters, influxd servers and a Python client.
@@ -29,6 +31,10 @@ bench: setup
 	$(CARGO) bench --bench manager
 	$(CARGO) bench --bench frontdoor
 	$(CARGO) bench --bench propagation
+
+# The Debian package, from the release binaries, into target/debian/.
+deb: build
+	$(CARGO) deb --no-build
 
 # Lint the contract and check it against the last released version.
 proto-check: setup

@@ -57,7 +57,7 @@ for n in $(seq 1 "$NODES"); do wait_http "http://127.0.0.1:1809$n/health" "agent
 
 cat <<MSG
 Local Clusterflux cluster '$CLUSTER' is up (logs and data in $RUN_DIR):
-  manager  $MANAGER_ADDR      curl http://$MANAGER_ADDR/nodes
+  manager  $MANAGER_ADDR      console http://$MANAGER_ADDR/   curl http://$MANAGER_ADDR/nodes
 $(for n in $(seq 1 "$NODES"); do echo "  node $n   influxd http://127.0.0.1:1808$n   agent http://127.0.0.1:1809$n/health"; done)
 Try:  influx -port 18081 -execute 'CREATE DATABASE demo'  then  influx -port 18082 -execute 'SHOW DATABASES'
 Ctrl-C stops everything.

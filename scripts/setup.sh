@@ -9,6 +9,10 @@ command -v influxd >/dev/null || need_apt+=(influxdb)
 command -v influx >/dev/null || need_apt+=(influxdb-client)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler) # etcd-client's build needs it
+# The console's browser test (tests/console.rs): headless Chromium under Selenium.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+python3 -c 'import venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -27,4 +31,10 @@ fi
 if ! command -v buf >/dev/null; then
   echo "setup: installing buf (npm @bufbuild/buf)"
   npm install --global --silent --no-fund --no-audit @bufbuild/buf@1.75.0 >/dev/null
+fi
+
+# The Debian package (tests/packaging.rs); compiling it takes minutes, once.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb 3.8.0 (cargo install)"
+  cargo install --quiet --locked cargo-deb --version 3.8.0
 fi
