@@ -87,6 +87,9 @@ def check_reflection(channel):
             "GetMeta",
             "WatchMeta",
             "PushMeta",
+            "ListHistory",
+            "GetVersion",
+            "RestoreVersion",
         ]
     )
     check(methods == expected, f"reflection describes every RPC: {methods}")
