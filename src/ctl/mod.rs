@@ -5,7 +5,10 @@
 mod catalog;
 mod clusters;
 mod deregister;
+mod diff;
+mod history;
 mod nodes;
+mod rollback;
 mod watch;
 
 use std::time::Duration;
@@ -50,6 +53,12 @@ pub enum Command {
     Watch(watch::Args),
     /// Remove a node from a cluster (a decommissioned server).
     Deregister(deregister::Args),
+    /// List the kept versions of a cluster's catalog: when, who, what changed.
+    History(history::Args),
+    /// Show the InfluxQL that turns one kept version into another.
+    Diff(diff::Args),
+    /// Publish a kept past version of a cluster's catalog again.
+    Rollback(rollback::Args),
 }
 
 impl Ctl {
@@ -73,6 +82,9 @@ impl Ctl {
             Command::Catalog(a) => catalog::run(&manager, a).await,
             Command::Watch(a) => watch::run(&manager, a).await,
             Command::Deregister(a) => deregister::run(&manager, a).await,
+            Command::History(a) => history::run(&manager, a).await,
+            Command::Diff(a) => diff::run(&manager, a).await,
+            Command::Rollback(a) => rollback::run(&manager, a).await,
         }
     }
 }

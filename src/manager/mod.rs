@@ -4,6 +4,7 @@
 //! - [`grpc`] and [`legacy`]: the two faces of the plane.
 //! - [`server`]: one port for gRPC, legacy HTTP and `/metrics`; TLS; shutdown.
 //! - [`store`]: where state lives (embedded redb or etcd); [`hub`]: change fan-out.
+//! - [`summary`]: the one-line description of a change the history keeps.
 //! - [`config`]: flags, environment and TOML.
 
 pub mod config;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod plane;
 pub mod server;
 pub mod store;
+pub mod summary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,7 @@ pub async fn open_store(
     let opts = StoreOptions {
         node_ttl: config.node_ttl,
         advertise: config.advertise.clone(),
+        history: config.history,
     };
     Ok(match &config.store {
         StoreConfig::Embedded { data_dir } => {
