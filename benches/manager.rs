@@ -39,7 +39,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use cflux::clock::now_ms;
 use cflux::manager::store::embedded::EmbeddedStore;
-use cflux::manager::store::{CasOutcome, NodeRecord, Store, StoreOptions};
+use cflux::manager::store::{CasOutcome, ChangeNote, NodeRecord, Store, StoreOptions};
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use cflux::proto::{self, push_meta_response};
 use tokio::sync::mpsc;
@@ -107,6 +107,7 @@ async fn bench() -> anyhow::Result<()> {
         StoreOptions {
             node_ttl: Duration::from_secs(15),
             advertise: "bench".into(),
+            history: Default::default(),
         },
     )
     .map_err(|e| anyhow!("cannot open the embedded store: {e}"))?;
@@ -144,8 +145,11 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
         .await?)
 }
 
+/// A valid `meta.Data` (the manager refuses anything else) of about
+/// `CATALOG_BYTES`.
 fn catalog() -> Bytes {
-    Bytes::from((0..CATALOG_BYTES).map(|i| i as u8).collect::<Vec<_>>())
+    let tag: Vec<u8> = (0..CATALOG_BYTES).map(|i| i as u8).collect();
+    Bytes::from(support::meta(&tag))
 }
 
 /// One compare-and-swap push that must be accepted; returns the new version.
@@ -315,7 +319,7 @@ async fn legacy_latency(addr: SocketAddr, n: usize, pushes: usize) -> anyhow::Re
                     .and_then(|v| v.parse::<u64>().ok());
                 let body = response.bytes().await?;
                 let at = Instant::now();
-                if status != reqwest::StatusCode::OK || body.len() != CATALOG_BYTES {
+                if status != reqwest::StatusCode::OK || body.len() != catalog().len() {
                     bail!("long poll answered {status} with {} bytes", body.len());
                 }
                 Ok((got, at))
@@ -445,7 +449,10 @@ async fn store_pushes(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::Resu
     rate(states, move |(cluster, version)| {
         let (store, data) = (store.clone(), data.clone());
         async move {
-            match store.cas_meta(&cluster, version, data).await? {
+            match store
+                .cas_meta(&cluster, version, "", data, ChangeNote::default())
+                .await?
+            {
                 CasOutcome::Accepted(v) => Ok((cluster, v)),
                 CasOutcome::Conflict(s) => bail!("store CAS conflicted at {}", s.version),
             }

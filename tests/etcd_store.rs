@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cflux::manager::hub::{Hub, Subscription};
 use cflux::manager::store::etcd::{EtcdStore, CHUNK_SIZE, DEFAULT_PREFIX};
-use cflux::manager::store::{CasOutcome, NodeRecord, Snapshot, Store, StoreError, StoreOptions};
+use cflux::manager::store::{
+    CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreError, StoreOptions,
+};
 use etcd_support::EtcdCluster;
 
 const NODE_TTL: Duration = Duration::from_secs(2);
@@ -24,6 +26,11 @@ fn options(advertise: &str) -> StoreOptions {
     StoreOptions {
         node_ttl: NODE_TTL,
         advertise: advertise.to_owned(),
+        // Only the current version: a replaced version's blob has no use.
+        history: HistoryLimits {
+            max_versions: 1,
+            max_bytes: u64::MAX,
+        },
     }
 }
 
@@ -137,7 +144,7 @@ async fn replaced_and_losing_blobs_are_deleted() {
 
     accepted(
         store
-            .cas_meta(c, 0, noise(5 * CHUNK_SIZE, 1))
+            .cas_meta(c, 0, "", noise(5 * CHUNK_SIZE, 1), ChangeNote::default())
             .await
             .unwrap(),
     );
@@ -145,7 +152,13 @@ async fn replaced_and_losing_blobs_are_deleted() {
     // Not a multiple of the chunk size; the old blob is deleted.
     accepted(
         other
-            .cas_meta(c, 1, noise(5 * CHUNK_SIZE + 7, 2))
+            .cas_meta(
+                c,
+                1,
+                "",
+                noise(5 * CHUNK_SIZE + 7, 2),
+                ChangeNote::default(),
+            )
             .await
             .unwrap(),
     );
@@ -153,7 +166,7 @@ async fn replaced_and_losing_blobs_are_deleted() {
     // A loser's chunks are removed.
     conflict(
         store
-            .cas_meta(c, 1, noise(3 * CHUNK_SIZE, 3))
+            .cas_meta(c, 1, "", noise(3 * CHUNK_SIZE, 3), ChangeNote::default())
             .await
             .unwrap(),
     );
@@ -163,13 +176,54 @@ async fn replaced_and_losing_blobs_are_deleted() {
     for round in 0..3u64 {
         let expected = 2 + round;
         let (a, b) = tokio::join!(
-            store.cas_meta(c, expected, Bytes::from(format!("a{round}"))),
-            other.cas_meta(c, expected, Bytes::from(format!("b{round}"))),
+            store.cas_meta(
+                c,
+                expected,
+                "",
+                Bytes::from(format!("a{round}")),
+                ChangeNote::default()
+            ),
+            other.cas_meta(
+                c,
+                expected,
+                "",
+                Bytes::from(format!("b{round}")),
+                ChangeNote::default()
+            ),
         );
         a.unwrap();
         b.unwrap();
         assert_eq!(blob_keys(&endpoints, c).await.len(), 1, "round {round}");
     }
+
+    // Kept versions keep their blobs; a pruned one's is deleted.
+    let keeping = EtcdStore::connect(
+        &endpoints,
+        StoreOptions {
+            history: HistoryLimits {
+                max_versions: 2,
+                max_bytes: u64::MAX,
+            },
+            ..options("m3:7070")
+        },
+        Hub::new(),
+    )
+    .await
+    .expect("connect to etcd");
+    for (i, chunks) in [(5u64, 2usize), (6, 3), (7, 4)] {
+        let data = noise(chunks * CHUNK_SIZE - 1, i);
+        accepted(
+            keeping
+                .cas_meta(c, i, "", data, ChangeNote::default())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(blob_keys(&endpoints, c).await.len(), 3 + 4);
+    let (_, kept) = keeping.version(c, 7).await.unwrap().expect("v7 kept");
+    assert_eq!(kept, noise(3 * CHUNK_SIZE - 1, 6));
+    assert!(keeping.version(c, 6).await.unwrap().is_none(), "v6 pruned");
+    keeping.close().await;
     store.close().await;
     other.close().await;
 }
@@ -210,7 +264,13 @@ async fn reads_and_feed_work_after_compaction() {
     for v in 0..5u64 {
         accepted(
             writer
-                .cas_meta(c, v, Bytes::from(format!("v{}", v + 1)))
+                .cas_meta(
+                    c,
+                    v,
+                    "",
+                    Bytes::from(format!("v{}", v + 1)),
+                    ChangeNote::default(),
+                )
                 .await
                 .unwrap(),
         );
@@ -240,7 +300,12 @@ async fn reads_and_feed_work_after_compaction() {
         Bytes::from("v5")
     );
     // And later changes keep flowing.
-    accepted(writer.cas_meta(c, 5, Bytes::from("v6")).await.unwrap());
+    accepted(
+        writer
+            .cas_meta(c, 5, "", Bytes::from("v6"), ChangeNote::default())
+            .await
+            .unwrap(),
+    );
     let seen = wait_for(&mut sub, 6, "v6 published").await;
     assert_eq!((seen.version, seen.data.clone()), (6, Bytes::from("v6")));
     writer.close().await;
@@ -258,7 +323,12 @@ async fn keeps_serving_when_a_member_dies() {
     hub.publish(store.get_meta(c).await.unwrap());
     store.put_node(node(c, "n1")).await.unwrap();
     assert_eq!(
-        accepted(store.cas_meta(c, 0, Bytes::from("v1")).await.unwrap()),
+        accepted(
+            store
+                .cas_meta(c, 0, "", Bytes::from("v1"), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         1
     );
 
@@ -288,7 +358,13 @@ async fn keeps_serving_when_a_member_dies() {
         assert!(listed.iter().any(|s| s.record.node_id == "n1" && s.alive));
         version = accepted(
             store
-                .cas_meta(c, version, Bytes::from(format!("v{}", version + 1)))
+                .cas_meta(
+                    c,
+                    version,
+                    "",
+                    Bytes::from(format!("v{}", version + 1)),
+                    ChangeNote::default(),
+                )
                 .await
                 .unwrap(),
         );
@@ -306,7 +382,7 @@ async fn keeps_serving_when_a_member_dies() {
     assert_eq!(
         accepted(
             other
-                .cas_meta(c, version, Bytes::from("remote"))
+                .cas_meta(c, version, "", Bytes::from("remote"), ChangeNote::default())
                 .await
                 .unwrap()
         ),
@@ -364,7 +440,9 @@ async fn unreachable_etcd_fails_fast() {
         Err(StoreError::Unavailable(_))
     ));
     assert!(matches!(
-        store.cas_meta("c", 0, Bytes::from("x")).await,
+        store
+            .cas_meta("c", 0, "", Bytes::from("x"), ChangeNote::default())
+            .await,
         Err(StoreError::Unavailable(_))
     ));
     assert!(

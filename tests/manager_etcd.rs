@@ -25,9 +25,9 @@ use etcd_support::{noise, EtcdCluster};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::{
-    deregister, get_json, get_meta, heartbeat, hold_long_poll, http, metric, push, push_request,
-    register, registration, scrape, sigterm_ends_cleanly, version_of, wait_until, watch, within,
-    Manager,
+    deregister, get_json, get_meta, heartbeat, hold_long_poll, http, meta, metric, push,
+    push_request, register, registration, scrape, sigterm_ends_cleanly, version_of, wait_until,
+    watch, within, Manager,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
@@ -141,13 +141,13 @@ async fn two_managers_share_watches_nodes_and_versions() {
     // A watch held by A wakes on a push through B.
     let mut on_a = watch(&mut ca, c, 0).await;
     assert_eq!(
-        push(&mut cb, c, 0, b"v1").await,
+        push(&mut cb, c, 0, &meta(b"v1")).await,
         push_meta_response::Result::AcceptedVersion(1)
     );
     let s = next(&mut on_a, DEADLINE, "A's watch to see B's push").await;
     assert_eq!(
         (s.cluster.as_str(), s.version, s.data.as_ref()),
-        (c, 1, &b"v1"[..])
+        (c, 1, &meta(b"v1")[..])
     );
 
     // A legacy long poll held by A wakes on a legacy push through B.
@@ -169,7 +169,7 @@ async fn two_managers_share_watches_nodes_and_versions() {
     .await;
     let r = http()
         .post(b.http_url(&format!("/clusters/{c}/versions/1")))
-        .body("v2")
+        .body(meta(b"v2"))
         .send()
         .await
         .expect("legacy push through B");
@@ -179,10 +179,10 @@ async fn two_managers_share_watches_nodes_and_versions() {
         .expect("poll task");
     assert_eq!(
         (status, version, body.as_ref()),
-        (StatusCode::OK, Some(2), &b"v2"[..])
+        (StatusCode::OK, Some(2), &meta(b"v2")[..])
     );
     let s = next(&mut on_a, DEADLINE, "A's watch to see B's legacy push").await;
-    assert_eq!((s.version, s.data.as_ref()), (2, &b"v2"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (2, &meta(b"v2")[..]));
 
     // Nodes registered through A (both transports) are listed by B.
     let grpc_id = ca
@@ -267,18 +267,18 @@ async fn two_managers_share_watches_nodes_and_versions() {
     // Compare-and-swap across managers: both know v2, A pushes first, so
     // B's push expecting v2 is stale and gets A's catalog back.
     assert_eq!(
-        push(&mut ca, c, 2, b"from-a").await,
+        push(&mut ca, c, 2, &meta(b"from-a")).await,
         push_meta_response::Result::AcceptedVersion(3)
     );
-    match push(&mut cb, c, 2, b"from-b").await {
+    match push(&mut cb, c, 2, &meta(b"from-b")).await {
         push_meta_response::Result::Conflict(s) => {
-            assert_eq!((s.version, s.data.as_ref()), (3, &b"from-a"[..]))
+            assert_eq!((s.version, s.data.as_ref()), (3, &meta(b"from-a")[..]))
         }
         other => panic!("a stale push through B should conflict, got {other:?}"),
     }
     let r = http()
         .post(b.http_url(&format!("/clusters/{c}/versions/2")))
-        .body("legacy-from-b")
+        .body(meta(b"legacy-from-b"))
         .send()
         .await
         .expect("stale legacy push through B");
@@ -286,26 +286,29 @@ async fn two_managers_share_watches_nodes_and_versions() {
         (r.status(), version_of(&r)),
         (StatusCode::CONFLICT, Some(3))
     );
-    assert_eq!(r.bytes().await.expect("conflict body").as_ref(), b"from-a");
+    assert_eq!(
+        r.bytes().await.expect("conflict body").as_ref(),
+        &meta(b"from-a")
+    );
     let s = get_meta(&mut cb, c).await;
-    assert_eq!((s.version, s.data.as_ref()), (3, &b"from-a"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (3, &meta(b"from-a")[..]));
     let s = next(&mut on_a, DEADLINE, "A's watch to see A's push").await;
-    assert_eq!((s.version, s.data.as_ref()), (3, &b"from-a"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (3, &meta(b"from-a")[..]));
 
     // With the current version, B's push goes through; A's watch sees it.
     assert_eq!(
-        push(&mut cb, c, 3, b"from-b").await,
+        push(&mut cb, c, 3, &meta(b"from-b")).await,
         push_meta_response::Result::AcceptedVersion(4)
     );
     let s = next(&mut on_a, DEADLINE, "A's watch to see B's second push").await;
-    assert_eq!((s.version, s.data.as_ref()), (4, &b"from-b"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (4, &meta(b"from-b")[..]));
     let s = next(
         &mut watch(&mut cb, c, 0).await,
         DEADLINE,
         "a new watch on B",
     )
     .await;
-    assert_eq!((s.version, s.data.as_ref()), (4, &b"from-b"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (4, &meta(b"from-b")[..]));
 
     // Racing pushes on v4 through both managers at once: exactly one wins,
     // every other one conflicts with the winner's catalog.
@@ -415,7 +418,7 @@ async fn losing_the_etcd_leader_keeps_both_managers_serving() {
     let c = "ha";
     let node = register(&mut ca, registration(c, "", "node-1")).await;
     assert_eq!(
-        push(&mut ca, c, 0, b"v1").await,
+        push(&mut ca, c, 0, &meta(b"v1")).await,
         push_meta_response::Result::AcceptedVersion(1)
     );
     // Watches held across the loss, on both managers.
@@ -672,7 +675,10 @@ fn unavailable_checks(m: &Manager, c: &Client, cluster: &str, node: &str) -> Vec
         add(
             "PushMeta",
             Box::pin(async move {
-                expect_unavailable("PushMeta", c.push_meta(push_request(&cl, 1, b"dark")).await)
+                expect_unavailable(
+                    "PushMeta",
+                    c.push_meta(push_request(&cl, 1, &meta(b"dark"))).await,
+                )
             }),
         );
     }
@@ -704,7 +710,7 @@ fn unavailable_checks(m: &Manager, c: &Client, cluster: &str, node: &str) -> Vec
             "POST /clusters/{c}/versions/{v}",
             http()
                 .post(m.http_url(&format!("/clusters/{cl}/versions/1")))
-                .body("dark"),
+                .body(meta(b"dark")),
         ),
     ];
     for (name, request) in legacy {
@@ -725,7 +731,7 @@ async fn losing_all_of_etcd_fails_calls_fast_and_turns_health_not_serving_until_
     let c = "dark";
     let node = register(&mut ca, registration(c, "", "node-1")).await;
     assert_eq!(
-        push(&mut ca, c, 0, b"v1").await,
+        push(&mut ca, c, 0, &meta(b"v1")).await,
         push_meta_response::Result::AcceptedVersion(1)
     );
     // A watch on B held through the outage.
@@ -789,7 +795,7 @@ async fn losing_all_of_etcd_fails_calls_fast_and_turns_health_not_serving_until_
     }
     let serving = restarted.elapsed();
     let s = get_meta(&mut cb, c).await;
-    assert_eq!((s.version, s.data.as_ref()), (1, &b"v1"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (1, &meta(b"v1")[..]));
     let nodes = cb
         .list_nodes(ListNodesRequest { cluster: c.into() })
         .await
@@ -802,7 +808,7 @@ async fn losing_all_of_etcd_fails_calls_fast_and_turns_health_not_serving_until_
         .await
         .expect("heartbeat after the outage");
     assert_eq!(
-        push(&mut ca, c, 1, b"v2").await,
+        push(&mut ca, c, 1, &meta(b"v2")).await,
         push_meta_response::Result::AcceptedVersion(2)
     );
     let s = next(
@@ -811,7 +817,7 @@ async fn losing_all_of_etcd_fails_calls_fast_and_turns_health_not_serving_until_
         "B's held watch to see A's push after the outage",
     )
     .await;
-    assert_eq!((s.version, s.data.as_ref()), (2, &b"v2"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (2, &meta(b"v2")[..]));
     eprintln!(
         "calls answered within {slowest:?}; NOT_SERVING after {not_serving:?}; \
          SERVING {serving:?} after etcd restarted"
@@ -827,7 +833,7 @@ async fn sigterm_with_watches_open_exits_zero_promptly() {
     let (mut ca, mut cb) = (client(&a).await, client(&b).await);
     let c = "term";
     assert_eq!(
-        push(&mut cb, c, 0, b"v1").await,
+        push(&mut cb, c, 0, &meta(b"v1")).await,
         push_meta_response::Result::AcceptedVersion(1)
     );
     let mut behind = watch(&mut ca, c, 0).await;

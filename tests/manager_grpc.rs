@@ -13,8 +13,8 @@ use cflux::proto::{
     RegisterRequest, WatchMetaRequest,
 };
 use support::{
-    deregister, get_meta, heartbeat, list_clusters, list_nodes, push_request, register, wait_until,
-    watch, within, Manager,
+    deregister, get_meta, heartbeat, list_clusters, list_nodes, meta, push_request, register,
+    wait_until, watch, within, Manager,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
@@ -211,9 +211,9 @@ async fn listings_cover_one_cluster_or_all() {
             .expect("register");
     }
     // A cluster with a catalog and no nodes is a cluster too.
-    accepted(&mut c, "c", 0, b"one").await;
-    accepted(&mut c, "c", 1, b"two").await;
-    accepted(&mut c, "a", 0, b"a-one").await;
+    accepted(&mut c, "c", 0, &meta(b"one")).await;
+    accepted(&mut c, "c", 1, &meta(b"two")).await;
+    accepted(&mut c, "a", 0, &meta(b"a-one")).await;
 
     let all = list_nodes(&mut c, "").await;
     let mut hosts: Vec<_> = all
@@ -250,9 +250,9 @@ async fn get_meta_of_a_cluster_never_written_is_version_zero() {
     // Reading does not create the cluster.
     assert!(list_clusters(&mut c).await.is_empty());
 
-    accepted(&mut c, "fresh", 0, b"catalog-1").await;
+    accepted(&mut c, "fresh", 0, &meta(b"catalog-1")).await;
     let s = get_meta(&mut c, "fresh").await;
-    assert_eq!((s.version, s.data.as_ref()), (1, &b"catalog-1"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (1, &meta(b"catalog-1")[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,23 +260,26 @@ async fn push_is_a_compare_and_swap() {
     let m = Manager::start().await;
     let mut c = m.grpc_client().await;
 
-    assert_eq!(accepted(&mut c, "prod", 0, b"v1").await, 1);
+    assert_eq!(accepted(&mut c, "prod", 0, &meta(b"v1")).await, 1);
 
     // A stale expected version: nothing changes and the current snapshot comes back.
     for stale in [0, 2, 99] {
-        match push(&mut c, "prod", stale, b"lost").await.expect("push") {
+        match push(&mut c, "prod", stale, &meta(b"lost"))
+            .await
+            .expect("push")
+        {
             push_meta_response::Result::Conflict(s) => {
                 assert_eq!(s.cluster, "prod");
                 assert_eq!(s.version, 1);
-                assert_eq!(s.data.as_ref(), b"v1");
+                assert_eq!(s.data.as_ref(), &meta(b"v1"));
             }
             other => panic!("push on {stale} must conflict, got {other:?}"),
         }
     }
     let s = get_meta(&mut c, "prod").await;
-    assert_eq!((s.version, s.data.as_ref()), (1, &b"v1"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (1, &meta(b"v1")[..]));
 
-    assert_eq!(accepted(&mut c, "prod", 1, b"v2").await, 2);
+    assert_eq!(accepted(&mut c, "prod", 1, &meta(b"v2")).await, 2);
     // Empty data is a catalog like any other.
     assert_eq!(accepted(&mut c, "prod", 2, b"").await, 3);
     let s = get_meta(&mut c, "prod").await;
@@ -289,15 +292,15 @@ async fn push_is_a_compare_and_swap() {
 async fn watch_sends_the_current_snapshot_at_once_when_versions_differ() {
     let m = Manager::start().await;
     let mut c = m.grpc_client().await;
-    accepted(&mut c, "prod", 0, b"v1").await;
-    accepted(&mut c, "prod", 1, b"v2").await;
+    accepted(&mut c, "prod", 0, &meta(b"v1")).await;
+    accepted(&mut c, "prod", 1, &meta(b"v2")).await;
 
     // Behind: the current snapshot at once (not every version in between).
     let mut behind = watch(&mut c, "prod", 0).await;
     let s = next(&mut behind).await;
     assert_eq!(
         (s.cluster.as_str(), s.version, s.data.as_ref()),
-        ("prod", 2, &b"v2"[..])
+        ("prod", 2, &meta(b"v2")[..])
     );
     assert_quiet(&mut behind).await;
 
@@ -314,7 +317,7 @@ async fn watch_sends_the_current_snapshot_at_once_when_versions_differ() {
 async fn watch_waits_while_current_then_streams_every_change_to_every_watcher() {
     let m = Manager::start().await;
     let mut c = m.grpc_client().await;
-    accepted(&mut c, "prod", 0, b"v1").await;
+    accepted(&mut c, "prod", 0, &meta(b"v1")).await;
 
     let mut watchers = Vec::new();
     for _ in 0..3 {
@@ -341,11 +344,11 @@ async fn watch_waits_while_current_then_streams_every_change_to_every_watcher() 
         }
     }
     // A push to another cluster wakes nobody here; a push to "empty" does.
-    accepted(&mut c, "other", 0, b"x").await;
+    accepted(&mut c, "other", 0, &meta(b"x")).await;
     for w in &mut watchers {
         assert_quiet(w).await;
     }
-    accepted(&mut c, "empty", 0, b"first").await;
+    accepted(&mut c, "empty", 0, &meta(b"first")).await;
     let s = next(&mut empty).await;
     assert_eq!((s.cluster.as_str(), s.version), ("empty", 1));
 }
@@ -401,7 +404,10 @@ async fn invalid_input_is_refused_and_changes_nothing() {
             .await
             .map(drop),
         );
-        expect_invalid("PushMeta", push(&mut c, name, 0, b"data").await.map(drop));
+        expect_invalid(
+            "PushMeta",
+            push(&mut c, name, 0, &meta(b"data")).await.map(drop),
+        );
         if !name.is_empty() {
             // Empty means "every cluster" for ListNodes.
             expect_invalid(

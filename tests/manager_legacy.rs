@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use support::register as register_grpc;
 use support::{
-    get_json, http, list_clusters, list_nodes, metric, push, scrape, version_of, wait_until, watch,
-    within, Manager,
+    get_json, http, list_clusters, list_nodes, meta, metric, push, scrape, version_of, wait_until,
+    watch, within, Manager,
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -182,26 +182,26 @@ async fn legacy_and_grpc_share_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_and_poll_versions() {
     let m = Manager::start().await;
-    let push = |version: &str, body: &'static [u8]| {
+    let push = |version: &str, body: Vec<u8>| {
         http()
             .post(m.http_url(&format!("/clusters/prod/versions/{version}")))
             .body(body)
             .send()
     };
 
-    let r = push("0", b"catalog-1").await.expect("POST");
+    let r = push("0", meta(b"catalog-1")).await.expect("POST");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(version_of(&r), Some(1));
 
     // A stale version: 409 with the current bytes and version; nothing changes.
-    let r = push("0", b"lost").await.expect("POST");
+    let r = push("0", meta(b"lost")).await.expect("POST");
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(version_of(&r), Some(1));
-    assert_eq!(r.bytes().await.expect("body").as_ref(), b"catalog-1");
-    let r = push("5", b"lost").await.expect("POST");
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &meta(b"catalog-1"));
+    let r = push("5", meta(b"lost")).await.expect("POST");
     assert_eq!(r.status(), StatusCode::CONFLICT);
 
-    let r = push("1", b"catalog-2").await.expect("POST");
+    let r = push("1", meta(b"catalog-2")).await.expect("POST");
     assert_eq!((r.status(), version_of(&r)), (StatusCode::OK, Some(2)));
 
     // A poll on any other version answers at once with the current catalog.
@@ -217,7 +217,7 @@ async fn push_and_poll_versions() {
         .expect("GET");
         assert_eq!(r.status(), StatusCode::OK, "asked {asked}");
         assert_eq!(version_of(&r), Some(2));
-        assert_eq!(r.bytes().await.expect("body").as_ref(), b"catalog-2");
+        assert_eq!(r.bytes().await.expect("body").as_ref(), &meta(b"catalog-2"));
     }
 
     // The same catalog over gRPC.
@@ -229,7 +229,7 @@ async fn push_and_poll_versions() {
         .await
         .expect("GetMeta")
         .into_inner();
-    assert_eq!((s.version, s.data.as_ref()), (2, &b"catalog-2"[..]));
+    assert_eq!((s.version, s.data.as_ref()), (2, &meta(b"catalog-2")[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +251,7 @@ async fn grpc_push_wakes_a_legacy_long_poll() {
 
     let mut c = m.grpc_client().await;
     assert_eq!(
-        push(&mut c, "prod", 0, b"from-grpc").await,
+        push(&mut c, "prod", 0, &meta(b"from-grpc")).await,
         push_meta_response::Result::AcceptedVersion(1)
     );
     let (status, version, body, _) = within(DEADLINE, "the long poll to wake", poll)
@@ -259,7 +259,7 @@ async fn grpc_push_wakes_a_legacy_long_poll() {
         .expect("poll task");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(version, Some(1));
-    assert_eq!(body.as_ref(), b"from-grpc");
+    assert_eq!(body.as_ref(), &meta(b"from-grpc"));
     wait_until(DEADLINE, "the long-poll gauge to drop", || async {
         long_polls(&m).await == 0.0
     })
@@ -281,7 +281,7 @@ async fn legacy_push_wakes_a_grpc_watcher() {
 
     let r = http()
         .post(m.http_url("/clusters/prod/versions/0"))
-        .body(&b"from-legacy"[..])
+        .body(meta(b"from-legacy"))
         .send()
         .await
         .expect("POST");
@@ -292,7 +292,7 @@ async fn legacy_push_wakes_a_grpc_watcher() {
         .expect("a snapshot");
     assert_eq!(
         (s.cluster.as_str(), s.version, s.data.as_ref()),
-        ("prod", 1, &b"from-legacy"[..])
+        ("prod", 1, &meta(b"from-legacy")[..])
     );
 }
 
@@ -363,7 +363,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         assert_error(r, StatusCode::BAD_REQUEST, &format!("cluster {cluster:?}")).await;
         let r = client
             .post(m.http_url(&format!("/clusters/{cluster}/versions/0")))
-            .body("x")
+            .body(meta(b"x"))
             .send()
             .await
             .expect("POST");
@@ -381,7 +381,12 @@ async fn bad_requests_are_refused_and_change_nothing() {
         let url = m.http_url(&format!("/clusters/prod/versions/{version}"));
         let r = client.get(&url).send().await.expect("GET");
         assert_error(r, StatusCode::BAD_REQUEST, &format!("poll on {version:?}")).await;
-        let r = client.post(&url).body("x").send().await.expect("POST");
+        let r = client
+            .post(&url)
+            .body(meta(b"x"))
+            .send()
+            .await
+            .expect("POST");
         assert_error(r, StatusCode::BAD_REQUEST, &format!("push on {version:?}")).await;
     }
 

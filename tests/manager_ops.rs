@@ -13,8 +13,8 @@ use cflux::proto::{push_meta_response, ListClustersRequest, ListNodesRequest, Wa
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::{
-    get_meta, health, heartbeat, hold_long_poll, http, list_clusters, list_nodes, metric, push,
-    push_request, register, registration, scrape, self_signed_cert, sigterm_ends_cleanly,
+    get_meta, health, heartbeat, hold_long_poll, http, list_clusters, list_nodes, meta, metric,
+    push, push_request, register, registration, scrape, self_signed_cert, sigterm_ends_cleanly,
     wait_health, wait_until, watch, with_token, within, Manager,
 };
 use tonic::transport::{Channel, Endpoint};
@@ -47,14 +47,14 @@ async fn a_restart_keeps_nodes_and_catalogs() {
         .await
         .expect("registration JSON");
     let legacy_node = legacy["id"].as_str().expect("an id").to_owned();
-    for (v, data) in [(0, &b"v1"[..]), (1, b"v2")] {
+    for (v, data) in [(0, &meta(b"v1")[..]), (1, &meta(b"v2"))] {
         assert_eq!(
             push(&mut c, "prod", v, data).await,
             push_meta_response::Result::AcceptedVersion(v + 1)
         );
     }
     assert_eq!(
-        push(&mut c, "other", 0, b"o1").await,
+        push(&mut c, "other", 0, &meta(b"o1")).await,
         push_meta_response::Result::AcceptedVersion(1)
     );
     let before = list_nodes(&mut c, "").await;
@@ -83,7 +83,7 @@ async fn a_restart_keeps_nodes_and_catalogs() {
         let s = get_meta(&mut c, "prod").await;
         assert_eq!(
             (s.version, s.data.as_ref()),
-            (2, &b"v2"[..]),
+            (2, &meta(b"v2")[..]),
             "crash={crash}"
         );
         let clusters = list_clusters(&mut c).await;
@@ -115,12 +115,12 @@ async fn a_restart_keeps_nodes_and_catalogs() {
         .expect("node");
     let a = nodes.iter().find(|n| n.node_id == grpc_node).expect("node");
     assert_eq!(a.registered_at_ms, b.registered_at_ms);
-    match push(&mut c, "prod", 1, b"stale").await {
+    match push(&mut c, "prod", 1, &meta(b"stale")).await {
         push_meta_response::Result::Conflict(s) => assert_eq!(s.version, 2),
         other => panic!("a stale push after a restart must conflict: {other:?}"),
     }
     assert_eq!(
-        push(&mut c, "prod", 2, b"v3").await,
+        push(&mut c, "prod", 2, &meta(b"v3")).await,
         push_meta_response::Result::AcceptedVersion(3)
     );
 }
@@ -131,7 +131,7 @@ async fn sigterm_ends_watches_and_long_polls_cleanly_and_exits_zero() {
     let mut m = Manager::start_with(&["--shutdown-grace", "60s"]).await;
     let mut c = m.grpc_client().await;
     assert_eq!(
-        push(&mut c, "prod", 0, b"v1").await,
+        push(&mut c, "prod", 0, &meta(b"v1")).await,
         push_meta_response::Result::AcceptedVersion(1)
     );
     // One watcher that got its snapshot, one still waiting for a change.
@@ -180,8 +180,8 @@ async fn a_token_guards_every_call_but_health_reflection_and_metrics() {
         assert!(err.message().contains("bearer token"), "{err:?}");
         let err = c
             .push_meta(match token {
-                None => tonic::Request::new(push_request("prod", 0, b"x")),
-                Some(t) => with_token(push_request("prod", 0, b"x"), t),
+                None => tonic::Request::new(push_request("prod", 0, &meta(b"x"))),
+                Some(t) => with_token(push_request("prod", 0, &meta(b"x")), t),
             })
             .await
             .expect_err("push without the token");
@@ -222,7 +222,7 @@ async fn a_token_guards_every_call_but_health_reflection_and_metrics() {
         .await
         .expect("register with the token");
     let accepted = c
-        .push_meta(with_token(push_request("prod", 0, b"x"), TOKEN))
+        .push_meta(with_token(push_request("prod", 0, &meta(b"x")), TOKEN))
         .await
         .expect("push with the token")
         .into_inner()
@@ -413,8 +413,8 @@ async fn metrics_count_requests_watches_and_nodes() {
     let _ = heartbeat(&mut c, "prod", "nobody")
         .await
         .expect_err("unknown node");
-    push(&mut c, "prod", 0, b"v1").await;
-    push(&mut c, "prod", 0, b"stale").await;
+    push(&mut c, "prod", 0, &meta(b"v1")).await;
+    push(&mut c, "prod", 0, &meta(b"stale")).await;
     let r = http()
         .post(m.http_url("/nodes/prod"))
         .body(r#"{"hostname": "legacy"}"#)

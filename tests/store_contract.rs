@@ -13,6 +13,8 @@
 //! Behaviour only one store has (a lost leader, chunk bookkeeping,
 //! compaction) is tested in `tests/etcd_store.rs`.
 
+#[path = "support/catalog.rs"]
+mod catalog_support;
 #[path = "support/etcd.rs"]
 mod etcd_support;
 
@@ -24,10 +26,12 @@ use bytes::Bytes;
 use cflux::clock::now_ms;
 use cflux::manager::hub::{Hub, Subscription};
 use cflux::manager::metrics::Metrics;
-use cflux::manager::plane::{ControlPlane, Limits};
+use cflux::manager::plane::{CatalogPush, ControlPlane, Layer, Limits};
 use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::etcd::EtcdStore;
-use cflux::manager::store::{CasOutcome, NodeRecord, Snapshot, Store, StoreOptions};
+use cflux::manager::store::{
+    CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreOptions,
+};
 use etcd_support::EtcdCluster;
 use tempfile::TempDir;
 
@@ -53,8 +57,15 @@ fn options(advertise: &str) -> StoreOptions {
     StoreOptions {
         node_ttl: NODE_TTL,
         advertise: advertise.to_owned(),
+        history: HISTORY,
     }
 }
+
+/// The history every store under test keeps: small, so pruning shows.
+const HISTORY: HistoryLimits = HistoryLimits {
+    max_versions: 5,
+    max_bytes: 12 * 1024 * 1024,
+};
 
 async fn open(backend: &Backend, advertise: &str, hub: Arc<Hub>) -> Arc<dyn Store> {
     match backend {
@@ -112,6 +123,32 @@ impl Subject {
     }
 }
 
+impl Subject {
+    /// The store's state lost: a fresh data directory, or every key of the
+    /// store deleted from etcd.
+    async fn wiped(self) -> Subject {
+        let Subject { store, backend, .. } = self;
+        store.close().await;
+        drop(store);
+        match backend {
+            Backend::Embedded(_) => Subject::embedded().await,
+            Backend::Etcd(etcd) => {
+                let mut client = etcd_client::Client::connect(etcd.endpoints(), None)
+                    .await
+                    .expect("connect to etcd");
+                client
+                    .delete(
+                        cflux::manager::store::etcd::DEFAULT_PREFIX,
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    )
+                    .await
+                    .expect("wipe etcd");
+                Subject::on(Backend::Etcd(etcd)).await
+            }
+        }
+    }
+}
+
 fn plane(store: Arc<dyn Store>, hub: Arc<Hub>) -> ControlPlane {
     let limits = Limits {
         node_ttl: NODE_TTL,
@@ -134,6 +171,23 @@ fn node(cluster: &str, id: &str) -> NodeRecord {
         version: "1.8.10".into(),
         registered_at_ms: now,
         last_heartbeat_ms: now,
+    }
+}
+
+/// [`catalog_support::meta`] as a catalog.
+fn meta(tag: &[u8]) -> Bytes {
+    catalog_support::meta(tag).into()
+}
+
+/// A gRPC push of `data` through a control plane.
+fn catalog_push(cluster: &str, expected: u64, data: Bytes, node: &str) -> CatalogPush {
+    CatalogPush {
+        cluster: cluster.to_owned(),
+        expected_version: expected,
+        expected_history_id: String::new(),
+        data,
+        node_id: node.to_owned(),
+        layer: Layer::Grpc,
     }
 }
 
@@ -306,20 +360,45 @@ async fn compare_and_swap(s: Subject) {
     assert_eq!(store.get_meta(c).await.unwrap(), Snapshot::empty(c));
     assert!(store.list_catalogs().await.unwrap().is_empty());
     assert_eq!(
-        conflict(store.cas_meta(c, 1, Bytes::from("x")).await.unwrap()),
+        conflict(
+            store
+                .cas_meta(c, 1, "", Bytes::from("x"), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         Snapshot::empty(c)
     );
 
     assert_eq!(
-        accepted(store.cas_meta(c, 0, "one".into()).await.unwrap()),
+        accepted(
+            store
+                .cas_meta(c, 0, "", "one".into(), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         1
     );
-    let current = conflict(store.cas_meta(c, 0, "late".into()).await.unwrap());
+    let current = conflict(
+        store
+            .cas_meta(c, 0, "", "late".into(), ChangeNote::default())
+            .await
+            .unwrap(),
+    );
     assert_eq!((current.version, current.data), (1, Bytes::from("one")));
-    let current = conflict(store.cas_meta(c, 2, "ahead".into()).await.unwrap());
+    let current = conflict(
+        store
+            .cas_meta(c, 2, "", "ahead".into(), ChangeNote::default())
+            .await
+            .unwrap(),
+    );
     assert_eq!(current.version, 1);
     assert_eq!(
-        accepted(store.cas_meta(c, 1, "two".into()).await.unwrap()),
+        accepted(
+            store
+                .cas_meta(c, 1, "", "two".into(), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         2
     );
     let snap = store.get_meta(c).await.unwrap();
@@ -329,7 +408,12 @@ async fn compare_and_swap(s: Subject) {
     );
     // Empty data is a version like any other.
     assert_eq!(
-        accepted(store.cas_meta(c, 2, Bytes::new()).await.unwrap()),
+        accepted(
+            store
+                .cas_meta(c, 2, "", Bytes::new(), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         3
     );
     let snap = store.get_meta(c).await.unwrap();
@@ -339,8 +423,20 @@ async fn compare_and_swap(s: Subject) {
     for round in 0..5u64 {
         let expected = 3 + round;
         let (a, b) = tokio::join!(
-            store.cas_meta(c, expected, Bytes::from(format!("a{round}"))),
-            other.cas_meta(c, expected, Bytes::from(format!("b{round}"))),
+            store.cas_meta(
+                c,
+                expected,
+                "",
+                Bytes::from(format!("a{round}")),
+                ChangeNote::default()
+            ),
+            other.cas_meta(
+                c,
+                expected,
+                "",
+                Bytes::from(format!("b{round}")),
+                ChangeNote::default()
+            ),
         );
         let outcomes = [a.unwrap(), b.unwrap()];
         let wins = outcomes
@@ -358,7 +454,12 @@ async fn compare_and_swap(s: Subject) {
     assert_eq!(other.get_meta(c).await.unwrap().version, 8);
 
     assert_eq!(
-        accepted(other.cas_meta("other", 0, "x".into()).await.unwrap()),
+        accepted(
+            other
+                .cas_meta("other", 0, "", "x".into(), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         1
     );
     assert_eq!(
@@ -382,15 +483,29 @@ async fn watches(s: Subject) {
         wait_for(&mut sub, 0, "the current snapshot").await.version,
         0
     );
-    accepted(here.push(c, 0, "v1".into(), "n1").await.unwrap());
+    accepted(
+        here.push(catalog_push(c, 0, meta(b"v1"), "n1"))
+            .await
+            .unwrap(),
+    );
     let seen = wait_for(&mut sub, 1, "a push through this manager").await;
-    assert_eq!((seen.version, seen.data.clone()), (1, Bytes::from("v1")));
-    accepted(there.push(c, 1, "v2".into(), "n2").await.unwrap());
+    assert_eq!((seen.version, seen.data.clone()), (1, meta(b"v1")));
+    accepted(
+        there
+            .push(catalog_push(c, 1, meta(b"v2"), "n2"))
+            .await
+            .unwrap(),
+    );
     let seen = wait_for(&mut sub, 2, "a push through another manager").await;
-    assert_eq!((seen.version, seen.data.clone()), (2, Bytes::from("v2")));
+    assert_eq!((seen.version, seen.data.clone()), (2, meta(b"v2")));
 
     // Another cluster's change does not wake this subscription.
-    accepted(there.push("unwatched", 0, "x".into(), "n2").await.unwrap());
+    accepted(
+        there
+            .push(catalog_push("unwatched", 0, meta(b"x"), "n2"))
+            .await
+            .unwrap(),
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(500), sub.next_different(2))
             .await
@@ -400,10 +515,15 @@ async fn watches(s: Subject) {
 
     // A change between subscribing and reading is in the read or published.
     let mut late = s.hub.subscribe(c);
-    accepted(there.push(c, 2, "v3".into(), "n2").await.unwrap());
+    accepted(
+        there
+            .push(catalog_push(c, 2, meta(b"v3"), "n2"))
+            .await
+            .unwrap(),
+    );
     s.hub.publish(s.store.get_meta(c).await.unwrap());
     let seen = wait_for(&mut late, 3, "a change made before the read").await;
-    assert_eq!(seen.data, Bytes::from("v3"));
+    assert_eq!(seen.data, meta(b"v3"));
 
     // Watches opened while another manager keeps pushing all reach the last
     // version.
@@ -414,7 +534,12 @@ async fn watches(s: Subject) {
             for v in 3..3 + pushes {
                 accepted(
                     there
-                        .push(c, v, Bytes::from(format!("v{}", v + 1)), "n2")
+                        .push(catalog_push(
+                            c,
+                            v,
+                            meta(format!("v{}", v + 1).as_bytes()),
+                            "n2",
+                        ))
                         .await
                         .unwrap(),
                 );
@@ -448,16 +573,26 @@ async fn large_catalogs(s: Subject) {
 
     let first = noise(5 * 1024 * 1024, 1);
     assert_eq!(
-        accepted(s.store.cas_meta(c, 0, first.clone()).await.unwrap()),
+        accepted(
+            s.store
+                .cas_meta(c, 0, "", first.clone(), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         1
     );
     let got = other.get_meta(c).await.unwrap();
     assert_eq!(got.version, 1);
     assert!(got.data == first, "a 5 MiB catalog read back differently");
 
-    let second = noise(5 * 1024 * 1024 + 7, 2);
+    let second = meta(&noise(5 * 1024 * 1024 + 7, 2));
     assert_eq!(
-        accepted(there.push(c, 1, second.clone(), "n").await.unwrap()),
+        accepted(
+            there
+                .push(catalog_push(c, 1, second.clone(), "n"))
+                .await
+                .unwrap()
+        ),
         2
     );
     let got = s.store.get_meta(c).await.unwrap();
@@ -467,7 +602,7 @@ async fn large_catalogs(s: Subject) {
 
     let lost = conflict(
         s.store
-            .cas_meta(c, 1, noise(3 * 1024 * 1024, 3))
+            .cas_meta(c, 1, "", noise(3 * 1024 * 1024, 3), ChangeNote::default())
             .await
             .unwrap(),
     );
@@ -484,10 +619,21 @@ async fn restart(s: Subject) {
     let n = node(c, "n1");
     s.store.put_node(n.clone()).await.unwrap();
     s.store.put_node(node("other", "n2")).await.unwrap();
-    accepted(s.store.cas_meta(c, 0, "v1".into()).await.unwrap());
     accepted(
         s.store
-            .cas_meta(c, 1, noise(2 * 1024 * 1024 + 3, 5))
+            .cas_meta(c, 0, "", "v1".into(), ChangeNote::default())
+            .await
+            .unwrap(),
+    );
+    accepted(
+        s.store
+            .cas_meta(
+                c,
+                1,
+                "",
+                noise(2 * 1024 * 1024 + 3, 5),
+                ChangeNote::default(),
+            )
             .await
             .unwrap(),
     );
@@ -511,14 +657,152 @@ async fn restart(s: Subject) {
     assert_eq!(store.get_meta(c).await.unwrap(), before);
     assert_eq!(store.list_catalogs().await.unwrap(), [(c.to_owned(), 2)]);
     assert_eq!(
-        conflict(store.cas_meta(c, 1, "stale".into()).await.unwrap()),
+        conflict(
+            store
+                .cas_meta(c, 1, "", "stale".into(), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         before
     );
     assert_eq!(
-        accepted(store.cas_meta(c, 2, "v3".into()).await.unwrap()),
+        accepted(
+            store
+                .cas_meta(c, 2, "", "v3".into(), ChangeNote::default())
+                .await
+                .unwrap()
+        ),
         3
     );
     store.close().await;
+}
+
+fn note(i: u64) -> ChangeNote {
+    ChangeNote {
+        changed_at_ms: i,
+        node_id: format!("n{i}"),
+        hostname: format!("host-{i}"),
+        layer: "grpc".into(),
+        summary: format!("change {i}"),
+        restored_from: 0,
+    }
+}
+
+/// Every accepted version is kept with its note and bytes, newest first,
+/// pruned by count and by size (the current version always stays); the
+/// first write creates the history ID, every snapshot carries it, and a CAS
+/// expecting another history conflicts whatever the versions.
+async fn history(s: Subject) {
+    let store = &s.store;
+    let c = "kept/é";
+    assert!(store.history(c).await.unwrap().is_empty());
+    assert_eq!(store.version(c, 1).await.unwrap(), None);
+    // Expecting a history of a cluster never written: a conflict.
+    assert_eq!(
+        conflict(
+            store
+                .cas_meta(c, 0, "gone", meta(b"0"), note(0))
+                .await
+                .unwrap()
+        ),
+        Snapshot::empty(c)
+    );
+    accepted(store.cas_meta(c, 0, "", meta(b"1"), note(1)).await.unwrap());
+    let id = store.get_meta(c).await.unwrap().history_id;
+    assert!(!id.is_empty(), "the first write creates the history ID");
+    let current = conflict(
+        store
+            .cas_meta(c, 1, "another history", meta(b"x"), note(9))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (current.version, current.history_id.as_str()),
+        (1, id.as_str())
+    );
+    for v in 1..7u64 {
+        // With and without the history: both are the current one's.
+        let expected_history = if v % 2 == 0 { id.as_str() } else { "" };
+        let data = meta(format!("{}", v + 1).as_bytes());
+        accepted(
+            store
+                .cas_meta(c, v, expected_history, data, note(v + 1))
+                .await
+                .unwrap(),
+        );
+    }
+    let kept = store.history(c).await.unwrap();
+    let versions: Vec<u64> = kept.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [7, 6, 5, 4, 3], "pruned to {HISTORY:?}");
+    assert!(kept.iter().all(|e| e.history_id == id));
+    assert_eq!(kept[0].note, note(7));
+    assert_eq!(kept[0].size_bytes, meta(b"7").len() as u64);
+    let (entry, data) = store.version(c, 5).await.unwrap().expect("v5 kept");
+    assert_eq!((entry.version, entry.note, data), (5, note(5), meta(b"5")));
+    assert_eq!(store.version(c, 2).await.unwrap(), None, "v2 pruned");
+    assert_eq!(store.get_meta(c).await.unwrap().history_id, id);
+
+    // By size: 5 MiB versions fill the 12 MiB budget; older ones go first.
+    for (v, seed) in [(7u64, 1u64), (8, 2), (9, 3)] {
+        let data = meta(&noise(5 * 1024 * 1024, seed));
+        accepted(store.cas_meta(c, v, "", data, note(v + 1)).await.unwrap());
+    }
+    let versions: Vec<u64> = store
+        .history(c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, [10, 9]);
+    // A version alone above the budget is kept: it is the current one.
+    let huge = meta(&noise(13 * 1024 * 1024, 4));
+    accepted(
+        store
+            .cas_meta(c, 10, "", huge.clone(), note(11))
+            .await
+            .unwrap(),
+    );
+    let kept = store.history(c).await.unwrap();
+    assert_eq!(kept.iter().map(|e| e.version).collect::<Vec<_>>(), [11]);
+    assert!(store.version(c, 11).await.unwrap().expect("v11").1 == huge);
+
+    // Restarting keeps the history and its ID.
+    let s = s.reopen().await;
+    assert_eq!(s.store.history(c).await.unwrap(), kept);
+    assert_eq!(s.store.get_meta(c).await.unwrap().history_id, id);
+    s.store.close().await;
+}
+
+/// A wiped store (a new data dir, an emptied etcd) starts a new history.
+async fn wiped_state_starts_a_new_history(s: Subject) {
+    let c = "wiped";
+    accepted(
+        s.store
+            .cas_meta(c, 0, "", meta(b"1"), note(1))
+            .await
+            .unwrap(),
+    );
+    let old = s.store.get_meta(c).await.unwrap().history_id;
+    let s = s.wiped().await;
+    assert_eq!(s.store.get_meta(c).await.unwrap(), Snapshot::empty(c));
+    assert!(conflict(
+        s.store
+            .cas_meta(c, 0, &old, meta(b"1"), note(1))
+            .await
+            .unwrap()
+    )
+    .history_id
+    .is_empty());
+    accepted(
+        s.store
+            .cas_meta(c, 0, "", meta(b"other"), note(1))
+            .await
+            .unwrap(),
+    );
+    let new = s.store.get_meta(c).await.unwrap().history_id;
+    assert!(!new.is_empty() && new != old, "{old} then {new}");
+    s.store.close().await;
 }
 
 /// One test per behaviour and store.
@@ -549,5 +833,7 @@ contract!(
     compare_and_swap,
     watches,
     large_catalogs,
-    restart
+    restart,
+    history,
+    wiped_state_starts_a_new_history
 );

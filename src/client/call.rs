@@ -20,6 +20,9 @@ pub enum Call {
     PushMeta(proto::PushMetaRequest),
     /// Opens a watch: the reply is a stream of snapshots.
     WatchMeta(proto::WatchMetaRequest),
+    ListHistory(proto::ListHistoryRequest),
+    GetVersion(proto::GetVersionRequest),
+    RestoreVersion(proto::RestoreVersionRequest),
 }
 
 impl Call {
@@ -34,6 +37,9 @@ impl Call {
             Call::GetMeta(_) => "GetMeta",
             Call::PushMeta(_) => "PushMeta",
             Call::WatchMeta(_) => "WatchMeta",
+            Call::ListHistory(_) => "ListHistory",
+            Call::GetVersion(_) => "GetVersion",
+            Call::RestoreVersion(_) => "RestoreVersion",
         }
     }
 }
@@ -51,6 +57,7 @@ pub enum Reply {
     Snapshot(proto::MetaSnapshot),
     Pushed(proto::PushMetaResponse),
     Watch(SnapshotStream),
+    History(proto::ListHistoryResponse),
 }
 
 impl std::fmt::Debug for Reply {
@@ -63,6 +70,7 @@ impl std::fmt::Debug for Reply {
             Reply::Snapshot(s) => f.debug_tuple("Snapshot").field(&s.version).finish(),
             Reply::Pushed(p) => f.debug_tuple("Pushed").field(p).finish(),
             Reply::Watch(_) => f.write_str("Watch(..)"),
+            Reply::History(h) => f.debug_tuple("History").field(&h.changes.len()).finish(),
         }
     }
 }

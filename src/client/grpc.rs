@@ -87,6 +87,9 @@ impl GrpcTransport {
             Call::ListClusters(r) => Reply::Clusters(c.list_clusters(r).await?.into_inner()),
             Call::GetMeta(r) => Reply::Snapshot(c.get_meta(r).await?.into_inner()),
             Call::PushMeta(r) => Reply::Pushed(c.push_meta(r).await?.into_inner()),
+            Call::ListHistory(r) => Reply::History(c.list_history(r).await?.into_inner()),
+            Call::GetVersion(r) => Reply::Snapshot(c.get_version(r).await?.into_inner()),
+            Call::RestoreVersion(r) => Reply::Pushed(c.restore_version(r).await?.into_inner()),
             Call::WatchMeta(r) => {
                 let stream = c.watch_meta(r).await?.into_inner();
                 Reply::Watch(Box::pin(stream.map(|item| item.map_err(CallError::from))))

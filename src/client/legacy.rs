@@ -203,6 +203,9 @@ impl LegacyTransport {
             Call::ListClusters(_) => Err(CallError::refused(
                 "the legacy protocol cannot list clusters",
             )),
+            Call::ListHistory(_) | Call::GetVersion(_) | Call::RestoreVersion(_) => Err(
+                CallError::refused("the legacy protocol keeps no catalog history"),
+            ),
             Call::ListNodes(r) => {
                 let a = self
                     .send(

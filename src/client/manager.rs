@@ -231,13 +231,51 @@ impl ManagerClient {
 
     /// Compare-and-swap of the cluster's catalog.
     pub async fn push_meta(&self, r: proto::PushMetaRequest) -> Result<Pushed, CallError> {
-        let reply = expect_reply!(self.call(Call::PushMeta(r)).await?, Pushed)?;
-        use proto::push_meta_response::Result as R;
-        match reply.result {
-            Some(R::AcceptedVersion(v)) => Ok(Pushed::Accepted(v)),
-            Some(R::Conflict(s)) => Ok(Pushed::Conflict(s)),
-            None => Err(CallError::protocol("PushMeta answered with no result")),
-        }
+        pushed(expect_reply!(self.call(Call::PushMeta(r)).await?, Pushed)?)
+    }
+
+    /// The kept versions of a cluster's catalog, newest first.
+    pub async fn list_history(
+        &self,
+        cluster: &str,
+        limit: u32,
+    ) -> Result<Vec<proto::CatalogChange>, CallError> {
+        let r = proto::ListHistoryRequest {
+            cluster: cluster.into(),
+            limit,
+        };
+        Ok(expect_reply!(self.call(Call::ListHistory(r)).await?, History)?.changes)
+    }
+
+    /// One kept version of a cluster's catalog.
+    pub async fn get_version(
+        &self,
+        cluster: &str,
+        version: u64,
+    ) -> Result<proto::MetaSnapshot, CallError> {
+        let r = proto::GetVersionRequest {
+            cluster: cluster.into(),
+            version,
+        };
+        expect_reply!(self.call(Call::GetVersion(r)).await?, Snapshot)
+    }
+
+    /// Publishes kept `version` again, if `expected_version` is current.
+    pub async fn restore_version(
+        &self,
+        cluster: &str,
+        version: u64,
+        expected_version: u64,
+    ) -> Result<Pushed, CallError> {
+        let r = proto::RestoreVersionRequest {
+            cluster: cluster.into(),
+            version,
+            expected_version,
+        };
+        pushed(expect_reply!(
+            self.call(Call::RestoreVersion(r)).await?,
+            Pushed
+        )?)
     }
 
     /// Opens a watch on the cluster's catalog from `version`.
@@ -251,5 +289,15 @@ impl ManagerClient {
             version,
         };
         expect_reply!(self.call(Call::WatchMeta(r)).await?, Watch)
+    }
+}
+
+/// A push's (or restore's) answer as a [`Pushed`].
+fn pushed(reply: proto::PushMetaResponse) -> Result<Pushed, CallError> {
+    use proto::push_meta_response::Result as R;
+    match reply.result {
+        Some(R::AcceptedVersion(v)) => Ok(Pushed::Accepted(v)),
+        Some(R::Conflict(s)) => Ok(Pushed::Conflict(s)),
+        None => Err(CallError::protocol("a push answered with no result")),
     }
 }

@@ -7,8 +7,11 @@ mod backup;
 mod catalog;
 mod clusters;
 mod deregister;
+mod diff;
+mod history;
 mod nodes;
 mod restore;
+mod rollback;
 mod watch;
 
 use std::path::PathBuf;
@@ -88,6 +91,12 @@ pub enum Command {
     Backup(backup::Args),
     /// Write a backup's catalog as the cluster's next version (onto a fresh manager or an existing cluster).
     Restore(restore::Args),
+    /// List the kept versions of a cluster's catalog: when, who, what changed.
+    History(history::Args),
+    /// Show the InfluxQL that turns one kept version into another.
+    Diff(diff::Args),
+    /// Publish a kept past version of a cluster's catalog again.
+    Rollback(rollback::Args),
 }
 
 /// What a command prints with.
@@ -174,6 +183,9 @@ impl Ctl {
             Command::Deregister(a) => deregister::run(&ctx, a).await,
             Command::Backup(a) => backup::run(&ctx, a).await,
             Command::Restore(a) => restore::run(&ctx, a).await,
+            Command::History(a) => history::run(&ctx.manager, a).await,
+            Command::Diff(a) => diff::run(&ctx.manager, a).await,
+            Command::Rollback(a) => rollback::run(&ctx.manager, a).await,
         }
     }
 }

@@ -18,6 +18,9 @@
 //!   only way to change a running server's metadata; [`influxql`] renders
 //!   them (and quotes names and durations for the agent and `cfluxctl`).
 //!
+//! - [`validate`]: what a valid `meta.Data` is ([`validate_meta_data`]), the
+//!   check every pushed catalog passes before the manager keeps it.
+//!
 //! A node's sync step is then: `merge(base, local, remote)` → `diff(local,
 //! merged)` → run the statements → read `meta.db` back as the new local
 //! catalog. A test-only model of influxd (`simulate`) applies statements to
@@ -36,6 +39,7 @@ pub mod merge;
 mod simulate;
 #[cfg(test)]
 mod testgen;
+pub mod validate;
 mod wire;
 
 pub use catalog::{
@@ -45,6 +49,7 @@ pub use catalog::{
 pub use change::{Change, Statement, Target};
 pub use diff::diff;
 pub use merge::{merge, MergeOutcome};
+pub use validate::{validate_meta_data, InvalidMeta};
 pub use wire::WireError;
 
 pub mod meta_pb {

@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::manager::store::HistoryLimits;
+
 /// Command line and TOML file, every setting optional so sources can be layered.
 #[derive(Parser, Debug, Default, Deserialize)]
 #[command(
@@ -100,6 +102,15 @@ pub struct ManagerArgs {
     #[arg(long, env = "CFLUX_MANAGER_LEGACY_TIMEOUT_STATUS", value_name = "CODE")]
     pub legacy_timeout_status: Option<u16>,
 
+    /// How many versions of each cluster's catalog to keep in the history [default: 100].
+    #[arg(long, env = "CFLUX_MANAGER_HISTORY", value_name = "VERSIONS")]
+    pub history: Option<usize>,
+
+    /// Most catalog bytes the history keeps per cluster (the current version is always kept); K, M, G suffixes allowed [default: 64MiB].
+    #[arg(long, env = "CFLUX_MANAGER_HISTORY_MAX_BYTES", value_parser = parse_size, value_name = "BYTES")]
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub history_max_bytes: Option<usize>,
+
     /// How long shutdown waits for in-flight requests [default: 10s].
     #[arg(long, env = "CFLUX_MANAGER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde::option")]
@@ -127,6 +138,7 @@ pub struct ManagerConfig {
     pub legacy_poll_timeout: Duration,
     pub legacy_timeout_status: u16,
     pub shutdown_grace: Duration,
+    pub history: HistoryLimits,
 }
 
 impl ManagerArgs {
@@ -191,6 +203,17 @@ impl ManagerArgs {
         if max_message_size == 0 {
             bail!("--max-message-size must be above zero");
         }
+        let defaults = HistoryLimits::default();
+        let history = HistoryLimits {
+            max_versions: a.history.or(file.history).unwrap_or(defaults.max_versions),
+            max_bytes: a
+                .history_max_bytes
+                .or(file.history_max_bytes)
+                .map_or(defaults.max_bytes, |b| b as u64),
+        };
+        if history.max_versions == 0 {
+            bail!("--history must be at least 1 (the current version)");
+        }
         Ok(ManagerConfig {
             listen,
             advertise: a
@@ -212,6 +235,7 @@ impl ManagerArgs {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(Duration::from_secs(10)),
+            history,
         })
     }
 }
@@ -284,6 +308,28 @@ mod tests {
         assert_eq!(c.max_message_size, 1 << 20);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.legacy_timeout_status, 504);
+        assert_eq!(c.history, HistoryLimits::default());
+    }
+
+    #[test]
+    fn history_limits_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "history = 7\nhistory-max-bytes = \"1MiB\"\n").unwrap();
+        let c = ManagerArgs::parse_from(["cflux-manager", "--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            c.history,
+            HistoryLimits {
+                max_versions: 7,
+                max_bytes: 1 << 20
+            }
+        );
+        let c = ManagerArgs::parse_from(["cflux-manager", "--history", "3"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.history.max_versions, 3);
     }
 
     #[test]
@@ -297,6 +343,7 @@ mod tests {
         assert!(bad(&["--legacy-timeout-status", "500"]));
         assert!(bad(&["--token-file", "/nonexistent/token"]));
         assert!(bad(&["--max-message-size", "0"]));
+        assert!(bad(&["--history", "0"]));
     }
 
     #[test]

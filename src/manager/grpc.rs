@@ -12,8 +12,8 @@ use tower::{Layer, Service};
 
 use crate::http_serve::PeerAddr;
 use crate::manager::metrics::Metrics;
-use crate::manager::plane::{ControlPlane, PlaneError, Registration};
-use crate::manager::store::{CasOutcome, NodeStatus, Snapshot};
+use crate::manager::plane::{self, CatalogPush, ControlPlane, PlaneError, Registration};
+use crate::manager::store::{CasOutcome, HistoryEntry, NodeStatus, Snapshot};
 use crate::proto::{self, clusterflux_server::Clusterflux, push_meta_response};
 
 /// The gRPC face of the control plane.
@@ -36,7 +36,7 @@ async fn answer<T>(
 
 /// The methods of the service, the only values of the `method` label (an
 /// unknown path must not grow the metric without bound).
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 11] = [
     "Register",
     "Heartbeat",
     "Deregister",
@@ -45,6 +45,9 @@ const METHODS: [&str; 8] = [
     "GetMeta",
     "WatchMeta",
     "PushMeta",
+    "ListHistory",
+    "GetVersion",
+    "RestoreVersion",
 ];
 
 /// Counts every call of the wrapped gRPC service in
@@ -158,7 +161,30 @@ fn snapshot_message(s: &Snapshot) -> proto::MetaSnapshot {
         cluster: s.cluster.clone(),
         version: s.version,
         data: s.data.clone(),
-        history_id: String::new(),
+        history_id: s.history_id.clone(),
+    }
+}
+
+fn push_answer(outcome: CasOutcome) -> proto::PushMetaResponse {
+    proto::PushMetaResponse {
+        result: Some(match outcome {
+            CasOutcome::Accepted(v) => push_meta_response::Result::AcceptedVersion(v),
+            CasOutcome::Conflict(s) => push_meta_response::Result::Conflict(snapshot_message(&s)),
+        }),
+    }
+}
+
+fn change_message(e: HistoryEntry) -> proto::CatalogChange {
+    proto::CatalogChange {
+        version: e.version,
+        history_id: e.history_id,
+        changed_at_ms: e.note.changed_at_ms,
+        node_id: e.note.node_id,
+        hostname: e.note.hostname,
+        layer: e.note.layer,
+        summary: e.note.summary,
+        size_bytes: e.size_bytes,
+        restored_from: e.note.restored_from,
     }
 }
 
@@ -308,40 +334,59 @@ impl Clusterflux for GrpcService {
         answer(async {
             let outcome = self
                 .plane
-                .push(&r.cluster, r.expected_version, r.data, &r.node_id)
+                .push(CatalogPush {
+                    cluster: r.cluster,
+                    expected_version: r.expected_version,
+                    expected_history_id: r.expected_history_id,
+                    data: r.data,
+                    node_id: r.node_id,
+                    layer: plane::Layer::Grpc,
+                })
                 .await?;
-            Ok(proto::PushMetaResponse {
-                result: Some(match outcome {
-                    CasOutcome::Accepted(v) => push_meta_response::Result::AcceptedVersion(v),
-                    CasOutcome::Conflict(s) => {
-                        push_meta_response::Result::Conflict(snapshot_message(&s))
-                    }
-                }),
+            Ok(push_answer(outcome))
+        })
+        .await
+    }
+
+    async fn list_history(
+        &self,
+        request: Request<proto::ListHistoryRequest>,
+    ) -> Result<Response<proto::ListHistoryResponse>, Status> {
+        let r = request.into_inner();
+        answer(async {
+            let entries = self.plane.history(&r.cluster, r.limit as usize).await?;
+            Ok(proto::ListHistoryResponse {
+                changes: entries.into_iter().map(change_message).collect(),
             })
         })
         .await
     }
 
-    // The catalog history (issue 7) lands next; until then these answer
-    // UNIMPLEMENTED, as for any RPC a manager does not serve.
-    async fn list_history(
-        &self,
-        _request: Request<proto::ListHistoryRequest>,
-    ) -> Result<Response<proto::ListHistoryResponse>, Status> {
-        Err(Status::unimplemented("catalog history is not kept yet"))
-    }
-
     async fn get_version(
         &self,
-        _request: Request<proto::GetVersionRequest>,
+        request: Request<proto::GetVersionRequest>,
     ) -> Result<Response<proto::MetaSnapshot>, Status> {
-        Err(Status::unimplemented("catalog history is not kept yet"))
+        let r = request.into_inner();
+        answer(async {
+            Ok(snapshot_message(
+                &self.plane.version(&r.cluster, r.version).await?,
+            ))
+        })
+        .await
     }
 
     async fn restore_version(
         &self,
-        _request: Request<proto::RestoreVersionRequest>,
+        request: Request<proto::RestoreVersionRequest>,
     ) -> Result<Response<proto::PushMetaResponse>, Status> {
-        Err(Status::unimplemented("catalog history is not kept yet"))
+        let r = request.into_inner();
+        answer(async {
+            let outcome = self
+                .plane
+                .restore(&r.cluster, r.version, r.expected_version)
+                .await?;
+            Ok(push_answer(outcome))
+        })
+        .await
     }
 }

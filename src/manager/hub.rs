@@ -133,6 +133,7 @@ mod tests {
             cluster: "c".into(),
             version: v,
             data: Bytes::from(vec![v as u8]),
+            history_id: "h".into(),
         }
     }
 

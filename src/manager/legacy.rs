@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http_serve::PeerAddr;
 use crate::legacy_protocol as wire;
-use crate::manager::plane::{ControlPlane, PlaneError, Registration};
+use crate::manager::plane::{CatalogPush, ControlPlane, Layer, PlaneError, Registration};
 use crate::manager::store::{CasOutcome, NodeStatus};
 
 /// Settings of the legacy layer.
@@ -235,7 +235,15 @@ async fn push(
     body: Bytes,
 ) -> LegacyResult<Response> {
     let expected = parse_version(&version)?;
-    Ok(match s.plane.push(&cluster, expected, body, "").await? {
+    let push = CatalogPush {
+        cluster,
+        expected_version: expected,
+        expected_history_id: String::new(),
+        data: body,
+        node_id: String::new(),
+        layer: Layer::Legacy,
+    };
+    Ok(match s.plane.push(push).await? {
         CasOutcome::Accepted(v) => (StatusCode::OK, version_header(v)).into_response(),
         CasOutcome::Conflict(current) => (
             StatusCode::CONFLICT,

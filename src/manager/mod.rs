@@ -5,6 +5,7 @@
 //! - [`server`]: one port for gRPC, legacy HTTP and `/metrics`; TLS; shutdown.
 //! - [`console`]: the operator's web page at `/`, live through server-sent events.
 //! - [`store`]: where state lives (embedded redb or etcd); [`hub`]: change fan-out.
+//! - [`summary`]: the one-line description of a change the history keeps.
 //! - [`config`]: flags, environment and TOML.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod plane;
 pub mod server;
 pub mod store;
+pub mod summary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,7 @@ pub async fn open_store(
     let opts = StoreOptions {
         node_ttl: config.node_ttl,
         advertise: config.advertise.clone(),
+        history: config.history,
     };
     Ok(match &config.store {
         StoreConfig::Embedded { data_dir } => {

@@ -1,6 +1,8 @@
 //! The control plane's semantics, shared by the gRPC service and the legacy
-//! HTTP layer: registration, heartbeats, listings, catalog reads, watches and
-//! compare-and-swap pushes. Both transports are thin translations of this.
+//! HTTP layer: registration, heartbeats, listings, catalog reads, watches,
+//! compare-and-swap pushes and the catalog's history. Both transports are
+//! thin translations of this. A pushed catalog is kept only when it is a
+//! valid `meta.Data` ([`validate_meta_data`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::clock::now_ms;
+use crate::influx::catalog::Catalog;
+use crate::influx::validate_meta_data;
 use crate::manager::hub::{Hub, Subscription};
 use crate::manager::metrics::Metrics;
 use crate::manager::store::{
-    CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreResult,
+    CasOutcome, ChangeNote, HistoryEntry, NodeRecord, NodeStatus, Snapshot, Store, StoreError,
+    StoreResult,
 };
+use crate::manager::summary::summarize;
 
 /// Why a control-plane call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,39 @@ pub struct Registration {
     pub version: String,
     /// The peer address the request came from.
     pub bind_address: String,
+}
+
+/// Which face of the manager accepted a catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Grpc,
+    Legacy,
+    /// `RestoreVersion`: a past version published again.
+    Restore,
+}
+
+impl Layer {
+    /// The name the history records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Grpc => "grpc",
+            Layer::Legacy => "legacy",
+            Layer::Restore => "restore",
+        }
+    }
+}
+
+/// A compare-and-swap of a cluster's catalog, as either layer hands it in.
+#[derive(Clone, Debug)]
+pub struct CatalogPush {
+    pub cluster: String,
+    pub expected_version: u64,
+    /// Empty: versions only (the legacy layer, original nodes).
+    pub expected_history_id: String,
+    pub data: Bytes,
+    /// The pushing node; may be empty.
+    pub node_id: String,
+    pub layer: Layer,
 }
 
 /// A cluster's summary for listings.
@@ -257,46 +296,163 @@ impl ControlPlane {
         Ok(sub)
     }
 
-    /// Compare-and-swap of a cluster's catalog.
-    #[tracing::instrument(skip_all, fields(%cluster, node = %node_id, expected))]
-    pub async fn push(
-        &self,
-        cluster: &str,
-        expected: u64,
-        data: Bytes,
-        node_id: &str,
-    ) -> PlaneResult<CasOutcome> {
-        validate_cluster(cluster)?;
-        if data.len() > self.limits.max_catalog_bytes {
+    /// Compare-and-swap of a cluster's catalog: refused unless the data is a
+    /// valid `meta.Data`; a conflict when the version or the history differs.
+    #[tracing::instrument(skip_all, fields(cluster = %push.cluster, node = %push.node_id, expected = push.expected_version))]
+    pub async fn push(&self, push: CatalogPush) -> PlaneResult<CasOutcome> {
+        validate_cluster(&push.cluster)?;
+        if push.data.len() > self.limits.max_catalog_bytes {
             return Err(PlaneError::InvalidArgument(format!(
                 "catalog is {} bytes; the limit is {} (--max-message-size)",
-                data.len(),
+                push.data.len(),
                 self.limits.max_catalog_bytes
             )));
         }
+        validate_meta_data(&push.data).map_err(|e| PlaneError::InvalidArgument(e.to_string()))?;
+        self.publish_version(push, 0).await
+    }
+
+    /// The compare-and-swap of a valid catalog: the summary is computed
+    /// against the current snapshot, which the swap then requires.
+    async fn publish_version(
+        &self,
+        push: CatalogPush,
+        restored_from: u64,
+    ) -> PlaneResult<CasOutcome> {
+        let cluster = push.cluster.as_str();
+        let current = self.call(self.store.get_meta(cluster)).await?;
+        let history_differs =
+            !push.expected_history_id.is_empty() && push.expected_history_id != current.history_id;
+        if current.version != push.expected_version || history_differs {
+            return Ok(self.conflicted(&push, current));
+        }
+        let hostname = if push.node_id.is_empty() {
+            String::new()
+        } else {
+            self.call(self.store.get_node(cluster, &push.node_id))
+                .await?
+                .map(|n| n.hostname)
+                .unwrap_or_default()
+        };
+        let summary = if restored_from > 0 {
+            format!("restored version {restored_from}")
+        } else if current.version == 0 {
+            "initial catalog".to_owned()
+        } else {
+            describe_change(&current.data, &push.data)
+        };
+        let note = ChangeNote {
+            changed_at_ms: now_ms(),
+            node_id: push.node_id.clone(),
+            hostname,
+            layer: push.layer.as_str().to_owned(),
+            summary,
+            restored_from,
+        };
+        // The swap requires the history just read, so the summary is exact.
         let outcome = self
-            .call(self.store.cas_meta(cluster, expected, data.clone()))
+            .call(self.store.cas_meta(
+                cluster,
+                push.expected_version,
+                &current.history_id,
+                push.data.clone(),
+                note,
+            ))
             .await?;
-        match &outcome {
+        match outcome {
             CasOutcome::Accepted(v) => {
+                let history_id = if current.history_id.is_empty() {
+                    // A first write created the history: ask for its ID.
+                    self.call(self.store.get_meta(cluster)).await?.history_id
+                } else {
+                    current.history_id
+                };
                 // This manager's watchers need not wait for a store's feed.
                 self.hub.publish(Snapshot {
                     cluster: cluster.to_owned(),
-                    version: *v,
-                    data,
+                    version: v,
+                    data: push.data,
+                    history_id,
                 });
-                tracing::info!(%cluster, node = %node_id, version = v, "catalog accepted")
+                tracing::info!(%cluster, node = %push.node_id, version = v, layer = push.layer.as_str(), "catalog accepted");
+                Ok(CasOutcome::Accepted(v))
             }
-            CasOutcome::Conflict(current) => {
-                self.metrics.conflicts.inc();
-                tracing::info!(
-                    %cluster,
-                    node = %node_id,
-                    expected,
-                    current = current.version,
-                    "catalog push conflicted"
-                )
-            }
+            CasOutcome::Conflict(now) => Ok(self.conflicted(&push, now)),
+        }
+    }
+
+    fn conflicted(&self, push: &CatalogPush, current: Snapshot) -> CasOutcome {
+        self.metrics.conflicts.inc();
+        tracing::info!(
+            cluster = %push.cluster,
+            node = %push.node_id,
+            expected = push.expected_version,
+            current = current.version,
+            "catalog push conflicted"
+        );
+        CasOutcome::Conflict(current)
+    }
+
+    /// The kept versions of a cluster's catalog, newest first; at most
+    /// `limit` of them (0: all).
+    #[tracing::instrument(skip_all, fields(%cluster))]
+    pub async fn history(&self, cluster: &str, limit: usize) -> PlaneResult<Vec<HistoryEntry>> {
+        validate_cluster(cluster)?;
+        let mut entries = self.call(self.store.history(cluster)).await?;
+        if limit > 0 {
+            entries.truncate(limit);
+        }
+        Ok(entries)
+    }
+
+    /// One kept version of a cluster's catalog.
+    #[tracing::instrument(skip_all, fields(%cluster, version))]
+    pub async fn version(&self, cluster: &str, version: u64) -> PlaneResult<Snapshot> {
+        validate_cluster(cluster)?;
+        let (entry, data) = self
+            .call(self.store.version(cluster, version))
+            .await?
+            .ok_or_else(|| not_kept(cluster, version))?;
+        Ok(Snapshot {
+            cluster: cluster.to_owned(),
+            version: entry.version,
+            data,
+            history_id: entry.history_id,
+        })
+    }
+
+    /// Publishes kept version `version` again as a new version, if
+    /// `expected_version` is still current (a conflict otherwise).
+    #[tracing::instrument(skip_all, fields(%cluster, version, expected_version))]
+    pub async fn restore(
+        &self,
+        cluster: &str,
+        version: u64,
+        expected_version: u64,
+    ) -> PlaneResult<CasOutcome> {
+        validate_cluster(cluster)?;
+        let current = self.call(self.store.get_meta(cluster)).await?;
+        if current.version == 0 {
+            return Err(PlaneError::NotFound(format!(
+                "cluster {cluster:?} has no catalog"
+            )));
+        }
+        let past = self.version(cluster, version).await?;
+        let outcome = self
+            .publish_version(
+                CatalogPush {
+                    cluster: cluster.to_owned(),
+                    expected_version,
+                    expected_history_id: past.history_id,
+                    data: past.data,
+                    node_id: String::new(),
+                    layer: Layer::Restore,
+                },
+                version,
+            )
+            .await?;
+        if let CasOutcome::Accepted(v) = outcome {
+            tracing::info!(%cluster, restored = version, version = v, "catalog version restored");
         }
         Ok(outcome)
     }
@@ -336,6 +492,21 @@ fn summary(name: &str) -> ClusterSummary {
         nodes: 0,
         alive_nodes: 0,
     }
+}
+
+/// The summary of a change from `old` to `new` bytes; catalogs kept before
+/// validation existed may not decode.
+fn describe_change(old: &[u8], new: &[u8]) -> String {
+    match (Catalog::from_meta_bytes(old), Catalog::from_meta_bytes(new)) {
+        (Ok(from), Ok(to)) => summarize(&from, &to),
+        _ => "catalog replaced".to_owned(),
+    }
+}
+
+fn not_kept(cluster: &str, version: u64) -> PlaneError {
+    PlaneError::NotFound(format!(
+        "version {version} of cluster {cluster:?} is not kept (pruned, or never written)"
+    ))
 }
 
 fn unknown_node(cluster: &str, node_id: &str) -> PlaneError {

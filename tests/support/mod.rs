@@ -7,6 +7,7 @@
 //! - [`agent`]: `cflux-agent` beside an influxd, and nodes of both;
 //! - [`etcd`]: real etcd clusters;
 //! - [`process`]: free ports, clean environments, logs, CPU and memory;
+//! - [`catalog`]: valid `meta.Data` bytes that differ ([`meta`]);
 //! - [`wait`]: waiting for a condition with a deadline ([`wait_until`],
 //!   [`eventually`]), never a fixed sleep;
 //! - here: gRPC and HTTP calls the manager tests share.
@@ -14,6 +15,9 @@
 #![allow(dead_code)]
 
 pub mod agent;
+// Also included on its own, as `catalog_support`, by the store contract.
+#[allow(clippy::duplicate_mod)]
+pub mod catalog;
 // Also included on its own, as `etcd_support`, by the etcd tests.
 #[allow(clippy::duplicate_mod)]
 pub mod etcd;
@@ -21,6 +25,9 @@ pub mod influxd;
 pub mod manager;
 pub mod process;
 pub mod wait;
+
+#[allow(unused_imports)]
+pub use catalog::meta;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -223,6 +223,7 @@ mod tests {
             cluster: "prod".into(),
             version: 7,
             data: catalog.to_meta_bytes().into(),
+            history_id: String::new(),
         }
     }
 
@@ -256,6 +257,7 @@ mod tests {
             cluster: "new".into(),
             version: 0,
             data: Default::default(),
+            history_id: String::new(),
         });
         assert!(view.databases.is_empty() && view.users.is_empty() && view.error.is_none());
     }
@@ -266,6 +268,7 @@ mod tests {
             cluster: "bad".into(),
             version: 3,
             data: vec![0xff, 0xff, 0xff].into(),
+            history_id: String::new(),
         });
         assert!(view.error.is_some());
         assert_eq!(view.version, 3);

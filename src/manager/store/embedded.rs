@@ -4,6 +4,9 @@
 //! kept in memory: a heartbeat is not worth an fsync, and after a restart
 //! every known node gets one TTL of grace before it is listed dead, as the
 //! manager cannot know what happened while it was down.
+//!
+//! A catalog's history (its kept versions with their bytes and change notes)
+//! and its history ID are written in the same transaction as the version.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,13 +18,20 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    CasOutcome, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult,
+    new_history_id, same_history, CasOutcome, ChangeNote, HistoryEntry, NodeRecord, NodeStatus,
+    Snapshot, Store, StoreError, StoreOptions, StoreResult,
 };
 
 /// (cluster, node id) → JSON node record.
 const NODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("nodes");
 /// cluster → (version, catalog bytes).
 const CATALOGS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("catalogs");
+/// cluster → history ID.
+const HISTORY_IDS: TableDefinition<&str, &str> = TableDefinition::new("history_ids");
+/// (cluster, version) → JSON [`HistoryEntry`].
+const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
+/// (cluster, version) → that version's catalog bytes.
+const HISTORY_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history_data");
 
 type NodeKey = (String, String);
 
@@ -41,7 +51,24 @@ impl EmbeddedStore {
         let db = Database::create(dir.join("cflux.redb")).map_err(internal)?;
         let txn = db.begin_write().map_err(internal)?;
         txn.open_table(NODES).map_err(internal)?;
-        txn.open_table(CATALOGS).map_err(internal)?;
+        txn.open_table(HISTORY).map_err(internal)?;
+        txn.open_table(HISTORY_DATA).map_err(internal)?;
+        {
+            // Catalogs written before history IDs existed get one now.
+            let catalogs = txn.open_table(CATALOGS).map_err(internal)?;
+            let mut ids = txn.open_table(HISTORY_IDS).map_err(internal)?;
+            let mut missing = Vec::new();
+            for entry in catalogs.iter().map_err(internal)? {
+                let (cluster, _) = entry.map_err(internal)?;
+                if ids.get(cluster.value()).map_err(internal)?.is_none() {
+                    missing.push(cluster.value().to_owned());
+                }
+            }
+            for cluster in missing {
+                ids.insert(cluster.as_str(), new_history_id().as_str())
+                    .map_err(internal)?;
+            }
+        }
         txn.commit().map_err(internal)?;
 
         let restart = now_ms();
@@ -164,24 +191,73 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(internal)?;
             let table = txn.open_table(CATALOGS).map_err(internal)?;
-            read_snapshot(&table, &c)
+            let ids = txn.open_table(HISTORY_IDS).map_err(internal)?;
+            read_snapshot(&table, &ids, &c)
         })
         .await
     }
 
-    async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome> {
+    async fn cas_meta(
+        &self,
+        cluster: &str,
+        expected: u64,
+        expected_history: &str,
+        data: Bytes,
+        note: ChangeNote,
+    ) -> StoreResult<CasOutcome> {
         let c = cluster.to_owned();
+        let expected_history = expected_history.to_owned();
+        let limits = self.opts.history;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(internal)?;
             let outcome = {
                 let mut table = txn.open_table(CATALOGS).map_err(internal)?;
-                let current = read_snapshot(&table, &c)?;
-                if current.version != expected {
+                let mut ids = txn.open_table(HISTORY_IDS).map_err(internal)?;
+                let current = read_snapshot(&table, &ids, &c)?;
+                if current.version != expected || !same_history(&expected_history, &current) {
                     CasOutcome::Conflict(current)
                 } else {
-                    let version = expected + 1;
+                    let version = expected
+                        .checked_add(1)
+                        .ok_or_else(|| internal("catalog version overflow"))?;
+                    let history_id = if current.history_id.is_empty() {
+                        let id = new_history_id();
+                        ids.insert(c.as_str(), id.as_str()).map_err(internal)?;
+                        id
+                    } else {
+                        current.history_id
+                    };
                     table
                         .insert(c.as_str(), (version, data.as_ref()))
+                        .map_err(internal)?;
+                    let entry = HistoryEntry {
+                        version,
+                        history_id,
+                        size_bytes: data.len() as u64,
+                        note,
+                    };
+                    let mut history = txn.open_table(HISTORY).map_err(internal)?;
+                    let mut history_data = txn.open_table(HISTORY_DATA).map_err(internal)?;
+                    let mut kept = Vec::new();
+                    for row in history
+                        .range((c.as_str(), 0)..(c.as_str(), version))
+                        .map_err(internal)?
+                        .rev()
+                    {
+                        let (_, value) = row.map_err(internal)?;
+                        let old = decode_entry(value.value())?;
+                        kept.push((old.version, old.size_bytes));
+                    }
+                    for old in limits.pruned(entry.size_bytes, &kept) {
+                        history.remove((c.as_str(), old)).map_err(internal)?;
+                        history_data.remove((c.as_str(), old)).map_err(internal)?;
+                    }
+                    let json = serde_json::to_vec(&entry).map_err(internal)?;
+                    history
+                        .insert((c.as_str(), version), json.as_slice())
+                        .map_err(internal)?;
+                    history_data
+                        .insert((c.as_str(), version), data.as_ref())
                         .map_err(internal)?;
                     CasOutcome::Accepted(version)
                 }
@@ -191,6 +267,48 @@ impl Store for EmbeddedStore {
                 CasOutcome::Conflict(_) => txn.abort().map_err(internal)?,
             }
             Ok(outcome)
+        })
+        .await
+    }
+
+    async fn history(&self, cluster: &str) -> StoreResult<Vec<HistoryEntry>> {
+        let c = cluster.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(internal)?;
+            let history = txn.open_table(HISTORY).map_err(internal)?;
+            let mut out = Vec::new();
+            for row in history
+                .range((c.as_str(), 0)..=(c.as_str(), u64::MAX))
+                .map_err(internal)?
+                .rev()
+            {
+                let (_, value) = row.map_err(internal)?;
+                out.push(decode_entry(value.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn version(
+        &self,
+        cluster: &str,
+        version: u64,
+    ) -> StoreResult<Option<(HistoryEntry, Bytes)>> {
+        let c = cluster.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(internal)?;
+            let history = txn.open_table(HISTORY).map_err(internal)?;
+            let history_data = txn.open_table(HISTORY_DATA).map_err(internal)?;
+            let Some(entry) = history.get((c.as_str(), version)).map_err(internal)? else {
+                return Ok(None);
+            };
+            let entry = decode_entry(entry.value())?;
+            let data = history_data
+                .get((c.as_str(), version))
+                .map_err(internal)?
+                .ok_or_else(|| internal(format!("the bytes of {c:?} v{version} are missing")))?;
+            Ok(Some((entry, Bytes::copy_from_slice(data.value()))))
         })
         .await
     }
@@ -244,19 +362,30 @@ fn read_nodes(db: &Database, cluster: Option<&str>) -> StoreResult<Vec<NodeRecor
 
 fn read_snapshot(
     table: &impl ReadableTable<&'static str, (u64, &'static [u8])>,
+    ids: &impl ReadableTable<&'static str, &'static str>,
     cluster: &str,
 ) -> StoreResult<Snapshot> {
     Ok(match table.get(cluster).map_err(internal)? {
         Some(v) => {
             let (version, data) = v.value();
+            let history_id = ids
+                .get(cluster)
+                .map_err(internal)?
+                .map(|id| id.value().to_owned())
+                .unwrap_or_default();
             Snapshot {
                 cluster: cluster.to_owned(),
                 version,
                 data: Bytes::copy_from_slice(data),
+                history_id,
             }
         }
         None => Snapshot::empty(cluster),
     })
+}
+
+fn decode_entry(bytes: &[u8]) -> StoreResult<HistoryEntry> {
+    serde_json::from_slice(bytes).map_err(|e| internal(format!("corrupt history entry: {e}")))
 }
 
 fn decode_node(bytes: &[u8]) -> StoreResult<NodeRecord> {

@@ -10,8 +10,9 @@
 //! |---------------------------------------|-----------------------------------------|
 //! | `nodes/{hexcluster}/{node_id}`        | JSON [`NodeRecord`]                     |
 //! | `alive/{hexcluster}/{node_id}`        | empty, bound to a lease of the node TTL |
-//! | `meta/{hexcluster}`                   | JSON head `{version, blob, chunks, len}`|
+//! | `meta/{hexcluster}`                   | JSON head `{version, blob, chunks, len, history_id}`|
 //! | `blobs/{hexcluster}/{blob}/{i:08}`    | one chunk (≤ 1 MiB) of a catalog        |
+//! | `history/{hexcluster}/{version:020}`  | JSON kept version: its entry and blob   |
 //! | `managers/{advertise}`                | empty, bound to this manager's lease    |
 //!
 //! *Liveness.* Registering or heartbeating grants a fresh lease of the node
@@ -22,7 +23,9 @@
 //! *Catalogs* may exceed etcd's request limit (1.5 MiB by default), so a new
 //! version is first written as chunks under a fresh blob id, then published by
 //! one transaction that compares the head's `mod_revision` (or its absence for
-//! version 0) and replaces it. The winner deletes the previous blob; a loser
+//! version 0), replaces it, adds the version's history entry (which refers
+//! to the same blob) and deletes the entries pruned beyond the history
+//! limits. The winner then deletes the blobs of the pruned entries; a loser
 //! deletes its own. Readers fetch the head and then every chunk *at the head's
 //! read revision*, so they never mix two versions; should that revision be
 //! compacted meanwhile, they start over.
@@ -57,8 +60,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 
 use super::{
-    CasOutcome, CatalogFeed, NodeRecord, NodeStatus, Snapshot, Store, StoreError, StoreOptions,
-    StoreResult,
+    new_history_id, CasOutcome, CatalogFeed, ChangeNote, HistoryEntry, HistoryLimits, NodeRecord,
+    NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult,
 };
 
 /// The key prefix every store shares unless told otherwise.
@@ -103,6 +106,31 @@ struct Head {
     blob: String,
     chunks: u32,
     len: u64,
+    /// Empty in heads written before history IDs existed.
+    #[serde(default)]
+    history_id: String,
+}
+
+/// A kept version, stored at `history/{hexcluster}/{version:020}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredEntry {
+    entry: HistoryEntry,
+    /// The blob holding the version's bytes (shared with the head while it
+    /// is current).
+    blob: String,
+    chunks: u32,
+}
+
+impl StoredEntry {
+    fn head(&self) -> Head {
+        Head {
+            version: self.entry.version,
+            blob: self.blob.clone(),
+            chunks: self.chunks,
+            len: self.entry.size_bytes,
+            history_id: self.entry.history_id.clone(),
+        }
+    }
 }
 
 /// A failed etcd call: either the history we asked for is gone (restart the
@@ -240,6 +268,7 @@ struct Inner {
     cancel: CancellationToken,
     /// The lease of this manager's `managers/` key (0: none).
     manager_lease: AtomicI64,
+    history: HistoryLimits,
 }
 
 impl EtcdStore {
@@ -304,6 +333,7 @@ impl EtcdStore {
             feed,
             cancel: CancellationToken::new(),
             manager_lease: AtomicI64::new(0),
+            history: opts.history,
         });
         // Proves etcd reachable (and writable) before anything runs.
         inner.register_manager().await?;
@@ -358,6 +388,16 @@ impl Inner {
         key
     }
 
+    fn history_prefix(&self, cluster: &str) -> Vec<u8> {
+        self.key(&format!("history/{}/", hex::encode(cluster)))
+    }
+
+    fn history_key(&self, cluster: &str, version: u64) -> Vec<u8> {
+        let mut key = self.history_prefix(cluster);
+        key.extend_from_slice(format!("{version:020}").as_bytes());
+        key
+    }
+
     fn manager_prefix(&self) -> Vec<u8> {
         self.key("managers/")
     }
@@ -384,6 +424,11 @@ impl Inner {
 
 fn parse_head(kv: &KeyValue) -> StoreResult<Head> {
     serde_json::from_slice(kv.value()).map_err(|e| internal(format!("malformed catalog head: {e}")))
+}
+
+fn parse_entry(kv: &KeyValue) -> StoreResult<StoredEntry> {
+    serde_json::from_slice(kv.value())
+        .map_err(|e| internal(format!("malformed history entry: {e}")))
 }
 
 fn parse_node(kv: &KeyValue) -> StoreResult<NodeRecord> {
@@ -538,6 +583,7 @@ impl Inner {
                         cluster: cluster.to_owned(),
                         version: head.version,
                         data,
+                        history_id: head.history_id,
                     })
                 }
                 Err(Fail::Compacted) => continue,
@@ -599,18 +645,85 @@ impl Inner {
         Ok(count)
     }
 
-    async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome> {
+    /// The kept versions of a catalog, newest first.
+    async fn read_history(&self, cluster: &str) -> StoreResult<Vec<StoredEntry>> {
+        let (kvs, _) = self
+            .range_all("read history", &self.history_prefix(cluster), 0, false)
+            .await
+            .map_err(|f| f.into_store("read history"))?;
+        let mut out = kvs
+            .iter()
+            .map(parse_entry)
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn read_version(
+        &self,
+        cluster: &str,
+        version: u64,
+    ) -> StoreResult<Option<(HistoryEntry, Bytes)>> {
+        for _ in 0..COMPACTION_RETRIES {
+            let resp = self
+                .get(
+                    "read history entry",
+                    self.history_key(cluster, version),
+                    None,
+                )
+                .await
+                .map_err(|f| f.into_store("read history entry"))?;
+            let revision = read_revision(&resp)?;
+            let Some(kv) = resp.kvs().first() else {
+                return Ok(None);
+            };
+            let stored = parse_entry(kv)?;
+            match self.read_blob(cluster, &stored.head(), revision).await {
+                Ok(data) => return Ok(Some((stored.entry, data))),
+                Err(Fail::Compacted) => continue,
+                Err(Fail::Store(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "version {version} of {cluster:?}: compacted under every read attempt"
+        )))
+    }
+
+    async fn cas_meta(
+        &self,
+        cluster: &str,
+        expected: u64,
+        expected_history: &str,
+        data: Bytes,
+        note: ChangeNote,
+    ) -> StoreResult<CasOutcome> {
         let (current, _) = self
             .read_head(cluster)
             .await
             .map_err(|f| f.into_store("read catalog head"))?;
         let current_version = current.as_ref().map_or(0, |(h, _)| h.version);
-        if current_version != expected {
+        let current_history = current.as_ref().map_or("", |(h, _)| h.history_id.as_str());
+        if current_version != expected
+            || (!expected_history.is_empty() && expected_history != current_history)
+        {
             return Ok(CasOutcome::Conflict(self.read_snapshot(cluster).await?));
         }
         let version = expected
             .checked_add(1)
             .ok_or_else(|| internal("catalog version overflow"))?;
+        let history_id = if current_history.is_empty() {
+            new_history_id()
+        } else {
+            current_history.to_owned()
+        };
+        // Read after the head: a write in between moves the head, and the
+        // swap below then fails.
+        let kept = self.read_history(cluster).await?;
+        let sizes: Vec<(u64, u64)> = kept
+            .iter()
+            .map(|k| (k.entry.version, k.entry.size_bytes))
+            .collect();
+        let pruned = self.history.pruned(data.len() as u64, &sizes);
 
         let blob = uuid::Uuid::new_v4().simple().to_string();
         let chunks = match self.write_blob(cluster, &blob, &data).await {
@@ -625,6 +738,17 @@ impl Inner {
             blob: blob.clone(),
             chunks,
             len: data.len() as u64,
+            history_id: history_id.clone(),
+        };
+        let stored = StoredEntry {
+            entry: HistoryEntry {
+                version,
+                history_id,
+                size_bytes: data.len() as u64,
+                note,
+            },
+            blob: blob.clone(),
+            chunks,
         };
         let meta_key = self.meta_key(cluster);
         let compare = match &current {
@@ -633,10 +757,23 @@ impl Inner {
             }
             None => Compare::create_revision(meta_key.clone(), CompareOp::Equal, 0),
         };
-        let txn =
-            Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(meta_key, to_json(&head)?, None)]);
+        let mut ops = vec![
+            TxnOp::put(meta_key, to_json(&head)?, None),
+            TxnOp::put(self.history_key(cluster, version), to_json(&stored)?, None),
+        ];
+        ops.extend(
+            pruned
+                .iter()
+                .map(|v| TxnOp::delete(self.history_key(cluster, *v), None)),
+        );
+        let txn = Txn::new().when([compare]).and_then(ops);
+        let compared = current.as_ref().map(|(_, r)| *r);
+        let old = current.map(|(h, _)| h);
+        let swapped = Swapped {
+            old: old.as_ref(),
+            kept: &kept,
+            pruned: &pruned,
+        };
         let succeeded = match self.txn("swap catalog head", txn).await {
             Ok(resp) => resp.succeeded(),
             Err(e) => {
@@ -644,12 +781,10 @@ impl Inner {
                 // look at the head before touching either blob.
                 return match self.read_head(cluster).await {
                     Ok((Some((now, _)), _)) if now.blob == blob => {
-                        self.after_swap(cluster, current.map(|(h, _)| h)).await;
+                        self.after_swap(cluster, swapped).await;
                         Ok(CasOutcome::Accepted(version))
                     }
-                    Ok((now, _))
-                        if now.as_ref().map(|(_, r)| *r) != current.as_ref().map(|(_, r)| *r) =>
-                    {
+                    Ok((now, _)) if now.as_ref().map(|(_, r)| *r) != compared => {
                         // The head moved on without us: our swap can never apply.
                         self.delete_blob(cluster, &blob).await;
                         Err(e)
@@ -659,14 +794,14 @@ impl Inner {
             }
         };
         if succeeded {
-            self.after_swap(cluster, current.map(|(h, _)| h)).await;
+            self.after_swap(cluster, swapped).await;
             return Ok(CasOutcome::Accepted(version));
         }
         // Someone else swapped first — or a retried request of ours did, its
         // answer lost on the way back.
         match self.read_head(cluster).await {
             Ok((Some((now, _)), _)) if now.blob == blob => {
-                self.after_swap(cluster, current.map(|(h, _)| h)).await;
+                self.after_swap(cluster, swapped).await;
                 Ok(CasOutcome::Accepted(version))
             }
             Ok(_) => {
@@ -679,11 +814,28 @@ impl Inner {
         }
     }
 
-    async fn after_swap(&self, cluster: &str, old: Option<Head>) {
-        if let Some(old) = old {
-            self.delete_blob(cluster, &old.blob).await;
+    /// Deletes the blobs no kept version refers to any more: the pruned
+    /// versions', and the replaced head's when it predates the history.
+    async fn after_swap(&self, cluster: &str, swapped: Swapped<'_>) {
+        for k in swapped.kept {
+            if swapped.pruned.contains(&k.entry.version) {
+                self.delete_blob(cluster, &k.blob).await;
+            }
+        }
+        if let Some(old) = swapped.old {
+            if !swapped.kept.iter().any(|k| k.blob == old.blob) {
+                self.delete_blob(cluster, &old.blob).await;
+            }
         }
     }
+}
+
+/// What a successful swap left unreferenced (see [`Inner::after_swap`]).
+#[derive(Clone, Copy)]
+struct Swapped<'a> {
+    old: Option<&'a Head>,
+    kept: &'a [StoredEntry],
+    pruned: &'a [u64],
 }
 
 // ---------------------------------------------------------------------------
@@ -1093,6 +1245,7 @@ impl Inner {
                         cluster,
                         version: head.version,
                         data,
+                        history_id: head.history_id,
                     },
                     // Too old to read: the current version will do.
                     Err(Fail::Compacted) => match self.read_snapshot(&cluster).await {
@@ -1141,9 +1294,38 @@ impl Store for EtcdStore {
         self.inner.read_snapshot(cluster).await
     }
 
-    async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome> {
+    async fn cas_meta(
+        &self,
+        cluster: &str,
+        expected: u64,
+        expected_history: &str,
+        data: Bytes,
+        note: ChangeNote,
+    ) -> StoreResult<CasOutcome> {
         self.inner.closed()?;
-        self.inner.cas_meta(cluster, expected, data).await
+        self.inner
+            .cas_meta(cluster, expected, expected_history, data, note)
+            .await
+    }
+
+    async fn history(&self, cluster: &str) -> StoreResult<Vec<HistoryEntry>> {
+        self.inner.closed()?;
+        Ok(self
+            .inner
+            .read_history(cluster)
+            .await?
+            .into_iter()
+            .map(|k| k.entry)
+            .collect())
+    }
+
+    async fn version(
+        &self,
+        cluster: &str,
+        version: u64,
+    ) -> StoreResult<Option<(HistoryEntry, Bytes)>> {
+        self.inner.closed()?;
+        self.inner.read_version(cluster, version).await
     }
 
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {

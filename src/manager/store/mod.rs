@@ -39,12 +39,16 @@ pub struct NodeStatus {
     pub alive: bool,
 }
 
-/// One version of a cluster's catalog. Version 0 with empty data: never written.
+/// One version of a cluster's catalog. Version 0 with empty data and no
+/// history: never written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub cluster: String,
     pub version: u64,
     pub data: Bytes,
+    /// The identity of the cluster's history (see [`Store::cas_meta`]); a
+    /// version names one catalog only together with it.
+    pub history_id: String,
 }
 
 impl Snapshot {
@@ -54,7 +58,70 @@ impl Snapshot {
             cluster: cluster.to_owned(),
             version: 0,
             data: Bytes::new(),
+            history_id: String::new(),
         }
+    }
+}
+
+/// Who made a catalog change and what it changed, as the control plane
+/// describes it to the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeNote {
+    pub changed_at_ms: u64,
+    /// The pushing node; empty when not given.
+    pub node_id: String,
+    /// The pushing node's host name, when it is a registered node.
+    pub hostname: String,
+    /// "grpc", "legacy" or "restore".
+    pub layer: String,
+    /// One line: what changed against the previous version.
+    pub summary: String,
+    /// For a restore: the version whose catalog was published again; else 0.
+    pub restored_from: u64,
+}
+
+/// One kept version of a cluster's catalog, without its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub history_id: String,
+    pub size_bytes: u64,
+    pub note: ChangeNote,
+}
+
+/// How much history a store keeps per cluster: at most `max_versions`
+/// versions and `max_bytes` of catalog bytes, oldest pruned first; the
+/// current version is always kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub max_versions: usize,
+    pub max_bytes: u64,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_versions: 100,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+impl HistoryLimits {
+    /// The versions of `kept` (newest first, with their sizes) beyond the
+    /// limits, once a version of `new_size` bytes is added in front of them.
+    pub fn pruned(&self, new_size: u64, kept: &[(u64, u64)]) -> Vec<u64> {
+        let mut count = 1usize;
+        let mut bytes = new_size;
+        let mut out = Vec::new();
+        for &(version, size) in kept {
+            count += 1;
+            bytes = bytes.saturating_add(size);
+            if count > self.max_versions || bytes > self.max_bytes {
+                out.push(version);
+            }
+        }
+        out
     }
 }
 
@@ -98,8 +165,28 @@ pub trait Store: Send + Sync + 'static {
     async fn list_nodes(&self, cluster: Option<&str>) -> StoreResult<Vec<NodeStatus>>;
     /// A cluster's current catalog.
     async fn get_meta(&self, cluster: &str) -> StoreResult<Snapshot>;
-    /// Stores `data` as `expected + 1` if `expected` is the current version.
-    async fn cas_meta(&self, cluster: &str, expected: u64, data: Bytes) -> StoreResult<CasOutcome>;
+    /// Stores `data` as `expected + 1` if `expected` is the current version
+    /// and `expected_history` is empty or the cluster's history ID, and adds
+    /// it to the history with `note`, pruning beyond the store's
+    /// [`HistoryLimits`] in the same write. The first write of a cluster
+    /// creates its history ID (a random UUID): a store that lost its state
+    /// starts a new history, so old version numbers never name new catalogs.
+    async fn cas_meta(
+        &self,
+        cluster: &str,
+        expected: u64,
+        expected_history: &str,
+        data: Bytes,
+        note: ChangeNote,
+    ) -> StoreResult<CasOutcome>;
+    /// The kept versions of a cluster's catalog, newest first.
+    async fn history(&self, cluster: &str) -> StoreResult<Vec<HistoryEntry>>;
+    /// One kept version with its bytes; `None` when it is not kept.
+    async fn version(
+        &self,
+        cluster: &str,
+        version: u64,
+    ) -> StoreResult<Option<(HistoryEntry, Bytes)>>;
     /// Every cluster with a written catalog, with its version.
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>>;
     /// The managers sharing this store (their advertised addresses).
@@ -128,4 +215,17 @@ pub struct StoreOptions {
     pub node_ttl: Duration,
     /// This manager's advertised address, listed among the managers.
     pub advertise: String,
+    /// How much catalog history to keep.
+    pub history: HistoryLimits,
+}
+
+/// A new history ID: a random UUID.
+pub fn new_history_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Whether a push based on `expected_history` may replace `current`: an
+/// empty expectation checks versions only (the legacy layer, original nodes).
+pub fn same_history(expected_history: &str, current: &Snapshot) -> bool {
+    expected_history.is_empty() || expected_history == current.history_id
 }

@@ -1,0 +1,56 @@
+//! `cfluxctl diff CLUSTER V1 V2`: what turns one kept version of a cluster's
+//! catalog into another, as the InfluxQL statements a node would run
+//! (passwords redacted).
+
+use crate::client::manager::ManagerClient;
+use crate::influx::catalog::Catalog;
+use crate::influx::influxql::quote_ident;
+use crate::influx::{diff, Change};
+use crate::proto::MetaSnapshot;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The cluster.
+    pub cluster: String,
+    /// The version to start from.
+    pub from: u64,
+    /// The version to arrive at.
+    pub to: u64,
+}
+
+pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
+    let from = manager.get_version(&args.cluster, args.from).await?;
+    let to = manager.get_version(&args.cluster, args.to).await?;
+    for line in statements(&from, &to)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The statements from one snapshot's catalog to another's, one per line;
+/// notes InfluxQL cannot carry out as `--` comments.
+pub(super) fn statements(from: &MetaSnapshot, to: &MetaSnapshot) -> anyhow::Result<Vec<String>> {
+    let (from, to) = (catalog(from)?, catalog(to)?);
+    let lines: Vec<String> = diff(&from, &to)
+        .iter()
+        .map(|s| match (s.redacted(), &s.change) {
+            (Some(q), _) => format!("{q};"),
+            (None, Change::PasswordHashChanged { user }) => format!(
+                "-- the password hash of user {} changes (InfluxQL cannot set a hash)",
+                quote_ident(user)
+            ),
+            (None, other) => format!("-- {other:?}"),
+        })
+        .collect();
+    Ok(if lines.is_empty() {
+        vec!["-- no change".to_owned()]
+    } else {
+        lines
+    })
+}
+
+fn catalog(s: &MetaSnapshot) -> anyhow::Result<Catalog> {
+    Catalog::from_meta_bytes(&s.data).map_err(|e| {
+        anyhow::Error::new(e).context(format!("version {} does not decode", s.version))
+    })
+}
