@@ -280,10 +280,11 @@ async fn push_is_a_compare_and_swap() {
     assert_eq!((s.version, s.data.as_ref()), (1, &meta(b"v1")[..]));
 
     assert_eq!(accepted(&mut c, "prod", 1, &meta(b"v2")).await, 2);
-    // Empty data is a catalog like any other.
-    assert_eq!(accepted(&mut c, "prod", 2, b"").await, 3);
+    // Zero bytes are no meta.Data: refused, nothing changes.
+    let refused = push(&mut c, "prod", 2, b"").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let s = get_meta(&mut c, "prod").await;
-    assert_eq!((s.version, s.data.as_ref()), (3, &b""[..]));
+    assert_eq!((s.version, s.data.as_ref()), (2, &meta(b"v2")[..]));
     // Clusters are independent.
     assert_eq!(get_meta(&mut c, "other").await.version, 0);
 }
@@ -335,12 +336,15 @@ async fn watch_waits_while_current_then_streams_every_change_to_every_watcher() 
     for version in 2..=4u64 {
         let data = format!("v{version}");
         assert_eq!(
-            accepted(&mut c, "prod", version - 1, data.as_bytes()).await,
+            accepted(&mut c, "prod", version - 1, &meta(data.as_bytes())).await,
             version
         );
         for w in &mut watchers {
             let s = next(w).await;
-            assert_eq!((s.version, s.data.as_ref()), (version, data.as_bytes()));
+            assert_eq!(
+                (s.version, s.data.as_ref()),
+                (version, &meta(data.as_bytes())[..])
+            );
         }
     }
     // A push to another cluster wakes nobody here; a push to "empty" does.
@@ -469,7 +473,8 @@ async fn invalid_input_is_refused_and_changes_nothing() {
     c.register(registration("ünïcode · cluster/1", "", "h"))
         .await
         .expect("a UTF-8 cluster name");
-    assert_eq!(accepted(&mut c, "prod", 0, &[7u8; 1024]).await, 1);
+    // Exactly at the limit: 1008 tagged bytes make a 1024-byte meta.Data.
+    assert_eq!(accepted(&mut c, "prod", 0, &meta(&[7u8; 1008])).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,7 +493,7 @@ async fn concurrent_compare_and_swap_writers_lose_no_update() {
             let mut base = get_meta(&mut c, "race").await.version;
             while mine.len() < PUSHES {
                 let data = format!("writer {w} push {} on {base}", mine.len());
-                match push(&mut c, "race", base, data.as_bytes())
+                match push(&mut c, "race", base, &meta(data.as_bytes()))
                     .await
                     .expect("push")
                 {
@@ -535,7 +540,7 @@ async fn concurrent_compare_and_swap_writers_lose_no_update() {
         .iter()
         .find(|(v, _)| *v == total as u64)
         .expect("someone pushed the last version");
-    assert_eq!(last.data.as_ref(), expected.as_bytes());
+    assert_eq!(last.data.as_ref(), &meta(expected.as_bytes())[..]);
     assert!(conflicts > 0, "20 writers should have raced at least once");
 }
 

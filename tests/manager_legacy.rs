@@ -435,10 +435,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let clusters = list_clusters(&mut c).await;
     assert!(clusters.is_empty(), "{clusters:?}");
 
-    // The limit itself is accepted.
+    // The limit itself is accepted: 1008 tagged bytes make a 1024-byte meta.Data.
     let r = client
         .post(m.http_url("/clusters/prod/versions/0"))
-        .body(vec![1u8; 1024])
+        .body(meta(&[1u8; 1008]))
         .send()
         .await
         .expect("POST");
