@@ -29,6 +29,17 @@ PROTO_ROOT = os.path.join(REPO, "proto")
 SERVICE = "clusterflux.v1.Clusterflux"
 
 
+def meta_data(database):
+    """A minimal valid InfluxDB `meta.Data` holding one database, written by
+    hand (the manager accepts only valid ones): the required counters as
+    zero varints around one DatabaseInfo{Name, DefaultRetentionPolicy}."""
+    name = database.encode()
+    db = b"\x0a" + bytes([len(name)]) + name + b"\x12\x07autogen"
+    head = b"\x08\x00\x10\x00\x18\x00"  # Term, Index, ClusterID
+    tail = b"\x38\x00\x40\x00\x48\x00"  # MaxNodeID, MaxShardGroupID, MaxShardID
+    return head + b"\x2a" + bytes([len(db)]) + db + tail
+
+
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
@@ -147,7 +158,7 @@ def main():
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
         version = 0
-        for data in [b"catalog from python 1", b"catalog from python 2"]:
+        for data in [meta_data("python1"), meta_data("python2")]:
             push = stub.PushMeta(
                 pb.PushMetaRequest(
                     cluster=cluster, expected_version=version, data=data, node_id=reg.node_id
@@ -167,12 +178,12 @@ def main():
 
         # A stale push conflicts and carries the current snapshot.
         push = stub.PushMeta(
-            pb.PushMetaRequest(cluster=cluster, expected_version=0, data=b"stale"),
+            pb.PushMetaRequest(cluster=cluster, expected_version=0, data=meta_data("stale")),
             timeout=DEADLINE,
         )
         check(push.WhichOneof("result") == "conflict", "a stale push conflicts")
         check(
-            (push.conflict.version, push.conflict.data) == (2, b"catalog from python 2"),
+            (push.conflict.version, push.conflict.data) == (2, meta_data("python2")),
             "the conflict carries the current snapshot",
         )
         check(
