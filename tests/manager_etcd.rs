@@ -317,7 +317,9 @@ async fn two_managers_share_watches_nodes_and_versions() {
             let mut cl = if i % 2 == 0 { ca.clone() } else { cb.clone() };
             tokio::spawn(async move {
                 let data = format!("racer-{i}");
-                (data.clone(), push(&mut cl, c, 4, data.as_bytes()).await)
+                let catalog = meta(data.as_bytes());
+                let pushed = push(&mut cl, c, 4, &catalog).await;
+                (data, catalog, pushed)
             })
         })
         .collect();
@@ -325,26 +327,26 @@ async fn two_managers_share_watches_nodes_and_versions() {
     for r in racers {
         results.push(r.await.expect("racer task"));
     }
-    let winners: Vec<&String> = results
+    let winners: Vec<(&String, &Vec<u8>)> = results
         .iter()
-        .filter(|(_, r)| *r == push_meta_response::Result::AcceptedVersion(5))
-        .map(|(d, _)| d)
+        .filter(|(_, _, r)| *r == push_meta_response::Result::AcceptedVersion(5))
+        .map(|(d, catalog, _)| (d, catalog))
         .collect();
     assert_eq!(winners.len(), 1, "one winner among {results:?}");
-    for (data, r) in &results {
+    for (data, _, r) in &results {
         match r {
             push_meta_response::Result::AcceptedVersion(5) => {}
             push_meta_response::Result::Conflict(s) => assert_eq!(
                 (s.version, s.data.as_ref()),
-                (5, winners[0].as_bytes()),
+                (5, &winners[0].1[..]),
                 "{data} lost to {}",
-                winners[0]
+                winners[0].0
             ),
             other => panic!("{data}: {other:?}"),
         }
     }
     let s = next(&mut on_a, DEADLINE, "A's watch to see the race's winner").await;
-    assert_eq!((s.version, s.data.as_ref()), (5, winners[0].as_bytes()));
+    assert_eq!((s.version, s.data.as_ref()), (5, &winners[0].1[..]));
 }
 
 /// One round of a node's life and a push, spread over two managers: `x`
@@ -383,9 +385,9 @@ async fn round(
         .map_err(e("get meta"))?
         .into_inner()
         .version;
-    let data = format!("v{}", current + 1);
+    let data = meta(format!("v{}", current + 1).as_bytes());
     let pushed = x
-        .push_meta(push_request(cluster, current, data.as_bytes()))
+        .push_meta(push_request(cluster, current, &data))
         .await
         .map_err(e("push"))?
         .into_inner()
@@ -450,7 +452,7 @@ async fn losing_the_etcd_leader_keeps_both_managers_serving() {
     let recovered = lost.elapsed();
     for (name, stream) in [("A", &mut on_a), ("B", &mut on_b)] {
         let s = until_version(stream, version, RECOVERY, &format!("{name}'s held watch")).await;
-        assert_eq!(s.data.as_ref(), format!("v{version}").as_bytes());
+        assert_eq!(s.data.as_ref(), &meta(format!("v{version}").as_bytes())[..]);
     }
 
     // Then steady success, alternating the managers' roles; the watch on the
@@ -474,7 +476,7 @@ async fn losing_the_etcd_leader_keeps_both_managers_serving() {
             let s = next(stream, DEADLINE, &format!("{name}'s watch in round {i}")).await;
             assert_eq!(
                 (s.version, s.data.as_ref()),
-                (version, format!("v{version}").as_bytes()),
+                (version, &meta(format!("v{version}").as_bytes())[..]),
                 "{name}'s watch in round {i}"
             );
         }
@@ -508,7 +510,7 @@ async fn losing_the_etcd_leader_keeps_both_managers_serving() {
         let s = next(stream, DEADLINE, &format!("{name}'s watch, late push")).await;
         assert_eq!(
             (s.version, s.data.as_ref()),
-            (v, format!("v{v}").as_bytes())
+            (v, &meta(format!("v{v}").as_bytes())[..])
         );
     }
     eprintln!("killed leader m{leader}; the first full round succeeded after {recovered:?}");
@@ -521,8 +523,9 @@ async fn a_5mib_catalog_pushed_through_one_manager_reads_back_identical_through_
     let b = etcd_manager(&etcd, &[]).await;
     let (mut ca, mut cb) = (client(&a).await, client(&b).await);
     let c = "big";
-    let first = noise(5 * MIB, 1);
-    let second = noise(5 * MIB + 12_345, 2);
+    // Valid meta.Data carrying 5 MiB in an unknown field (kept byte for byte).
+    let first = meta(&noise(5 * MIB, 1));
+    let second = meta(&noise(5 * MIB + 12_345, 2));
 
     let mut on_b = watch(&mut cb, c, 0).await;
     let pushed = within(
