@@ -761,9 +761,13 @@ impl Inner {
             TxnOp::put(meta_key, to_json(&head)?, None),
             TxnOp::put(self.history_key(cluster, version), to_json(&stored)?, None),
         ];
+        // A write that raced in after our head read shows up in `kept`; etcd
+        // refuses a transaction naming one key twice before it evaluates the
+        // compare, so that entry is never pruned here (the compare fails anyway).
         ops.extend(
             pruned
                 .iter()
+                .filter(|v| **v != version)
                 .map(|v| TxnOp::delete(self.history_key(cluster, *v), None)),
         );
         let txn = Txn::new().when([compare]).and_then(ops);
