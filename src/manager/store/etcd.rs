@@ -716,9 +716,13 @@ impl Inner {
         } else {
             current_history.to_owned()
         };
-        // Read after the head: a write in between moves the head, and the
-        // swap below then fails.
+        // Read after the head: a write in between moves the head, so the
+        // swap below would fail; one that already shows in the history is a
+        // lost race, answered without writing a blob.
         let kept = self.read_history(cluster).await?;
+        if kept.iter().any(|k| k.entry.version >= version) {
+            return Ok(CasOutcome::Conflict(self.read_snapshot(cluster).await?));
+        }
         let sizes: Vec<(u64, u64)> = kept
             .iter()
             .map(|k| (k.entry.version, k.entry.size_bytes))
@@ -761,13 +765,9 @@ impl Inner {
             TxnOp::put(meta_key, to_json(&head)?, None),
             TxnOp::put(self.history_key(cluster, version), to_json(&stored)?, None),
         ];
-        // A write that raced in after our head read shows up in `kept`; etcd
-        // refuses a transaction naming one key twice before it evaluates the
-        // compare, so that entry is never pruned here (the compare fails anyway).
         ops.extend(
             pruned
                 .iter()
-                .filter(|v| **v != version)
                 .map(|v| TxnOp::delete(self.history_key(cluster, *v), None)),
         );
         let txn = Txn::new().when([compare]).and_then(ops);
