@@ -28,6 +28,9 @@ pub struct Hub {
 /// A subscription to one cluster's snapshots.
 pub struct Subscription {
     rx: watch::Receiver<Slot>,
+    /// The history of the last snapshot handed out: one of another history
+    /// is news even at the same version.
+    seen_history: Option<String>,
 }
 
 impl Hub {
@@ -47,11 +50,16 @@ impl Hub {
                 rx
             }
         };
-        Subscription { rx }
+        Subscription {
+            rx,
+            seen_history: None,
+        }
     }
 
     /// Announces a snapshot. Older or equal versions than the one already
-    /// announced are ignored, so publishing is idempotent and order-free.
+    /// announced are ignored, so publishing is idempotent and order-free
+    /// within one history; a snapshot of another history (a store that lost
+    /// its state counts versions from 1 again) replaces whatever was there.
     pub fn publish(&self, snapshot: Snapshot) {
         let mut channels = self.lock();
         let Some(tx) = channels.get(&snapshot.cluster) else {
@@ -62,7 +70,13 @@ impl Hub {
             return;
         }
         let version = snapshot.version;
-        let newer = |slot: &Slot| slot.as_ref().is_none_or(|s| s.version < version);
+        let history = snapshot.history_id.clone();
+        let newer = |slot: &Slot| {
+            slot.as_ref().is_none_or(|s| {
+                s.version < version
+                    || (!history.is_empty() && !s.history_id.is_empty() && s.history_id != history)
+            })
+        };
         if newer(&tx.borrow()) {
             let snapshot = Arc::new(snapshot);
             tx.send_if_modified(|slot| {
@@ -74,6 +88,12 @@ impl Hub {
                 }
             });
         }
+    }
+
+    /// The latest snapshot announced for a watched cluster. It may be
+    /// behind the store; a compare-and-swap against it is still exact.
+    pub fn latest(&self, cluster: &str) -> Option<Arc<Snapshot>> {
+        self.lock().get(cluster).and_then(|tx| tx.borrow().clone())
     }
 
     /// The clusters someone is subscribed to.
@@ -106,14 +126,20 @@ impl CatalogFeed for Hub {
 }
 
 impl Subscription {
-    /// The latest snapshot whose version differs from `known`, waiting for
-    /// one if needed. `None` once the hub is closed (shutdown).
+    /// The latest snapshot whose version differs from `known` (or whose
+    /// history differs from the last one handed out), waiting for one if
+    /// needed. `None` once the hub is closed (shutdown).
     pub async fn next_different(&mut self, known: u64) -> Option<Arc<Snapshot>> {
         loop {
             {
                 let slot = self.rx.borrow_and_update();
                 if let Some(s) = slot.as_ref() {
-                    if s.version != known {
+                    let other_history = self
+                        .seen_history
+                        .as_ref()
+                        .is_some_and(|h| *h != s.history_id);
+                    if s.version != known || other_history {
+                        self.seen_history = Some(s.history_id.clone());
                         return Some(s.clone());
                     }
                 }
@@ -129,12 +155,43 @@ mod tests {
     use bytes::Bytes;
 
     fn snap(v: u64) -> Snapshot {
+        snap_of("h", v)
+    }
+
+    fn snap_of(history: &str, v: u64) -> Snapshot {
         Snapshot {
             cluster: "c".into(),
             version: v,
             data: Bytes::from(vec![v as u8]),
-            history_id: "h".into(),
+            history_id: history.into(),
         }
+    }
+
+    /// [`Subscription::next_different`], failing instead of waiting forever.
+    async fn next(sub: &mut Subscription, known: u64) -> Arc<Snapshot> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), sub.next_different(known))
+            .await
+            .expect("a snapshot within 5 s")
+            .expect("hub open")
+    }
+
+    #[tokio::test]
+    async fn a_new_history_replaces_a_higher_version_of_the_old_one() {
+        let hub = Hub::new();
+        let mut sub = hub.subscribe("c");
+        hub.publish(snap_of("old", 7));
+        assert_eq!(next(&mut sub, 0).await.version, 7);
+        // The store lost its state: its new history starts again at 1 ...
+        hub.publish(snap_of("new", 1));
+        let s = next(&mut sub, 7).await;
+        assert_eq!((s.history_id.as_str(), s.version), ("new", 1));
+        // ... and reaching the old version number is still news.
+        hub.publish(snap_of("new", 7));
+        let s = next(&mut sub, 1).await;
+        assert_eq!(s.version, 7);
+        hub.publish(snap_of("older", 7));
+        let s = next(&mut sub, 7).await;
+        assert_eq!((s.history_id.as_str(), s.version), ("older", 7));
     }
 
     #[tokio::test]
