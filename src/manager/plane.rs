@@ -313,14 +313,25 @@ impl ControlPlane {
     }
 
     /// The compare-and-swap of a valid catalog: the summary is computed
-    /// against the current snapshot, which the swap then requires.
+    /// against the current snapshot, which the swap then requires. A watched
+    /// cluster's latest snapshot is in the hub already; the store is read
+    /// only when that one is not the version the push expects (the swap
+    /// refuses a stale one, so the summary is exact either way).
     async fn publish_version(
         &self,
         push: CatalogPush,
         restored_from: u64,
     ) -> PlaneResult<CasOutcome> {
         let cluster = push.cluster.as_str();
-        let current = self.call(self.store.get_meta(cluster)).await?;
+        let announced = self.hub.latest(cluster).filter(|s| {
+            s.version == push.expected_version
+                && !s.history_id.is_empty()
+                && (push.expected_history_id.is_empty() || push.expected_history_id == s.history_id)
+        });
+        let current = match announced {
+            Some(s) => Snapshot::clone(&s),
+            None => self.call(self.store.get_meta(cluster)).await?,
+        };
         let history_differs =
             !push.expected_history_id.is_empty() && push.expected_history_id != current.history_id;
         if current.version != push.expected_version || history_differs {
