@@ -11,6 +11,7 @@ use prost::Message;
 
 use crate::client::meta::MetaIdentity;
 use crate::influx::catalog::{Catalog, CatalogError};
+use crate::influx::{meta_pb, validate_meta_data, InvalidMeta};
 
 /// Why `meta.db` could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -21,20 +22,13 @@ pub enum MetaDbError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is empty; influxd itself refuses such a file")]
-    Empty { path: PathBuf },
-    #[error("{path} is not a meta.Data message")]
-    Malformed {
+    /// What influxd itself would refuse to start from: zero bytes, a
+    /// message that does not decode, a required field missing.
+    #[error("{path} is not a meta.Data influxd would load")]
+    Invalid {
         path: PathBuf,
         #[source]
-        source: prost::DecodeError,
-    },
-    #[error(
-        "{path} lacks required meta.Data field(s) {missing:?}; influxd itself refuses such a file"
-    )]
-    Incomplete {
-        path: PathBuf,
-        missing: Vec<&'static str>,
+        source: InvalidMeta,
     },
     #[error("{path} holds a catalog that cannot be read")]
     Catalog {
@@ -42,25 +36,6 @@ pub enum MetaDbError {
         #[source]
         source: CatalogError,
     },
-}
-
-/// The required scalar fields of `meta.Data`, as optional ones, so their
-/// presence can be checked (prost reads a missing required field as 0).
-/// Every other field is skipped when decoding.
-#[derive(Clone, PartialEq, Message)]
-struct RequiredFields {
-    #[prost(uint64, optional, tag = "1")]
-    term: Option<u64>,
-    #[prost(uint64, optional, tag = "2")]
-    index: Option<u64>,
-    #[prost(uint64, optional, tag = "3")]
-    cluster_id: Option<u64>,
-    #[prost(uint64, optional, tag = "7")]
-    max_node_id: Option<u64>,
-    #[prost(uint64, optional, tag = "8")]
-    max_shard_group_id: Option<u64>,
-    #[prost(uint64, optional, tag = "9")]
-    max_shard_id: Option<u64>,
 }
 
 /// Reads `meta.db` at `path`, off the async workers.
@@ -74,41 +49,22 @@ pub async fn read(path: &Path) -> Result<(Catalog, MetaIdentity), MetaDbError> {
     parse(path, &bytes)
 }
 
-/// The catalog and identity in `bytes` of the file at `path`.
+/// The catalog and identity in `bytes` of the file at `path`, checked with
+/// the same rules the manager applies to a pushed catalog.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Catalog, MetaIdentity), MetaDbError> {
-    if bytes.is_empty() {
-        return Err(MetaDbError::Empty {
-            path: path.to_owned(),
-        });
-    }
-    let required = RequiredFields::decode(bytes).map_err(|source| MetaDbError::Malformed {
+    let invalid = |source| MetaDbError::Invalid {
         path: path.to_owned(),
         source,
-    })?;
-    let missing: Vec<&'static str> = [
-        ("Term", required.term),
-        ("Index", required.index),
-        ("ClusterID", required.cluster_id),
-        ("MaxNodeID", required.max_node_id),
-        ("MaxShardGroupID", required.max_shard_group_id),
-        ("MaxShardID", required.max_shard_id),
-    ]
-    .into_iter()
-    .filter_map(|(name, value)| value.is_none().then_some(name))
-    .collect();
-    if !missing.is_empty() {
-        return Err(MetaDbError::Incomplete {
-            path: path.to_owned(),
-            missing,
-        });
-    }
-    let catalog = Catalog::from_meta_bytes(bytes).map_err(|source| MetaDbError::Catalog {
+    };
+    validate_meta_data(bytes).map_err(invalid)?;
+    let data = meta_pb::Data::decode(bytes).map_err(|e| invalid(InvalidMeta::Decode(e)))?;
+    let catalog = Catalog::from_meta(&data).map_err(|source| MetaDbError::Catalog {
         path: path.to_owned(),
         source,
     })?;
     let identity = MetaIdentity {
-        cluster_id: required.cluster_id.unwrap_or_default(),
-        index: required.index.unwrap_or_default(),
+        cluster_id: data.cluster_id,
+        index: data.index,
     };
     Ok((catalog, identity))
 }
@@ -122,54 +78,47 @@ mod tests {
         PathBuf::from("/var/lib/influxdb/meta/meta.db")
     }
 
-    #[test]
-    fn what_influxd_refuses_is_unreadable_not_empty() {
-        assert!(matches!(
-            parse(&path(), b""),
-            Err(MetaDbError::Empty { .. })
-        ));
-        // A catalog without influxd's required counters (what a bare
-        // `to_meta_bytes` of an empty catalog would be if it left them out).
-        let only_term = RequiredFields {
-            term: Some(1),
+    /// `meta.Data` with every required counter, as influxd writes it.
+    fn whole(index: u64, cluster_id: u64) -> Vec<u8> {
+        meta_pb::Data {
+            term: 1,
+            index,
+            cluster_id,
+            max_node_id: 1,
             ..Default::default()
         }
-        .encode_to_vec();
-        match parse(&path(), &only_term) {
-            Err(MetaDbError::Incomplete { missing, .. }) => assert_eq!(
-                missing,
-                [
-                    "Index",
-                    "ClusterID",
-                    "MaxNodeID",
-                    "MaxShardGroupID",
-                    "MaxShardID"
-                ]
-            ),
+        .encode_to_vec()
+    }
+
+    fn refused(bytes: &[u8]) -> InvalidMeta {
+        match parse(&path(), bytes) {
+            Err(MetaDbError::Invalid { source, .. }) => source,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn what_influxd_refuses_is_unreadable_not_empty() {
+        assert!(matches!(refused(b""), InvalidMeta::Empty));
         assert!(matches!(
-            parse(&path(), b"\xff\xff"),
-            Err(MetaDbError::Malformed { .. })
+            refused(b"\xff\xff"),
+            InvalidMeta::Malformed(_) | InvalidMeta::Decode(_)
         ));
+        // Only Term (field 1) present: influxd stops at the first missing
+        // required field, and so does this.
+        match refused(b"\x08\x01") {
+            InvalidMeta::MissingField { field, .. } => assert_eq!(field, "index"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn a_whole_file_gives_its_catalog_and_identity() {
-        let whole = RequiredFields {
-            term: Some(1),
-            index: Some(42),
-            cluster_id: Some(0xC1),
-            max_node_id: Some(1),
-            max_shard_group_id: Some(0),
-            max_shard_id: Some(0),
-        }
-        .encode_to_vec();
         let mut catalog = Catalog::default();
         catalog
             .databases
             .insert("db".into(), Database::new("db", "autogen"));
-        let bytes = apply_to_meta(&whole, &catalog).unwrap();
+        let bytes = apply_to_meta(&whole(42, 0xC1), &catalog).unwrap();
         let (read, identity) = parse(&path(), &bytes).unwrap();
         assert_eq!(read, catalog);
         assert_eq!(
