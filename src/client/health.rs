@@ -5,6 +5,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::telemetry::with_causes;
+
 /// How many heartbeat intervals without any manager answering count as
 /// having lost the managers.
 const SILENT_INTERVALS: u32 = 3;
@@ -45,12 +47,12 @@ impl NodeHealth {
 
     /// The outcome of the last read of the node's metadata.
     pub fn meta_read(&self, result: Result<(), &dyn std::error::Error>) {
-        self.state().meta = result.err().map(chain);
+        self.state().meta = result.err().map(with_causes);
     }
 
     /// The outcome of the last apply of the cluster's catalog.
     pub fn applied(&self, result: Result<(), &dyn std::error::Error>) {
-        self.state().apply = result.err().map(chain);
+        self.state().apply = result.err().map(with_causes);
     }
 
     /// A manager answered; heartbeats are due every `interval`.
@@ -62,12 +64,17 @@ impl NodeHealth {
 
     /// What is wrong, one sentence each; empty when the node is healthy.
     pub fn problems(&self) -> Vec<String> {
+        self.problems_at(Instant::now())
+    }
+
+    /// [`Self::problems`] as they are at `now`.
+    fn problems_at(&self, now: Instant) -> Vec<String> {
         let s = self.state();
         let mut out = Vec::new();
         if let Some(e) = &s.meta {
             out.push(format!("metadata cannot be read: {e}"));
         }
-        let silence = s.manager_answered.elapsed();
+        let silence = now.saturating_duration_since(s.manager_answered);
         if silence > s.heartbeat_interval * SILENT_INTERVALS {
             out.push(format!(
                 "no manager has answered for {}s",
@@ -87,18 +94,6 @@ impl Default for NodeHealth {
     }
 }
 
-/// An error and its causes in one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,9 +111,17 @@ mod tests {
         h.meta_read(Ok(()));
         h.applied(Ok(()));
         assert!(h.problems().is_empty());
-        // A manager silent for three intervals.
-        h.manager_answered(Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(h.problems()[0].contains("no manager"), "{:?}", h.problems());
+        // A manager silent for three intervals, and not a moment before.
+        let interval = Duration::from_secs(5);
+        h.manager_answered(interval);
+        let answered = Instant::now();
+        assert!(h
+            .problems_at(answered + interval * 3 - Duration::from_millis(1))
+            .is_empty());
+        let later = h.problems_at(answered + interval * 3 + Duration::from_secs(1));
+        assert!(
+            later[0].contains("no manager has answered for 16s"),
+            "{later:?}"
+        );
     }
 }

@@ -136,10 +136,15 @@ impl NodeMetrics {
     /// Seconds since the node was last known in sync: 0 while it is,
     /// `None` if it never was.
     pub fn seconds_since_sync(&self) -> Option<f64> {
+        self.seconds_since_sync_at(Instant::now())
+    }
+
+    /// [`Self::seconds_since_sync`] as it is at `now`.
+    fn seconds_since_sync_at(&self, now: Instant) -> Option<f64> {
         let sync = *self.sync.lock().unwrap_or_else(|e| e.into_inner());
         match sync {
             SyncMoment { now: true, .. } => Some(0.0),
-            SyncMoment { last, .. } => last.map(|t| t.elapsed().as_secs_f64()),
+            SyncMoment { last, .. } => last.map(|t| now.saturating_duration_since(t).as_secs_f64()),
         }
     }
 
@@ -198,15 +203,15 @@ mod tests {
     fn seconds_since_sync_stay_zero_while_in_sync_and_count_after() {
         let m = NodeMetrics::new();
         assert_eq!(m.seconds_since_sync(), None);
+        let hour = std::time::Duration::from_secs(3600);
         m.set_in_sync(true);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(m.seconds_since_sync(), Some(0.0));
+        assert_eq!(m.seconds_since_sync_at(Instant::now() + hour), Some(0.0));
         m.set_in_sync(false);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let since = m.seconds_since_sync().unwrap();
-        assert!((0.015..5.0).contains(&since), "{since}");
+        let left = Instant::now();
+        let since = m.seconds_since_sync_at(left + hour).unwrap();
+        assert!((3600.0..3601.0).contains(&since), "{since}");
         // Failing again does not move the moment last known in sync.
         m.set_in_sync(false);
-        assert!(m.seconds_since_sync().unwrap() >= since);
+        assert!(m.seconds_since_sync_at(left + hour).unwrap() >= since);
     }
 }

@@ -101,14 +101,6 @@ impl InfluxdIdentity {
     }
 }
 
-/// An error and its causes, `outer: inner: …`, for the log.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    std::iter::successors(Some(error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,12 +18,13 @@ use http::uri::PathAndQuery;
 use http::Uri;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::agent::frontdoor::answer::{with_causes, InfluxdIdentity, Refusal};
+use crate::agent::frontdoor::answer::{InfluxdIdentity, Refusal};
 use crate::agent::frontdoor::authenticator::{Authenticator, Verdict};
 use crate::agent::frontdoor::credentials::{self, Presented, Source};
 use crate::agent::frontdoor::metrics::Auth;
 use crate::agent::influxql::sign_jwt;
 use crate::http_serve::PeerAddr;
+use crate::telemetry::with_causes;
 
 /// How long the JWT handed to influxd is valid: it is used at once, for
 /// one request.

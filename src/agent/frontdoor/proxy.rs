@@ -14,8 +14,9 @@ use http::{Uri, Version};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use crate::agent::frontdoor::answer::{with_causes, InfluxdIdentity, Refusal};
+use crate::agent::frontdoor::answer::{InfluxdIdentity, Refusal};
 use crate::agent::frontdoor::metrics::UpstreamUnreachable;
+use crate::telemetry::with_causes;
 
 /// influxd's HTTP API, behind the front door.
 pub struct Upstream {
