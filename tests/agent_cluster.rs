@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cflux::influx::catalog::Catalog;
-use cflux::proto::{GetMetaRequest, ListNodesRequest};
+use cflux::proto::ListNodesRequest;
 use futures::future::join_all;
 use support::influxd::{
     eventually, ident, same, start_nodes, AgentOptions, InfluxApi, InfluxdOptions, Node, PolicyRow,
@@ -90,15 +90,7 @@ impl Cluster {
     }
 
     async fn get_meta(&self) -> cflux::proto::MetaSnapshot {
-        self.manager
-            .grpc_client()
-            .await
-            .get_meta(GetMetaRequest {
-                cluster: CLUSTER.into(),
-            })
-            .await
-            .expect("GetMeta")
-            .into_inner()
+        support::get_meta(&mut self.manager.grpc_client().await, CLUSTER).await
     }
 
     /// The manager's catalog, decoded.

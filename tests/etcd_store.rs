@@ -7,8 +7,9 @@
 
 #[path = "support/etcd.rs"]
 mod etcd_support;
+#[path = "support/wait.rs"]
+mod wait_support;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use cflux::manager::store::{
     CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreError, StoreOptions,
 };
 use etcd_support::EtcdCluster;
+use wait_support::eventually;
 
 const NODE_TTL: Duration = Duration::from_secs(2);
 
@@ -62,22 +64,6 @@ fn node(cluster: &str, id: &str) -> NodeRecord {
 /// [`etcd_support::noise`] as a catalog.
 fn noise(len: usize, seed: u64) -> Bytes {
     etcd_support::noise(len, seed).into()
-}
-
-/// Polls `check` until it yields `Some`, failing the test after `deadline`.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Keys under the store's `blobs/` prefix for one cluster, read directly.
@@ -343,9 +329,9 @@ async fn keeps_serving_when_a_member_dies() {
         .collect();
 
     // Once the others have elected a new leader, every call works.
-    eventually("store serving again", Duration::from_secs(20), || {
+    eventually(Duration::from_secs(20), "store serving again", || {
         let store = store.clone();
-        async move { store.ping().await.ok() }
+        async move { store.ping().await.map_err(|e| e.to_string()) }
     })
     .await;
     let mut version = 1;

@@ -10,7 +10,6 @@ mod support;
 use std::time::Duration;
 
 use cflux::influx::catalog::{Catalog, ContinuousQuery, Database, User, INTERNAL_DATABASE};
-use cflux::proto::GetMetaRequest;
 use prost::Message;
 use support::influxd::{
     eventually, free_port, same, start_nodes, Agent, AgentOptions, InfluxApi, Influxd,
@@ -98,15 +97,7 @@ impl Cluster {
     }
 
     async fn snapshot(&self) -> cflux::proto::MetaSnapshot {
-        self.manager
-            .grpc_client()
-            .await
-            .get_meta(GetMetaRequest {
-                cluster: CLUSTER.into(),
-            })
-            .await
-            .expect("GetMeta")
-            .into_inner()
+        support::get_meta(&mut self.manager.grpc_client().await, CLUSTER).await
     }
 }
 

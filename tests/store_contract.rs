@@ -17,8 +17,9 @@
 mod catalog_support;
 #[path = "support/etcd.rs"]
 mod etcd_support;
+#[path = "support/wait.rs"]
+mod wait_support;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,7 @@ use cflux::manager::store::{
 };
 use etcd_support::EtcdCluster;
 use tempfile::TempDir;
+use wait_support::eventually;
 
 /// etcd's minimum lease: the shortest TTL both stores honour.
 const NODE_TTL: Duration = Duration::from_secs(2);
@@ -209,22 +211,6 @@ fn conflict(outcome: CasOutcome) -> Snapshot {
     }
 }
 
-/// Polls `check` until it yields `Some`, failing the test after `deadline`.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the subscription shows `version` or a later one.
 async fn wait_for(sub: &mut Subscription, version: u64, what: &str) -> Arc<Snapshot> {
     tokio::time::timeout(DEADLINE, async {
@@ -310,7 +296,7 @@ async fn liveness(s: Subject) {
         .await
         .unwrap());
 
-    let dead = eventually("the silent node listed dead", DEADLINE, || {
+    let dead = eventually(DEADLINE, "the silent node listed dead", || {
         let store = store.clone();
         async move {
             assert!(store.heartbeat(c, "beating", now_ms()).await.unwrap());
@@ -320,7 +306,11 @@ async fn liveness(s: Subject) {
                 .filter(|n| n.alive)
                 .map(|n| n.record.node_id.as_str())
                 .collect();
-            (alive == ["beating"]).then_some(nodes)
+            if alive == ["beating"] {
+                Ok(nodes)
+            } else {
+                Err(format!("alive: {alive:?}"))
+            }
         }
     })
     .await;
