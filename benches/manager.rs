@@ -110,7 +110,8 @@ async fn bench() -> anyhow::Result<()> {
             history: Default::default(),
         },
     )
-    .map_err(|e| anyhow!("cannot open the embedded store: {e}"))?;
+    .await
+    .context("cannot open the embedded store")?;
     for c in CONCURRENCY {
         let via = grpc_pushes(manager.addr, c).await;
         let direct = store_pushes(store.clone(), c).await;

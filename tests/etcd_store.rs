@@ -227,7 +227,7 @@ async fn managers_are_listed_until_they_close() {
     first.close().await;
     assert!(matches!(
         first.ping().await,
-        Err(StoreError::Unavailable(_))
+        Err(StoreError::Unavailable { .. })
     ));
     assert_eq!(
         second.list_managers().await.unwrap(),
@@ -402,7 +402,7 @@ async fn unreachable_etcd_fails_fast() {
     let started = Instant::now();
     let result = EtcdStore::connect(&endpoints, options("m1:7070"), Hub::new()).await;
     assert!(
-        matches!(result, Err(StoreError::Unavailable(_))),
+        matches!(result, Err(StoreError::Unavailable { .. })),
         "connect to nothing"
     );
     assert!(
@@ -419,17 +419,17 @@ async fn unreachable_etcd_fails_fast() {
     let started = Instant::now();
     assert!(matches!(
         store.ping().await,
-        Err(StoreError::Unavailable(_))
+        Err(StoreError::Unavailable { .. })
     ));
     assert!(matches!(
         store.get_node("c", "n1").await,
-        Err(StoreError::Unavailable(_))
+        Err(StoreError::Unavailable { .. })
     ));
     assert!(matches!(
         store
             .cas_meta("c", 0, "", Bytes::from("x"), ChangeNote::default())
             .await,
-        Err(StoreError::Unavailable(_))
+        Err(StoreError::Unavailable { .. })
     ));
     assert!(
         started.elapsed() < Duration::from_secs(15),

@@ -71,9 +71,9 @@ const HISTORY: HistoryLimits = HistoryLimits {
 
 async fn open(backend: &Backend, advertise: &str, hub: Arc<Hub>) -> Arc<dyn Store> {
     match backend {
-        Backend::Embedded(dir) => {
-            EmbeddedStore::open(dir.path(), options(advertise)).expect("open the embedded store")
-        }
+        Backend::Embedded(dir) => EmbeddedStore::open(dir.path(), options(advertise))
+            .await
+            .expect("open the embedded store"),
         Backend::Etcd(etcd) => EtcdStore::connect(&etcd.endpoints(), options(advertise), hub)
             .await
             .expect("connect to etcd"),

@@ -15,5 +15,6 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cflux::signals::cancel_on_signal(shutdown.clone()));
-    cflux::manager::run(config, listener, shutdown).await
+    cflux::manager::run(config, listener, shutdown).await?;
+    Ok(())
 }

@@ -47,9 +47,9 @@ pub struct NodeSettings {
 /// Why the client could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("state directory: {0}")]
+    #[error("state directory")]
     State(#[from] std::io::Error),
-    #[error("manager settings: {0}")]
+    #[error("manager settings")]
     Manager(#[from] CallError),
 }
 

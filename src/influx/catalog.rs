@@ -35,7 +35,7 @@ pub fn is_node_local_database(database: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// The bytes are not a `meta.Data` message.
-    #[error("metadata does not decode as meta.Data: {0}")]
+    #[error("metadata does not decode as meta.Data")]
     Decode(#[from] prost::DecodeError),
     /// The bytes are not a well-formed protobuf message.
     #[error("metadata is not a well-formed meta.Data")]

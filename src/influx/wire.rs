@@ -12,7 +12,7 @@ use prost::encoding::{DecodeContext, WireType};
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// A key, varint or field value does not decode.
-    #[error("malformed protobuf: {0}")]
+    #[error("malformed protobuf")]
     Decode(#[from] prost::DecodeError),
     /// A length prefix claims more bytes than the message holds.
     #[error("a length-delimited field of {claimed} bytes runs past the end of its message ({left} left)")]

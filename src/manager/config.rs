@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::config_file::ConfigError;
 use crate::manager::store::HistoryLimits;
 
 /// Command line and TOML file, every setting optional so sources can be layered.
@@ -136,14 +136,14 @@ pub struct ManagerConfig {
     pub token: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub legacy_poll_timeout: Duration,
-    pub legacy_timeout_status: u16,
+    pub legacy_timeout_status: http::StatusCode,
     pub shutdown_grace: Duration,
     pub history: HistoryLimits,
 }
 
 impl ManagerArgs {
     /// Flags and environment over the `--config` file over defaults.
-    pub fn resolve(self) -> anyhow::Result<ManagerConfig> {
+    pub fn resolve(self) -> Result<ManagerConfig, ConfigError> {
         let file: ManagerArgs = crate::config_file::read(self.config.as_deref())?;
         let a = self;
         let listen = a
@@ -168,40 +168,40 @@ impl ManagerArgs {
             .or(file.heartbeat_interval)
             .unwrap_or(Duration::from_secs(5));
         if heartbeat_interval.is_zero() || heartbeat_interval >= node_ttl {
-            bail!("--heartbeat-interval ({heartbeat_interval:?}) must be above zero and below --node-ttl ({node_ttl:?})");
+            return Err(ConfigError::invalid(format!("--heartbeat-interval ({heartbeat_interval:?}) must be above zero and below --node-ttl ({node_ttl:?})")));
         }
-        let token = match (a.token.or(file.token), a.token_file.or(file.token_file)) {
-            (Some(_), Some(_)) => bail!("give --token or --token-file, not both"),
-            (Some(t), None) => Some(t),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read token file {}", path.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
-        if token.as_deref() == Some("") {
-            bail!("the bearer token is empty");
-        }
+        let token = crate::config_file::token(
+            a.token.or(file.token),
+            a.token_file.or(file.token_file).as_deref(),
+            "--token",
+            "--token-file",
+        )?;
         let tls = match (a.tls_cert.or(file.tls_cert), a.tls_key.or(file.tls_key)) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => bail!("--tls-cert and --tls-key go together"),
+            _ => return Err(ConfigError::invalid("--tls-cert and --tls-key go together")),
         };
         let legacy_timeout_status = a
             .legacy_timeout_status
             .or(file.legacy_timeout_status)
             .unwrap_or(504);
-        if !matches!(legacy_timeout_status, 504 | 204) {
-            bail!("--legacy-timeout-status must be 504 or 204, not {legacy_timeout_status}");
-        }
+        let legacy_timeout_status = match legacy_timeout_status {
+            504 => http::StatusCode::GATEWAY_TIMEOUT,
+            204 => http::StatusCode::NO_CONTENT,
+            other => {
+                return Err(ConfigError::invalid(format!(
+                    "--legacy-timeout-status must be 504 or 204, not {other}"
+                )))
+            }
+        };
         let max_message_size = a
             .max_message_size
             .or(file.max_message_size)
             .unwrap_or(16 << 20);
         if max_message_size == 0 {
-            bail!("--max-message-size must be above zero");
+            return Err(ConfigError::invalid(
+                "--max-message-size must be above zero",
+            ));
         }
         let defaults = HistoryLimits::default();
         let history = HistoryLimits {
@@ -212,7 +212,9 @@ impl ManagerArgs {
                 .map_or(defaults.max_bytes, |b| b as u64),
         };
         if history.max_versions == 0 {
-            bail!("--history must be at least 1 (the current version)");
+            return Err(ConfigError::invalid(
+                "--history must be at least 1 (the current version)",
+            ));
         }
         Ok(ManagerConfig {
             listen,
@@ -307,7 +309,7 @@ mod tests {
         assert_eq!(c.node_ttl, Duration::from_secs(30));
         assert_eq!(c.max_message_size, 1 << 20);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
-        assert_eq!(c.legacy_timeout_status, 504);
+        assert_eq!(c.legacy_timeout_status, http::StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(c.history, HistoryLimits::default());
     }
 

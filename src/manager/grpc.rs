@@ -15,6 +15,7 @@ use crate::manager::metrics::Metrics;
 use crate::manager::plane::{self, CatalogPush, ControlPlane, PlaneError, Registration};
 use crate::manager::store::{CasOutcome, HistoryEntry, NodeStatus, Snapshot};
 use crate::proto::{self, clusterflux_server::Clusterflux, push_meta_response};
+use crate::telemetry::with_causes;
 
 /// The gRPC face of the control plane.
 pub struct GrpcService {
@@ -134,8 +135,8 @@ impl From<PlaneError> for Status {
         match e {
             PlaneError::InvalidArgument(m) => Status::invalid_argument(m),
             PlaneError::NotFound(m) => Status::not_found(m),
-            PlaneError::Unavailable(m) => Status::unavailable(m),
-            PlaneError::Internal(m) => Status::internal(m),
+            PlaneError::Store(e) if e.is_unavailable() => Status::unavailable(with_causes(&e)),
+            PlaneError::Store(e) => Status::internal(with_causes(&e)),
         }
     }
 }
@@ -388,5 +389,35 @@ impl Clusterflux for GrpcService {
             Ok(push_answer(outcome))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::store::StoreError;
+
+    #[test]
+    fn a_store_failure_reaches_the_caller_with_its_cause_and_retry_code() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused here");
+        let e = PlaneError::from(StoreError::unavailable("etcd get").caused_by(refused));
+        let status = Status::from(e);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "store unavailable: etcd get: refused here"
+        );
+
+        let corrupt = StoreError::internal("corrupt node record")
+            .caused_by(serde_json::from_slice::<u8>(b"x").unwrap_err());
+        let status = Status::from(PlaneError::from(corrupt));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(
+            status
+                .message()
+                .starts_with("store error: corrupt node record: expected value"),
+            "{}",
+            status.message()
+        );
     }
 }

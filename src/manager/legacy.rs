@@ -21,6 +21,7 @@ use crate::http_serve::PeerAddr;
 use crate::legacy_protocol as wire;
 use crate::manager::plane::{CatalogPush, ControlPlane, Layer, PlaneError, Registration};
 use crate::manager::store::{CasOutcome, NodeStatus};
+use crate::telemetry::with_causes;
 
 /// Settings of the legacy layer.
 #[derive(Clone, Debug)]
@@ -87,13 +88,17 @@ struct LegacyError(StatusCode, String);
 
 impl From<PlaneError> for LegacyError {
     fn from(e: PlaneError) -> Self {
-        let code = match &e {
-            PlaneError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            PlaneError::NotFound(_) => StatusCode::NOT_FOUND,
-            PlaneError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            PlaneError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        LegacyError(code, e.to_string())
+        LegacyError(http_status(&e), with_causes(&e))
+    }
+}
+
+/// The HTTP status that answers a control-plane error.
+pub(crate) fn http_status(e: &PlaneError) -> StatusCode {
+    match e {
+        PlaneError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        PlaneError::NotFound(_) => StatusCode::NOT_FOUND,
+        PlaneError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+        PlaneError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

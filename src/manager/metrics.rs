@@ -101,9 +101,10 @@ impl Metrics {
     }
 
     pub fn store_error(&self, e: &StoreError) {
-        let kind = match e {
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Internal(_) => "internal",
+        let kind = if e.is_unavailable() {
+            "unavailable"
+        } else {
+            "internal"
         };
         self.store_errors.with_label_values(&[kind]).inc();
     }

@@ -19,26 +19,46 @@ pub mod server;
 pub mod store;
 pub mod summary;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_serve::TlsError;
 use crate::manager::config::{ManagerConfig, StoreConfig};
 use crate::manager::hub::Hub;
 use crate::manager::legacy::LegacyOptions;
 use crate::manager::plane::{ControlPlane, Limits};
 use crate::manager::server::ServeOptions;
-use crate::manager::store::{CatalogFeed, Store, StoreOptions};
+use crate::manager::store::{CatalogFeed, Store, StoreError, StoreOptions};
+
+/// Why the manager cannot start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("cannot open the store in {}", dir.display())]
+    OpenStore {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot connect to etcd")]
+    ConnectEtcd(#[source] StoreError),
+    #[error("cannot set up TLS")]
+    Tls(#[from] TlsError),
+    #[error("cannot describe the gRPC services for reflection")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the listener has no local address")]
+    Listener(#[source] std::io::Error),
+}
 
 /// Opens the configured store; an etcd store announces other managers'
 /// catalogs to `feed`.
 pub async fn open_store(
     config: &ManagerConfig,
     feed: Arc<dyn CatalogFeed>,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> Result<Arc<dyn Store>, ManagerError> {
     let opts = StoreOptions {
         node_ttl: config.node_ttl,
         advertise: config.advertise.clone(),
@@ -48,13 +68,17 @@ pub async fn open_store(
         StoreConfig::Embedded { data_dir } => {
             tracing::info!(data_dir = %data_dir.display(), "embedded store");
             store::embedded::EmbeddedStore::open(data_dir, opts)
-                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?
+                .await
+                .map_err(|source| ManagerError::OpenStore {
+                    dir: data_dir.clone(),
+                    source,
+                })?
         }
         StoreConfig::Etcd { endpoints } => {
             tracing::info!(?endpoints, "etcd store");
             store::etcd::EtcdStore::connect(endpoints, opts, feed)
                 .await
-                .context("cannot connect to etcd")?
+                .map_err(ManagerError::ConnectEtcd)?
         }
     })
 }
@@ -65,7 +89,7 @@ pub async fn run(
     config: ManagerConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ManagerError> {
     let hub = Hub::new();
     let store = open_store(&config, hub.clone()).await?;
     let limits = Limits {
@@ -87,8 +111,7 @@ pub async fn run(
     let opts = ServeOptions {
         legacy: LegacyOptions {
             poll_timeout: config.legacy_poll_timeout,
-            timeout_status: http::StatusCode::from_u16(config.legacy_timeout_status)
-                .context("invalid legacy timeout status")?,
+            timeout_status: config.legacy_timeout_status,
         },
         token: config.token.clone(),
         max_message_bytes: config.max_message_size,
@@ -101,7 +124,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %listener.local_addr().map_err(ManagerError::Listener)?,
         tls = tls.is_some(),
         auth = config.token.is_some(),
         "manager serving gRPC, legacy HTTP and /metrics"

@@ -19,6 +19,7 @@ use crate::manager::store::{
     StoreResult,
 };
 use crate::manager::summary::summarize;
+use crate::telemetry::with_causes;
 
 /// Why a control-plane call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -27,21 +28,9 @@ pub enum PlaneError {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<StoreError> for PlaneError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(m) => {
-                PlaneError::Unavailable(format!("store unavailable: {m}"))
-            }
-            StoreError::Internal(m) => PlaneError::Internal(format!("store error: {m}")),
-        }
-    }
+    /// The store failed; [`StoreError::is_unavailable`] says whether a retry may help.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 pub type PlaneResult<T> = Result<T, PlaneError>;
@@ -158,14 +147,14 @@ impl ControlPlane {
     ) -> PlaneResult<T> {
         let result = match tokio::time::timeout(self.limits.store_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
+            Err(_) => Err(StoreError::unavailable(format!(
                 "no answer within {:?}",
                 self.limits.store_timeout
             ))),
         };
         result.map_err(|e| {
             self.metrics.store_error(&e);
-            tracing::warn!(error = %e, "store call failed");
+            tracing::warn!(error = %crate::telemetry::with_causes(&e), "store call failed");
             PlaneError::from(e)
         })
     }
@@ -308,7 +297,7 @@ impl ControlPlane {
                 self.limits.max_catalog_bytes
             )));
         }
-        validate_meta_data(&push.data).map_err(|e| PlaneError::InvalidArgument(e.to_string()))?;
+        validate_meta_data(&push.data).map_err(|e| PlaneError::InvalidArgument(with_causes(&e)))?;
         self.publish_version(push, 0).await
     }
 

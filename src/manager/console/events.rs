@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,6 +19,7 @@ use crate::clock::now_ms;
 use crate::manager::console::view::{CatalogView, Listing, StampedListing};
 use crate::manager::hub::Subscription;
 use crate::manager::plane::{ControlPlane, PlaneError};
+use crate::telemetry::with_causes;
 
 /// How often node liveness is looked at: a dead node shows within this much
 /// after the store lists it dead.
@@ -141,12 +141,7 @@ pub struct ConsoleError(#[from] PlaneError);
 
 impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
-        let code = match &self.0 {
-            PlaneError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            PlaneError::NotFound(_) => StatusCode::NOT_FOUND,
-            PlaneError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            PlaneError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (code, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        let body = serde_json::json!({ "error": with_causes(&self.0) });
+        (crate::manager::legacy::http_status(&self.0), Json(body)).into_response()
     }
 }

@@ -173,7 +173,12 @@ impl CatalogView {
                     })
                     .collect();
             }
-            Err(e) => view.error = Some(format!("the catalog cannot be read: {e}")),
+            Err(e) => {
+                view.error = Some(format!(
+                    "the catalog cannot be read: {}",
+                    crate::telemetry::with_causes(&e)
+                ))
+            }
         }
         view
     }

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    new_history_id, same_history, CasOutcome, ChangeNote, HistoryEntry, NodeRecord, NodeStatus,
-    Snapshot, Store, StoreError, StoreOptions, StoreResult,
+    new_history_id, same_history, CasOutcome, Cause, ChangeNote, HistoryEntry, NodeRecord,
+    NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult,
 };
 
 /// (cluster, node id) → JSON node record.
@@ -44,32 +44,41 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) `dir/cflux.redb`.
-    pub fn open(dir: &Path, opts: StoreOptions) -> StoreResult<Arc<Self>> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("cflux.redb")).map_err(internal)?;
-        let txn = db.begin_write().map_err(internal)?;
-        txn.open_table(NODES).map_err(internal)?;
-        txn.open_table(HISTORY).map_err(internal)?;
-        txn.open_table(HISTORY_DATA).map_err(internal)?;
+    /// Opens (or creates) `dir/cflux.redb`, off the async workers (opening
+    /// reads the file and commits with an fsync).
+    pub async fn open(dir: &Path, opts: StoreOptions) -> StoreResult<Arc<Self>> {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, opts))
+            .await
+            .map_err(|e| StoreError::internal("store task failed").caused_by(e))?
+    }
+
+    fn open_blocking(dir: &Path, opts: StoreOptions) -> StoreResult<Arc<Self>> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::internal(format!("cannot create {}", dir.display())).caused_by(e)
+        })?;
+        let db = Database::create(dir.join("cflux.redb")).map_err(redb_failed)?;
+        let txn = db.begin_write().map_err(redb_failed)?;
+        txn.open_table(NODES).map_err(redb_failed)?;
+        txn.open_table(HISTORY).map_err(redb_failed)?;
+        txn.open_table(HISTORY_DATA).map_err(redb_failed)?;
         {
             // Catalogs written before history IDs existed get one now.
-            let catalogs = txn.open_table(CATALOGS).map_err(internal)?;
-            let mut ids = txn.open_table(HISTORY_IDS).map_err(internal)?;
+            let catalogs = txn.open_table(CATALOGS).map_err(redb_failed)?;
+            let mut ids = txn.open_table(HISTORY_IDS).map_err(redb_failed)?;
             let mut missing = Vec::new();
-            for entry in catalogs.iter().map_err(internal)? {
-                let (cluster, _) = entry.map_err(internal)?;
-                if ids.get(cluster.value()).map_err(internal)?.is_none() {
+            for entry in catalogs.iter().map_err(redb_failed)? {
+                let (cluster, _) = entry.map_err(redb_failed)?;
+                if ids.get(cluster.value()).map_err(redb_failed)?.is_none() {
                     missing.push(cluster.value().to_owned());
                 }
             }
             for cluster in missing {
                 ids.insert(cluster.as_str(), new_history_id().as_str())
-                    .map_err(internal)?;
+                    .map_err(redb_failed)?;
             }
         }
-        txn.commit().map_err(internal)?;
+        txn.commit().map_err(redb_failed)?;
 
         let restart = now_ms();
         let mut heartbeats = HashMap::new();
@@ -92,7 +101,7 @@ impl EmbeddedStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db))
             .await
-            .map_err(|e| internal(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::internal("store task failed").caused_by(e))?
     }
 
     fn beats(&self) -> std::sync::MutexGuard<'_, HashMap<NodeKey, u64>> {
@@ -115,17 +124,17 @@ impl Store for EmbeddedStore {
     async fn put_node(&self, node: NodeRecord) -> StoreResult<()> {
         let key = (node.cluster.clone(), node.node_id.clone());
         let beat = node.last_heartbeat_ms;
-        let value = serde_json::to_vec(&node).map_err(internal)?;
+        let value = serde_json::to_vec(&node).map_err(redb_failed)?;
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(internal)?;
+            let txn = db.begin_write().map_err(redb_failed)?;
             txn.open_table(NODES)
-                .map_err(internal)?
+                .map_err(redb_failed)?
                 .insert(
                     (node.cluster.as_str(), node.node_id.as_str()),
                     value.as_slice(),
                 )
-                .map_err(internal)?;
-            txn.commit().map_err(internal)
+                .map_err(redb_failed)?;
+            txn.commit().map_err(redb_failed)
         })
         .await?;
         self.beats().insert(key, beat);
@@ -136,9 +145,9 @@ impl Store for EmbeddedStore {
         let (c, id) = (cluster.to_owned(), node_id.to_owned());
         let record = self
             .blocking(move |db| {
-                let txn = db.begin_read().map_err(internal)?;
-                let table = txn.open_table(NODES).map_err(internal)?;
-                let value = table.get((c.as_str(), id.as_str())).map_err(internal)?;
+                let txn = db.begin_read().map_err(redb_failed)?;
+                let table = txn.open_table(NODES).map_err(redb_failed)?;
+                let value = table.get((c.as_str(), id.as_str())).map_err(redb_failed)?;
                 value.map(|v| decode_node(v.value())).transpose()
             })
             .await?;
@@ -161,14 +170,14 @@ impl Store for EmbeddedStore {
         let (c, id) = (cluster.to_owned(), node_id.to_owned());
         let existed = self
             .blocking(move |db| {
-                let txn = db.begin_write().map_err(internal)?;
+                let txn = db.begin_write().map_err(redb_failed)?;
                 let existed = txn
                     .open_table(NODES)
-                    .map_err(internal)?
+                    .map_err(redb_failed)?
                     .remove((c.as_str(), id.as_str()))
-                    .map_err(internal)?
+                    .map_err(redb_failed)?
                     .is_some();
-                txn.commit().map_err(internal)?;
+                txn.commit().map_err(redb_failed)?;
                 Ok(existed)
             })
             .await?;
@@ -189,9 +198,9 @@ impl Store for EmbeddedStore {
     async fn get_meta(&self, cluster: &str) -> StoreResult<Snapshot> {
         let c = cluster.to_owned();
         self.blocking(move |db| {
-            let txn = db.begin_read().map_err(internal)?;
-            let table = txn.open_table(CATALOGS).map_err(internal)?;
-            let ids = txn.open_table(HISTORY_IDS).map_err(internal)?;
+            let txn = db.begin_read().map_err(redb_failed)?;
+            let table = txn.open_table(CATALOGS).map_err(redb_failed)?;
+            let ids = txn.open_table(HISTORY_IDS).map_err(redb_failed)?;
             read_snapshot(&table, &ids, &c)
         })
         .await
@@ -209,62 +218,64 @@ impl Store for EmbeddedStore {
         let expected_history = expected_history.to_owned();
         let limits = self.opts.history;
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(internal)?;
+            let txn = db.begin_write().map_err(redb_failed)?;
             let outcome = {
-                let mut table = txn.open_table(CATALOGS).map_err(internal)?;
-                let mut ids = txn.open_table(HISTORY_IDS).map_err(internal)?;
+                let mut table = txn.open_table(CATALOGS).map_err(redb_failed)?;
+                let mut ids = txn.open_table(HISTORY_IDS).map_err(redb_failed)?;
                 let current = read_snapshot(&table, &ids, &c)?;
                 if current.version != expected || !same_history(&expected_history, &current) {
                     CasOutcome::Conflict(current)
                 } else {
                     let version = expected
                         .checked_add(1)
-                        .ok_or_else(|| internal("catalog version overflow"))?;
+                        .ok_or_else(|| StoreError::internal("catalog version overflow"))?;
                     let history_id = if current.history_id.is_empty() {
                         let id = new_history_id();
-                        ids.insert(c.as_str(), id.as_str()).map_err(internal)?;
+                        ids.insert(c.as_str(), id.as_str()).map_err(redb_failed)?;
                         id
                     } else {
                         current.history_id
                     };
                     table
                         .insert(c.as_str(), (version, data.as_ref()))
-                        .map_err(internal)?;
+                        .map_err(redb_failed)?;
                     let entry = HistoryEntry {
                         version,
                         history_id,
                         size_bytes: data.len() as u64,
                         note,
                     };
-                    let mut history = txn.open_table(HISTORY).map_err(internal)?;
-                    let mut history_data = txn.open_table(HISTORY_DATA).map_err(internal)?;
+                    let mut history = txn.open_table(HISTORY).map_err(redb_failed)?;
+                    let mut history_data = txn.open_table(HISTORY_DATA).map_err(redb_failed)?;
                     let mut kept = Vec::new();
                     for row in history
                         .range((c.as_str(), 0)..(c.as_str(), version))
-                        .map_err(internal)?
+                        .map_err(redb_failed)?
                         .rev()
                     {
-                        let (_, value) = row.map_err(internal)?;
+                        let (_, value) = row.map_err(redb_failed)?;
                         let old = decode_entry(value.value())?;
                         kept.push((old.version, old.size_bytes));
                     }
                     for old in limits.pruned(entry.size_bytes, &kept) {
-                        history.remove((c.as_str(), old)).map_err(internal)?;
-                        history_data.remove((c.as_str(), old)).map_err(internal)?;
+                        history.remove((c.as_str(), old)).map_err(redb_failed)?;
+                        history_data
+                            .remove((c.as_str(), old))
+                            .map_err(redb_failed)?;
                     }
-                    let json = serde_json::to_vec(&entry).map_err(internal)?;
+                    let json = serde_json::to_vec(&entry).map_err(redb_failed)?;
                     history
                         .insert((c.as_str(), version), json.as_slice())
-                        .map_err(internal)?;
+                        .map_err(redb_failed)?;
                     history_data
                         .insert((c.as_str(), version), data.as_ref())
-                        .map_err(internal)?;
+                        .map_err(redb_failed)?;
                     CasOutcome::Accepted(version)
                 }
             };
             match outcome {
-                CasOutcome::Accepted(_) => txn.commit().map_err(internal)?,
-                CasOutcome::Conflict(_) => txn.abort().map_err(internal)?,
+                CasOutcome::Accepted(_) => txn.commit().map_err(redb_failed)?,
+                CasOutcome::Conflict(_) => txn.abort().map_err(redb_failed)?,
             }
             Ok(outcome)
         })
@@ -274,15 +285,15 @@ impl Store for EmbeddedStore {
     async fn history(&self, cluster: &str) -> StoreResult<Vec<HistoryEntry>> {
         let c = cluster.to_owned();
         self.blocking(move |db| {
-            let txn = db.begin_read().map_err(internal)?;
-            let history = txn.open_table(HISTORY).map_err(internal)?;
+            let txn = db.begin_read().map_err(redb_failed)?;
+            let history = txn.open_table(HISTORY).map_err(redb_failed)?;
             let mut out = Vec::new();
             for row in history
                 .range((c.as_str(), 0)..=(c.as_str(), u64::MAX))
-                .map_err(internal)?
+                .map_err(redb_failed)?
                 .rev()
             {
-                let (_, value) = row.map_err(internal)?;
+                let (_, value) = row.map_err(redb_failed)?;
                 out.push(decode_entry(value.value())?);
             }
             Ok(out)
@@ -297,17 +308,19 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<Option<(HistoryEntry, Bytes)>> {
         let c = cluster.to_owned();
         self.blocking(move |db| {
-            let txn = db.begin_read().map_err(internal)?;
-            let history = txn.open_table(HISTORY).map_err(internal)?;
-            let history_data = txn.open_table(HISTORY_DATA).map_err(internal)?;
-            let Some(entry) = history.get((c.as_str(), version)).map_err(internal)? else {
+            let txn = db.begin_read().map_err(redb_failed)?;
+            let history = txn.open_table(HISTORY).map_err(redb_failed)?;
+            let history_data = txn.open_table(HISTORY_DATA).map_err(redb_failed)?;
+            let Some(entry) = history.get((c.as_str(), version)).map_err(redb_failed)? else {
                 return Ok(None);
             };
             let entry = decode_entry(entry.value())?;
             let data = history_data
                 .get((c.as_str(), version))
-                .map_err(internal)?
-                .ok_or_else(|| internal(format!("the bytes of {c:?} v{version} are missing")))?;
+                .map_err(redb_failed)?
+                .ok_or_else(|| {
+                    StoreError::internal(format!("the bytes of {c:?} v{version} are missing"))
+                })?;
             Ok(Some((entry, Bytes::copy_from_slice(data.value()))))
         })
         .await
@@ -315,11 +328,11 @@ impl Store for EmbeddedStore {
 
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {
         self.blocking(|db| {
-            let txn = db.begin_read().map_err(internal)?;
-            let table = txn.open_table(CATALOGS).map_err(internal)?;
+            let txn = db.begin_read().map_err(redb_failed)?;
+            let table = txn.open_table(CATALOGS).map_err(redb_failed)?;
             let mut out = Vec::new();
-            for entry in table.iter().map_err(internal)? {
-                let (k, v) = entry.map_err(internal)?;
+            for entry in table.iter().map_err(redb_failed)? {
+                let (k, v) = entry.map_err(redb_failed)?;
                 out.push((k.value().to_owned(), v.value().0));
             }
             Ok(out)
@@ -342,16 +355,16 @@ impl Store for EmbeddedStore {
 }
 
 fn read_nodes(db: &Database, cluster: Option<&str>) -> StoreResult<Vec<NodeRecord>> {
-    let txn = db.begin_read().map_err(internal)?;
-    let table = txn.open_table(NODES).map_err(internal)?;
+    let txn = db.begin_read().map_err(redb_failed)?;
+    let table = txn.open_table(NODES).map_err(redb_failed)?;
     let mut out = Vec::new();
     let iter = match cluster {
         // Tuple keys sort by cluster first: ("c", "") is the start of cluster c.
-        Some(c) => table.range((c, "")..).map_err(internal)?,
-        None => table.iter().map_err(internal)?,
+        Some(c) => table.range((c, "")..).map_err(redb_failed)?,
+        None => table.iter().map_err(redb_failed)?,
     };
     for entry in iter {
-        let (key, value) = entry.map_err(internal)?;
+        let (key, value) = entry.map_err(redb_failed)?;
         if cluster.is_some_and(|c| key.value().0 != c) {
             break;
         }
@@ -365,12 +378,12 @@ fn read_snapshot(
     ids: &impl ReadableTable<&'static str, &'static str>,
     cluster: &str,
 ) -> StoreResult<Snapshot> {
-    Ok(match table.get(cluster).map_err(internal)? {
+    Ok(match table.get(cluster).map_err(redb_failed)? {
         Some(v) => {
             let (version, data) = v.value();
             let history_id = ids
                 .get(cluster)
-                .map_err(internal)?
+                .map_err(redb_failed)?
                 .map(|id| id.value().to_owned())
                 .unwrap_or_default();
             Snapshot {
@@ -385,13 +398,16 @@ fn read_snapshot(
 }
 
 fn decode_entry(bytes: &[u8]) -> StoreResult<HistoryEntry> {
-    serde_json::from_slice(bytes).map_err(|e| internal(format!("corrupt history entry: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::internal("corrupt history entry").caused_by(e))
 }
 
 fn decode_node(bytes: &[u8]) -> StoreResult<NodeRecord> {
-    serde_json::from_slice(bytes).map_err(|e| internal(format!("corrupt node record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::internal("corrupt node record").caused_by(e))
 }
 
-fn internal(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(e.to_string())
+/// A failure of redb itself (or of encoding a record for it).
+fn redb_failed(e: impl Into<Cause>) -> StoreError {
+    StoreError::internal("the embedded store failed").caused_by(e)
 }

@@ -151,7 +151,7 @@ impl Fail {
     fn into_store(self, what: &str) -> StoreError {
         match self {
             Fail::Compacted => {
-                StoreError::Unavailable(format!("etcd {what}: the revision read was compacted"))
+                StoreError::unavailable(format!("etcd {what}: the revision read was compacted"))
             }
             Fail::Store(e) => e,
         }
@@ -161,35 +161,22 @@ impl Fail {
 /// Classifies an etcd client error.
 fn classify(what: &str, e: etcd_client::Error) -> Fail {
     use tonic::Code;
-    match e {
+    let failed = match &e {
         etcd_client::Error::GRpcStatus(status) => match status.code() {
-            Code::OutOfRange => Fail::Compacted,
+            Code::OutOfRange => return Fail::Compacted,
             Code::InvalidArgument
             | Code::FailedPrecondition
             | Code::PermissionDenied
             | Code::Unauthenticated
             | Code::NotFound
             | Code::AlreadyExists
-            | Code::Unimplemented => Fail::Store(StoreError::Internal(format!(
-                "etcd {what}: {}: {}",
-                status.code(),
-                status.message()
-            ))),
-            _ => Fail::Store(StoreError::Unavailable(format!(
-                "etcd {what}: {}: {}",
-                status.code(),
-                status.message()
-            ))),
+            | Code::Unimplemented => StoreError::internal(format!("etcd {what}")),
+            _ => StoreError::unavailable(format!("etcd {what}")),
         },
-        etcd_client::Error::InvalidArgs(m) => {
-            Fail::Store(StoreError::Internal(format!("etcd {what}: {m}")))
-        }
-        other => Fail::Store(StoreError::Unavailable(format!("etcd {what}: {other}"))),
-    }
-}
-
-fn internal(msg: impl Into<String>) -> StoreError {
-    StoreError::Internal(msg.into())
+        etcd_client::Error::InvalidArgs(_) => StoreError::internal(format!("etcd {what}")),
+        _ => StoreError::unavailable(format!("etcd {what}")),
+    };
+    Fail::Store(failed.caused_by(e))
 }
 
 /// Runs one etcd request under `deadline`, retrying transient failures (a
@@ -206,8 +193,8 @@ where
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => match classify(what, e) {
-                    Fail::Store(StoreError::Unavailable(m)) => {
-                        tracing::debug!("{m}; retrying");
+                    Fail::Store(e) if e.is_unavailable() => {
+                        tracing::debug!(error = %crate::telemetry::with_causes(&e), "retrying");
                         backoff.wait().await;
                     }
                     other => return Err(other),
@@ -217,7 +204,7 @@ where
     };
     match tokio::time::timeout(deadline, attempts).await {
         Ok(r) => r,
-        Err(_) => Err(Fail::Store(StoreError::Unavailable(format!(
+        Err(_) => Err(Fail::Store(StoreError::unavailable(format!(
             "etcd {what}: no answer within {deadline:?}"
         )))),
     }
@@ -248,7 +235,7 @@ fn read_revision(resp: &GetResponse) -> StoreResult<i64> {
     resp.header()
         .map(|h| h.revision())
         .filter(|r| *r > 0)
-        .ok_or_else(|| internal("etcd answered without a revision"))
+        .ok_or_else(|| StoreError::internal("etcd answered without a revision"))
 }
 
 /// The etcd-backed [`Store`].
@@ -295,7 +282,7 @@ impl EtcdStore {
         feed: Arc<dyn CatalogFeed>,
     ) -> StoreResult<Arc<EtcdStore>> {
         if endpoints.is_empty() {
-            return Err(internal("no etcd endpoints given"));
+            return Err(StoreError::internal("no etcd endpoints given"));
         }
         let mut prefix = prefix.to_owned();
         if !prefix.ends_with('/') {
@@ -317,7 +304,7 @@ impl EtcdStore {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(classify("connect", e).into_store("connect")),
                 Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(StoreError::unavailable(format!(
                         "etcd connect: no answer within {REQUEST_TIMEOUT:?}"
                     )))
                 }
@@ -407,15 +394,17 @@ impl Inner {
         let prefix = self.meta_prefix();
         let hexname = key
             .strip_prefix(prefix.as_slice())
-            .ok_or_else(|| internal("catalog head outside the meta/ prefix"))?;
-        let raw = hex::decode(hexname)
-            .map_err(|e| internal(format!("catalog head key is not hex-encoded: {e}")))?;
-        String::from_utf8(raw).map_err(|e| internal(format!("cluster name is not UTF-8: {e}")))
+            .ok_or_else(|| StoreError::internal("catalog head outside the meta/ prefix"))?;
+        let raw = hex::decode(hexname).map_err(|e| {
+            StoreError::internal("catalog head key is not hex-encoded").caused_by(e)
+        })?;
+        String::from_utf8(raw)
+            .map_err(|e| StoreError::internal("cluster name is not UTF-8").caused_by(e))
     }
 
     fn closed(&self) -> StoreResult<()> {
         if self.cancel.is_cancelled() {
-            Err(StoreError::Unavailable("etcd store closed".into()))
+            Err(StoreError::unavailable("etcd store closed"))
         } else {
             Ok(())
         }
@@ -423,20 +412,22 @@ impl Inner {
 }
 
 fn parse_head(kv: &KeyValue) -> StoreResult<Head> {
-    serde_json::from_slice(kv.value()).map_err(|e| internal(format!("malformed catalog head: {e}")))
+    serde_json::from_slice(kv.value())
+        .map_err(|e| StoreError::internal("malformed catalog head").caused_by(e))
 }
 
 fn parse_entry(kv: &KeyValue) -> StoreResult<StoredEntry> {
     serde_json::from_slice(kv.value())
-        .map_err(|e| internal(format!("malformed history entry: {e}")))
+        .map_err(|e| StoreError::internal("malformed history entry").caused_by(e))
 }
 
 fn parse_node(kv: &KeyValue) -> StoreResult<NodeRecord> {
-    serde_json::from_slice(kv.value()).map_err(|e| internal(format!("malformed node record: {e}")))
+    serde_json::from_slice(kv.value())
+        .map_err(|e| StoreError::internal("malformed node record").caused_by(e))
 }
 
 fn to_json<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| internal(format!("cannot encode: {e}")))
+    serde_json::to_vec(value).map_err(|e| StoreError::internal("cannot encode").caused_by(e))
 }
 
 // ---------------------------------------------------------------------------
@@ -476,7 +467,7 @@ impl Inner {
         .await
         .map_err(|f| f.into_store(what))?;
         if resp.id() == 0 {
-            return Err(internal(format!(
+            return Err(StoreError::internal(format!(
                 "etcd {what}: no lease granted: {}",
                 resp.error()
             )));
@@ -539,7 +530,8 @@ impl Inner {
 
     /// The chunks of `head` as they were at `revision`.
     async fn read_blob(&self, cluster: &str, head: &Head, revision: i64) -> Result<Bytes, Fail> {
-        let len = usize::try_from(head.len).map_err(|_| internal("catalog too large"))?;
+        let len =
+            usize::try_from(head.len).map_err(|_| StoreError::internal("catalog too large"))?;
         let mut data = BytesMut::with_capacity(len.min(1 << 30));
         // One key per request: a page of several chunks could exceed the
         // client's decoding limit.
@@ -548,7 +540,7 @@ impl Inner {
             let opts = GetOptions::new().with_revision(revision);
             let resp = self.get("read catalog chunk", key, Some(opts)).await?;
             let kv = resp.kvs().first().ok_or_else(|| {
-                internal(format!(
+                StoreError::internal(format!(
                     "catalog of {cluster:?} v{}: chunk {index} of blob {} is missing",
                     head.version, head.blob
                 ))
@@ -556,7 +548,7 @@ impl Inner {
             data.extend_from_slice(kv.value());
         }
         if data.len() as u64 != head.len {
-            return Err(internal(format!(
+            return Err(StoreError::internal(format!(
                 "catalog of {cluster:?} v{}: {} bytes read, {} expected",
                 head.version,
                 data.len(),
@@ -590,7 +582,7 @@ impl Inner {
                 Err(Fail::Store(e)) => return Err(e),
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "catalog of {cluster:?}: compacted under every read attempt"
         )))
     }
@@ -624,7 +616,8 @@ impl Inner {
             .enumerate()
             .map(|(i, c)| (i as u32, data.slice_ref(c)))
             .collect();
-        let count = u32::try_from(chunks.len()).map_err(|_| internal("catalog too large"))?;
+        let count =
+            u32::try_from(chunks.len()).map_err(|_| StoreError::internal("catalog too large"))?;
         futures::stream::iter(chunks)
             .map(|(index, chunk)| {
                 let key = self.chunk_key(cluster, blob, index);
@@ -684,7 +677,7 @@ impl Inner {
                 Err(Fail::Store(e)) => return Err(e),
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "version {version} of {cluster:?}: compacted under every read attempt"
         )))
     }
@@ -710,7 +703,7 @@ impl Inner {
         }
         let version = expected
             .checked_add(1)
-            .ok_or_else(|| internal("catalog version overflow"))?;
+            .ok_or_else(|| StoreError::internal("catalog version overflow"))?;
         let history_id = if current_history.is_empty() {
             new_history_id()
         } else {
@@ -910,7 +903,7 @@ impl Inner {
                 return Ok(true);
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "heartbeat of {cluster:?}/{node_id:?}: the record kept changing"
         )))
     }
@@ -958,7 +951,7 @@ impl Inner {
                 let suffix = kv
                     .key()
                     .strip_prefix(nodes_root.as_slice())
-                    .ok_or_else(|| internal("node key outside the nodes/ prefix"))?;
+                    .ok_or_else(|| StoreError::internal("node key outside the nodes/ prefix"))?;
                 out.push(NodeStatus {
                     alive: alive.contains(suffix),
                     record,
@@ -969,8 +962,8 @@ impl Inner {
             });
             return Ok(out);
         }
-        Err(StoreError::Unavailable(
-            "list nodes: compacted under every read attempt".into(),
+        Err(StoreError::unavailable(
+            "list nodes: compacted under every read attempt",
         ))
     }
 
@@ -998,7 +991,7 @@ impl Inner {
             .filter_map(|kv| kv.key().strip_prefix(prefix.as_slice()))
             .map(|k| {
                 String::from_utf8(k.to_vec())
-                    .map_err(|e| internal(format!("manager address is not UTF-8: {e}")))
+                    .map_err(|e| StoreError::internal("manager address is not UTF-8").caused_by(e))
             })
             .collect::<StoreResult<Vec<_>>>()?;
         out.sort();
@@ -1075,7 +1068,7 @@ impl Inner {
             match outcome {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
-                    tracing::warn!("manager registration: {e}");
+                    tracing::warn!(error = %crate::telemetry::with_causes(&e), "manager registration failed");
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
                         _ = backoff.wait() => {}
@@ -1108,8 +1101,8 @@ impl Inner {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
                 Ok(Ok(Some(_))) => return KeepAliveEnd::Expired,
                 Ok(Ok(None)) => {
-                    return KeepAliveEnd::Broken(StoreError::Unavailable(
-                        "lease keep-alive stream ended".into(),
+                    return KeepAliveEnd::Broken(StoreError::unavailable(
+                        "lease keep-alive stream ended",
                     ))
                 }
                 Ok(Err(e)) => {
@@ -1118,8 +1111,8 @@ impl Inner {
                     )
                 }
                 Err(_) => {
-                    return KeepAliveEnd::Broken(StoreError::Unavailable(
-                        "lease keep-alive: no answer in time".into(),
+                    return KeepAliveEnd::Broken(StoreError::unavailable(
+                        "lease keep-alive: no answer in time",
                     ))
                 }
             }
@@ -1198,23 +1191,23 @@ impl Inner {
         let (_watcher, mut stream) = match created {
             Ok(Ok(Ok(pair))) => pair,
             Ok(Ok(Err(e))) => return classify("watch", e).into_store("watch"),
-            Ok(Err(join)) => return StoreError::Unavailable(format!("etcd watch: {join}")),
-            Err(_) => return StoreError::Unavailable("etcd watch: no answer in time".into()),
+            Ok(Err(join)) => return StoreError::unavailable("etcd watch").caused_by(join),
+            Err(_) => return StoreError::unavailable("etcd watch: no answer in time"),
         };
         loop {
             let resp = match stream.message().await {
                 Ok(Some(resp)) => resp,
-                Ok(None) => return StoreError::Unavailable("watch stream ended".into()),
+                Ok(None) => return StoreError::unavailable("watch stream ended"),
                 Err(e) => return classify("watch", e).into_store("watch"),
             };
             if resp.compact_revision() != 0 {
-                return StoreError::Unavailable(format!(
+                return StoreError::unavailable(format!(
                     "watch history compacted up to revision {}",
                     resp.compact_revision()
                 ));
             }
             if resp.canceled() {
-                return StoreError::Unavailable(format!(
+                return StoreError::unavailable(format!(
                     "watch cancelled: {}",
                     resp.cancel_reason()
                 ));
@@ -1233,7 +1226,9 @@ impl Inner {
                     Ok((cluster, head)) => {
                         latest.insert(cluster, (head, kv.mod_revision()));
                     }
-                    Err(e) => tracing::warn!("ignoring a catalog head: {e}"),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::telemetry::with_causes(&e), "ignoring a catalog head")
+                    }
                 }
             }
             if latest.is_empty() {

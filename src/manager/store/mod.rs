@@ -134,15 +134,56 @@ pub enum CasOutcome {
     Conflict(Snapshot),
 }
 
-/// Why a store call failed.
+/// What made a store call fail, kept as the error's source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a store call failed: what was being done, and the underlying error.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached (or did not answer in time): worth retrying.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The store answered with something that cannot be true: a bug or corruption.
-    #[error("store error: {0}")]
-    Internal(String),
+    #[error("store error: {what}")]
+    Internal {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl StoreError {
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    pub fn internal(what: impl Into<String>) -> Self {
+        StoreError::Internal {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// The same error, with `cause` as its source.
+    pub fn caused_by(self, cause: impl Into<Cause>) -> Self {
+        let cause = Some(cause.into());
+        match self {
+            StoreError::Unavailable { what, .. } => StoreError::Unavailable { what, cause },
+            StoreError::Internal { what, .. } => StoreError::Internal { what, cause },
+        }
+    }
+
+    /// Worth retrying.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
