@@ -362,8 +362,18 @@ async fn a_refused_statement_leaves_everything_else_applied() {
             },
         )
         .await;
-        let health = node.agent.health().await.unwrap_or_default();
-        assert_eq!(health["influxdb"], "up", "{health}");
+        let failing = node
+            .agent
+            .wait_health(DEADLINE, 503, "a failed apply makes the node unhealthy")
+            .await;
+        assert_eq!(failing["influxdb"], "up", "{failing}");
+        assert!(
+            failing["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("the last apply of the cluster catalog failed"),
+            "{failing}"
+        );
     }
     // The refused query stays in the cluster's catalog (nothing was dropped),
     // and the nodes' own _internal never got there.
@@ -375,4 +385,31 @@ async fn a_refused_statement_leaves_everything_else_applied() {
         .continuous_queries
         .contains_key("cq1"));
     assert!(!after.databases.contains_key(INTERNAL_DATABASE));
+
+    // Once the refused query is taken out of the catalog, every apply
+    // succeeds whole and the nodes are healthy again.
+    let snapshot = cluster.snapshot().await;
+    let mut fixed = Catalog::from_meta_bytes(&snapshot.data).unwrap();
+    fixed
+        .databases
+        .get_mut("db1")
+        .unwrap()
+        .continuous_queries
+        .remove("broken");
+    cluster
+        .manager
+        .grpc_client()
+        .await
+        .push_meta(push_request(
+            CLUSTER,
+            snapshot.version,
+            &fixed.to_meta_bytes(),
+        ))
+        .await
+        .expect("PushMeta");
+    for node in &cluster.nodes {
+        node.agent
+            .wait_health(DEADLINE, 200, "healthy once the apply succeeds")
+            .await;
+    }
 }

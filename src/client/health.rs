@@ -55,6 +55,11 @@ impl NodeHealth {
         self.state().apply = result.err().map(with_causes);
     }
 
+    /// Whether the last apply of the cluster's catalog failed.
+    pub fn apply_failing(&self) -> bool {
+        self.state().apply.is_some()
+    }
+
     /// A manager answered; heartbeats are due every `interval`.
     pub fn manager_answered(&self, interval: Duration) {
         let mut s = self.state();

@@ -412,7 +412,10 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
         target: &Catalog,
         snapshot: &proto::MetaSnapshot,
     ) -> Result<(), SyncError> {
-        if target == local {
+        // Holding the target already is no work, unless the last apply
+        // failed: then the owner still counts that failure, and an apply of
+        // nothing left to do is what ends it.
+        if target == local && !self.client.health.apply_failing() {
             return Ok(());
         }
         let applied = self.client.meta.apply(target).await;
@@ -1001,6 +1004,30 @@ mod tests {
         assert_eq!(task.base.version, 4);
         assert!(task.watch.is_some(), "the watch stays open");
         assert!(manager.script(|s| s.pushes.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_ends_when_the_cluster_catalog_becomes_what_the_node_holds() {
+        let base = catalog(&["a"]);
+        let refused = catalog(&["a", "refused"]);
+        let manager = ScriptedManager::at(2, &refused);
+        let meta = RecordingMeta::holding(base.clone());
+        *meta.failing_applies.lock().unwrap() = 1;
+        let f = node(&manager, meta.clone(), 1, Some(&base)).await;
+        let mut task = SyncTask::new(&f.client).await;
+
+        task.on_snapshot(snapshot(2, &refused)).await;
+        assert!(!f.client.health.problems().is_empty());
+        // The refused part is taken out of the cluster's catalog: the node
+        // holds it whole, and is healthy again.
+        task.on_snapshot(snapshot(3, &base)).await;
+        assert!(
+            f.client.health.problems().is_empty(),
+            "{:?}",
+            f.client.health.problems()
+        );
+        assert_eq!(task.base.version, 3);
+        assert!(task.unapplied.is_none());
     }
 
     #[tokio::test]

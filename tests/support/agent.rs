@@ -46,6 +46,9 @@ pub struct AgentOptions {
     pub transport: Option<String>,
     /// `--shared-secret`; by default the influxd's own secret, if any.
     pub shared_secret: Option<String>,
+    /// `--meta-dir`; by default the influxd's own (another server's, to
+    /// test a misconfiguration).
+    pub meta_dir: Option<PathBuf>,
     /// More flags.
     pub args: Vec<String>,
     /// `RUST_LOG` of the agent.
@@ -59,6 +62,7 @@ impl AgentOptions {
             cluster: cluster.to_owned(),
             transport: None,
             shared_secret: None,
+            meta_dir: None,
             args: Vec::new(),
             log_filter: "info".to_owned(),
         }
@@ -100,7 +104,12 @@ impl Agent {
             "--influxdb-url".into(),
             influxd.url(),
             "--meta-dir".into(),
-            influxd.meta_dir().display().to_string(),
+            options
+                .meta_dir
+                .clone()
+                .unwrap_or_else(|| influxd.meta_dir())
+                .display()
+                .to_string(),
             "--state-dir".into(),
             state_dir.display().to_string(),
         ];
@@ -191,6 +200,11 @@ impl Agent {
 
     /// The `/health` answer (200 or 503); `None` when the agent does not answer.
     pub async fn health(&self) -> Option<Value> {
+        self.health_status().await.map(|(_, body)| body)
+    }
+
+    /// `/health`'s status code and body; `None` when the agent does not answer.
+    pub async fn health_status(&self) -> Option<(u16, Value)> {
         let r = self
             .http
             .get(format!("{}/health", self.url()))
@@ -198,7 +212,20 @@ impl Agent {
             .send()
             .await
             .ok()?;
-        r.json().await.ok()
+        let code = r.status().as_u16();
+        Some((code, r.json().await.ok()?))
+    }
+
+    /// Waits until `/health` answers `code`, and returns that answer's body.
+    pub async fn wait_health(&self, deadline: Duration, code: u16, what: &str) -> Value {
+        super::wait::eventually(deadline, what, || async move {
+            match self.health_status().await {
+                Some((c, body)) if c == code => Ok(body),
+                Some((c, body)) => Err(format!("{c} {body}")),
+                None => Err("no answer".to_owned()),
+            }
+        })
+        .await
     }
 
     /// The node ID it reports (once registered).

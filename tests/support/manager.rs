@@ -70,6 +70,29 @@ impl Manager {
     }
 
     /// The manager's log so far.
+    /// Runs `cfluxctl` against this manager, stdin closed, with nothing of
+    /// the caller's environment that would change its answer.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        self.ctl_in(None, args)
+    }
+
+    /// [`Self::ctl`] with `CLUSTER` set to `cluster` (unset for `None`).
+    pub fn ctl_in(&self, cluster: Option<&str>, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cfluxctl"));
+        command
+            .args(args)
+            .env("CFLUX_ENDPOINT", self.url())
+            .env_remove("CFLUX_TOKEN")
+            .env_remove("CFLUX_TOKEN_FILE")
+            .env_remove("CFLUX_CA")
+            .env_remove("CLUSTER")
+            .stdin(Stdio::null());
+        if let Some(c) = cluster {
+            command.env("CLUSTER", c);
+        }
+        command.output().expect("run cfluxctl")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
