@@ -1,7 +1,8 @@
 //! Sync state travels with the heartbeat: real agents beside real influxd
 //! servers report the catalog version they applied and why their last sync
 //! step failed; `ListNodes`, `cfluxctl nodes` and `cfluxctl status` show it,
-//! a node whose influxd is down is marked failing and behind, and recovers.
+//! a node whose influxd is down is marked failing and behind, and recovers;
+//! a dead one makes `status` fail too.
 //! Nodes that report nothing (the legacy protocol) are unknown, never
 //! behind, and the legacy `GET /nodes` keeps its shape.
 
@@ -143,6 +144,22 @@ async fn a_node_whose_apply_fails_is_shown_failing_and_behind_until_it_recovers(
     assert!(api1.databases().await.contains("while_down"));
     let recovered = ctl(&manager, &["status"]);
     assert_eq!(recovered.status.code(), Some(0), "{recovered:?}");
+
+    // A dead node needs attention too, whatever it reported last.
+    nodes[1].agent.kill();
+    let dead = eventually(DEADLINE, "node1 listed dead", || async {
+        let status = ctl(&manager, &["-o", "json", "status"]);
+        let doc: serde_json::Value =
+            serde_json::from_slice(&status.stdout).map_err(|e| format!("{e}: {status:?}"))?;
+        same(
+            "dead nodes",
+            &serde_json::json!(1),
+            &doc["clusters"][0]["dead"],
+        )?;
+        Ok(status)
+    })
+    .await;
+    assert_eq!(dead.status.code(), Some(3), "{dead:?}");
 }
 
 #[tokio::test]
