@@ -485,6 +485,7 @@ async fn grpc_heartbeats(addr: SocketAddr, clients: usize) -> anyhow::Result<f64
                 .heartbeat(proto::HeartbeatRequest {
                     cluster,
                     node_id: node_id.clone(),
+                    sync: None,
                 })
                 .await?;
             Ok((client, node_id))
@@ -511,7 +512,7 @@ async fn store_heartbeats(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::
     rate(nodes, move |node_id| {
         let (store, cluster) = (store.clone(), cluster.clone());
         async move {
-            if !store.heartbeat(&cluster, &node_id, now_ms()).await? {
+            if !store.heartbeat(&cluster, &node_id, now_ms(), None).await? {
                 bail!("the store does not know {node_id}");
             }
             Ok(node_id)

@@ -18,6 +18,8 @@ pub const MAX_IP_BYTES: usize = 64;
 pub const MAX_ADDR_BYTES: usize = 512;
 /// The longest software version string.
 pub const MAX_VERSION_BYTES: usize = 256;
+/// The longest reason a node gives for a failed sync step.
+pub const MAX_SYNC_ERROR_BYTES: usize = 512;
 
 /// Why a name breaks the rules; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +89,33 @@ pub fn validate_registration(r: RegistrationFields<'_>) -> Result<(), NameError>
     bounded("version", r.version, MAX_VERSION_BYTES)
 }
 
+/// Checks what a heartbeat reports about the node's sync: a history ID as
+/// long as a name, a reason of at most 512 bytes (the node cuts its own with
+/// [`sync_error_line`]); neither with control characters.
+pub fn validate_sync_report(history_id: &str, sync_error: &str) -> Result<(), NameError> {
+    bounded("applied_history_id", history_id, MAX_NAME_BYTES)?;
+    bounded("sync_error", sync_error, MAX_SYNC_ERROR_BYTES)
+}
+
+/// A sync error as a node reports it: one line (control characters become
+/// spaces) of at most [`MAX_SYNC_ERROR_BYTES`], cut at a character boundary
+/// and marked with `…` when cut.
+pub fn sync_error_line(reason: &str) -> String {
+    let line: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() <= MAX_SYNC_ERROR_BYTES {
+        return line;
+    }
+    const MARK: &str = "…";
+    let mut cut = MAX_SYNC_ERROR_BYTES - MARK.len();
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{MARK}", &line[..cut])
+}
+
 fn validate_name(what: &'static str, name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty(what));
@@ -112,6 +141,34 @@ fn bounded(what: &'static str, value: &str, limit: usize) -> Result<(), NameErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_errors_are_one_bounded_line() {
+        assert_eq!(
+            sync_error_line("apply: refused\nby influxd"),
+            "apply: refused by influxd"
+        );
+        // Multi-byte characters across the limit: cut before them, never inside.
+        let long = "é".repeat(MAX_SYNC_ERROR_BYTES);
+        let line = sync_error_line(&long);
+        assert!(line.len() <= MAX_SYNC_ERROR_BYTES, "{}", line.len());
+        assert!(line.ends_with('…') && line.starts_with("éé"));
+        assert_eq!(validate_sync_report("h", &line), Ok(()));
+        let exact = "x".repeat(MAX_SYNC_ERROR_BYTES);
+        assert_eq!(sync_error_line(&exact), exact);
+
+        assert!(matches!(
+            validate_sync_report("h", &format!("{exact}x")),
+            Err(NameError::TooLong {
+                what: "sync_error",
+                len: 513,
+                limit: 512
+            })
+        ));
+        assert!(validate_sync_report("h", "a\nb").is_err());
+        assert!(validate_sync_report(&"h".repeat(MAX_NAME_BYTES + 1), "").is_err());
+        assert_eq!(validate_sync_report("", ""), Ok(()));
+    }
 
     #[test]
     fn cluster_names() {

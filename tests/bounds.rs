@@ -70,6 +70,7 @@ async fn oversized_registration_fields_are_refused_and_listings_keep_working() {
         c.heartbeat(cflux::proto::HeartbeatRequest {
             cluster: "prod".into(),
             node_id: long_id.clone(),
+            sync: None,
         })
         .await
         .expect_err("heartbeat"),

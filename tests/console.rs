@@ -218,6 +218,24 @@ async fn the_console_follows_a_live_cluster() {
         browser.eval(&format!("return {}", shown("#token-form"))),
         json!(false)
     );
+    // Every node reports the new version with its next heartbeat, and the
+    // history panel lists the change.
+    browser
+        .wait_for(
+            Duration::from_secs(15),
+            "three nodes in sync, lag 0",
+            &format!(
+                "return [...document.querySelectorAll('{ROWS}')].filter((r) => r.dataset.sync === 'in-sync' && r.querySelector('.lag').textContent === 'in sync').length === 3"
+            ),
+        )
+        .await;
+    browser
+        .wait_for(
+            Duration::from_secs(5),
+            "the current version first in the history panel",
+            "const newest = document.querySelector('#changes tbody tr'); return newest !== null && 'version ' + newest.dataset.version === document.querySelector('#catalog-version').textContent",
+        )
+        .await;
     let api = nodes[1].api();
     api.exec("CREATE USER reader WITH PASSWORD 'a-secret-password'")
         .await;
@@ -234,6 +252,31 @@ async fn the_console_follows_a_live_cluster() {
         json!(false),
         "a password hash reached the page"
     );
+
+    // node1's influxd goes down: its agent cannot apply the next change,
+    // and says so with its next heartbeat.
+    let behind = nodes[1].agent.node_id().await.expect("registered");
+    nodes[1].influxd.kill();
+    nodes[0]
+        .api()
+        .exec("CREATE DATABASE while_node1_down")
+        .await;
+    browser
+        .wait_for(
+            Duration::from_secs(15),
+            "node1 failing, one version behind, with its error",
+            &format!(
+                "const r = document.querySelector('{ROWS}[data-node-id=\"{behind}\"]'); return r?.dataset.sync === 'failing' && r.querySelector('.lag').textContent === '1 behind' && r.querySelector('.sync-error').textContent.startsWith('pull: ')"
+            ),
+        )
+        .await;
+    browser
+        .wait_for(
+            Duration::from_secs(5),
+            "the newest change first in the history panel",
+            "return document.querySelector('#changes tbody tr .summary')?.textContent.includes('+while_node1_down') === true",
+        )
+        .await;
 
     let dying = nodes[2].agent.node_id().await.expect("registered");
     nodes[2].agent.kill();
@@ -326,7 +369,8 @@ async fn without_the_token_the_console_shows_nothing() {
 }
 
 /// The stream without a token configured: open, and a node registered
-/// through gRPC arrives as a `listing` event.
+/// through gRPC arrives as a `listing` event, the catalog and its history
+/// as `catalog` and `history` events.
 #[tokio::test]
 async fn the_event_stream_carries_listings_and_catalogs() {
     let manager = Manager::start().await;
@@ -345,6 +389,7 @@ async fn the_event_stream_carries_listings_and_catalogs() {
             if seen.contains("event: listing")
                 && seen.contains("plain-host")
                 && seen.contains("event: catalog")
+                && seen.contains("event: history")
             {
                 return true;
             }

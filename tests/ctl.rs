@@ -1,13 +1,14 @@
 //! `cfluxctl` against a real manager: listings, the catalog in words and in
 //! JSON, deregistration (refused for a live node without `--force`), clear
-//! failures for an unknown node or cluster, and backup and restore.
+//! failures for an unknown node or cluster, backup and restore, and the sync
+//! state of nodes in `nodes` and `status` (with its exit code).
 
 mod support;
 
 use std::process::Output;
 
 use cflux::influx::catalog::{Catalog, Database, RetentionPolicy, User};
-use cflux::proto::{PushMetaRequest, RegisterRequest};
+use cflux::proto::{HeartbeatRequest, PushMetaRequest, RegisterRequest, SyncState};
 use support::Manager;
 
 fn ctl(manager: &Manager, args: &[&str]) -> Output {
@@ -147,6 +148,125 @@ async fn cfluxctl_lists_shows_and_deregisters() {
     assert!(gone.status.success(), "{gone:?}");
     assert!(stdout(&gone).contains("removed"), "{gone:?}");
     assert!(!stdout(&ctl(&manager, &["nodes"])).contains(&node));
+}
+
+/// `prod`'s node `influx-a` heartbeats, reporting `sync` (nothing: `None`).
+async fn report(manager: &Manager, node: &str, sync: Option<SyncState>) {
+    manager
+        .grpc_client()
+        .await
+        .heartbeat(HeartbeatRequest {
+            cluster: "prod".into(),
+            node_id: node.into(),
+            sync,
+        })
+        .await
+        .expect("heartbeat");
+}
+
+fn sync_state(applied_version: u64, history_id: &str, sync_error: &str) -> SyncState {
+    SyncState {
+        applied_version,
+        applied_history_id: history_id.into(),
+        sync_error: sync_error.into(),
+    }
+}
+
+#[tokio::test]
+async fn nodes_and_status_show_who_is_behind_or_failing() {
+    let manager = Manager::start().await;
+    let node = prod_cluster(&manager).await;
+    let history = support::get_meta(&mut manager.grpc_client().await, "prod")
+        .await
+        .history_id;
+    let status = |args: &[&str]| {
+        let mut all = vec!["status"];
+        all.extend_from_slice(args);
+        ctl(&manager, &all)
+    };
+
+    // Registered, nothing reported yet: unknown, which is no alarm.
+    let unknown = json(&ctl(&manager, &["-o", "json", "nodes"]));
+    assert_eq!(unknown[0]["sync"], "unknown", "{unknown}");
+    assert_eq!(unknown[0]["lag"], serde_json::Value::Null, "{unknown}");
+    assert_eq!(status(&[]).status.code(), Some(0));
+
+    report(&manager, &node, Some(sync_state(1, &history, ""))).await;
+    let in_sync = json(&ctl(
+        &manager,
+        &["-o", "json", "nodes", "--cluster", "prod"],
+    ));
+    assert_eq!(in_sync[0]["sync"], "in_sync", "{in_sync}");
+    assert_eq!(in_sync[0]["applied_version"], 1, "{in_sync}");
+    assert_eq!(in_sync[0]["lag"], 0, "{in_sync}");
+    let ok = status(&[]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let text = stdout(&ok);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("prod"))
+        .unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().take(7).collect::<Vec<_>>(),
+        ["prod", "1", "1", "1", "0", "0", "0"],
+        "{text}"
+    );
+    assert!(
+        row.contains("v1") && row.contains("influx-a") && row.contains("initial catalog"),
+        "the last change, who and what: {text}"
+    );
+    assert!(text.contains("every node is alive and in sync"), "{text}");
+
+    // A failing apply: behind by one version, with the reason.
+    let mut grpc = manager.grpc_client().await;
+    grpc.push_meta(PushMetaRequest {
+        cluster: "prod".into(),
+        expected_version: 1,
+        data: Catalog::default().to_meta_bytes().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let refused = "pull: influxd refused CREATE CONTINUOUS QUERY cq1";
+    report(&manager, &node, Some(sync_state(1, &history, refused))).await;
+    let table = stdout(&ctl(&manager, &["nodes"]));
+    let row = table
+        .lines()
+        .find(|l| l.contains(&node))
+        .unwrap_or_default();
+    assert!(
+        row.contains(" 1 ") && row.contains("failing") && row.contains(refused),
+        "applied version, lag, mark and reason: {table}"
+    );
+    let failing = status(&["prod"]);
+    assert_eq!(failing.status.code(), Some(3), "{failing:?}");
+    assert!(
+        stdout(&failing).contains(&format!("failing: {refused}")),
+        "{failing:?}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&status(&["-o", "json"]).stdout).unwrap();
+    assert_eq!(doc["in_sync"], false, "{doc}");
+    assert_eq!(doc["clusters"][0]["failing"], 1, "{doc}");
+    assert_eq!(doc["clusters"][0]["last_change"]["version"], 2, "{doc}");
+
+    // Behind without an error, then on another history: behind either way.
+    report(&manager, &node, Some(sync_state(1, &history, ""))).await;
+    let behind = status(&[]);
+    assert_eq!(behind.status.code(), Some(3), "{behind:?}");
+    assert!(stdout(&behind).contains("behind by 1"), "{behind:?}");
+    report(&manager, &node, Some(sync_state(7, "an-old-history", ""))).await;
+    let elsewhere = json(&ctl(&manager, &["-o", "json", "nodes"]));
+    assert_eq!(elsewhere[0]["sync"], "behind", "{elsewhere}");
+    assert_eq!(elsewhere[0]["lag"], serde_json::Value::Null, "{elsewhere}");
+    assert_eq!(status(&[]).status.code(), Some(3));
+
+    // Caught up.
+    report(&manager, &node, Some(sync_state(2, &history, ""))).await;
+    assert_eq!(status(&[]).status.code(), Some(0));
+
+    let nope = status(&["nope"]);
+    assert_eq!(nope.status.code(), Some(1), "{nope:?}");
+    assert!(stderr(&nope).contains("does not exist"), "{nope:?}");
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@ fn node(cluster: &str, id: &str) -> NodeRecord {
         version: "1.8.10".into(),
         registered_at_ms: 1_000,
         last_heartbeat_ms: 1_000,
+        sync: None,
     }
 }
 
@@ -338,7 +339,7 @@ async fn keeps_serving_when_a_member_dies() {
     for i in 0..20u64 {
         store.ping().await.unwrap();
         store.put_node(node(c, &format!("n{i}"))).await.unwrap();
-        assert!(store.heartbeat(c, "n1", 2_000 + i).await.unwrap());
+        assert!(store.heartbeat(c, "n1", 2_000 + i, None).await.unwrap());
         assert!(store.get_node(c, "n1").await.unwrap().is_some());
         let listed = store.list_nodes(Some(c)).await.unwrap();
         assert!(listed.iter().any(|s| s.record.node_id == "n1" && s.alive));

@@ -31,7 +31,7 @@ use cflux::manager::plane::{CatalogPush, ControlPlane, Layer, Limits};
 use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::etcd::EtcdStore;
 use cflux::manager::store::{
-    CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreOptions,
+    CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreOptions, SyncReport,
 };
 use etcd_support::EtcdCluster;
 use tempfile::TempDir;
@@ -173,6 +173,7 @@ fn node(cluster: &str, id: &str) -> NodeRecord {
         version: "1.8.10".into(),
         registered_at_ms: now,
         last_heartbeat_ms: now,
+        sync: None,
     }
 }
 
@@ -289,17 +290,17 @@ async fn liveness(s: Subject) {
         .iter()
         .all(|n| n.alive));
 
-    assert!(!store.heartbeat(c, "ghost", now_ms()).await.unwrap());
+    assert!(!store.heartbeat(c, "ghost", now_ms(), None).await.unwrap());
     assert_eq!(store.get_node(c, "ghost").await.unwrap(), None);
     assert!(!store
-        .heartbeat("nowhere", "beating", now_ms())
+        .heartbeat("nowhere", "beating", now_ms(), None)
         .await
         .unwrap());
 
     let dead = eventually(DEADLINE, "the silent node listed dead", || {
         let store = store.clone();
         async move {
-            assert!(store.heartbeat(c, "beating", now_ms()).await.unwrap());
+            assert!(store.heartbeat(c, "beating", now_ms(), None).await.unwrap());
             let nodes = store.list_nodes(Some(c)).await.unwrap();
             let alive: Vec<_> = nodes
                 .iter()
@@ -325,7 +326,7 @@ async fn liveness(s: Subject) {
         .any(|n| !n.alive && n.record.hostname == "host-silent"));
 
     let beat = now_ms();
-    assert!(store.heartbeat(c, "silent", beat).await.unwrap());
+    assert!(store.heartbeat(c, "silent", beat, None).await.unwrap());
     let revived = store.get_node(c, "silent").await.unwrap().unwrap();
     assert_eq!(revived.last_heartbeat_ms, beat);
     assert!(store
@@ -336,7 +337,7 @@ async fn liveness(s: Subject) {
         .all(|n| n.alive));
 
     assert!(store.delete_node(c, "silent").await.unwrap());
-    assert!(!store.heartbeat(c, "silent", now_ms()).await.unwrap());
+    assert!(!store.heartbeat(c, "silent", now_ms(), None).await.unwrap());
     assert_eq!(store.get_node(c, "silent").await.unwrap(), None);
     store.close().await;
 }
@@ -643,7 +644,7 @@ async fn restart(s: Subject) {
         n
     );
     assert_eq!(store.list_nodes(None).await.unwrap().len(), 2);
-    assert!(store.heartbeat(c, "n1", now_ms()).await.unwrap());
+    assert!(store.heartbeat(c, "n1", now_ms(), None).await.unwrap());
     assert_eq!(store.get_meta(c).await.unwrap(), before);
     assert_eq!(store.list_catalogs().await.unwrap(), [(c.to_owned(), 2)]);
     assert_eq!(
@@ -795,6 +796,67 @@ async fn wiped_state_starts_a_new_history(s: Subject) {
     s.store.close().await;
 }
 
+/// A heartbeat keeps what the node reported about its sync (and one that
+/// reports nothing forgets it); listings through the plane add the lag
+/// behind the cluster's catalog, unknown for another history.
+async fn sync_reports(s: Subject) {
+    let c = "sync";
+    let store = &s.store;
+    store.put_node(node(c, "n1")).await.unwrap();
+    store.put_node(node(c, "silent")).await.unwrap();
+    for v in 0..3 {
+        accepted(
+            store
+                .cas_meta(c, v, "", meta(&[v as u8]), ChangeNote::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let history_id = store.get_meta(c).await.unwrap().history_id;
+    let behind = SyncReport {
+        applied_version: 2,
+        applied_history_id: history_id.clone(),
+        sync_error: "pull: influxd refused a statement".into(),
+    };
+    assert!(store
+        .heartbeat(c, "n1", now_ms(), Some(behind.clone()))
+        .await
+        .unwrap());
+    let kept = store.get_node(c, "n1").await.unwrap().unwrap();
+    assert_eq!(kept.sync.as_ref(), Some(&behind));
+
+    let plane = plane(s.store.clone(), s.hub.clone());
+    let lags = |listed: Vec<cflux::manager::plane::ListedNode>| {
+        listed
+            .into_iter()
+            .map(|n| (n.status.record.node_id, n.status.record.sync, n.lag))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        lags(plane.list_nodes_with_lag(c).await.unwrap()),
+        [
+            ("n1".to_owned(), Some(behind), Some(1)),
+            ("silent".to_owned(), None, None),
+        ]
+    );
+
+    let elsewhere = SyncReport {
+        applied_version: 9,
+        applied_history_id: "another-history".into(),
+        sync_error: String::new(),
+    };
+    assert!(store
+        .heartbeat(c, "n1", now_ms(), Some(elsewhere))
+        .await
+        .unwrap());
+    assert_eq!(plane.list_nodes_with_lag(c).await.unwrap()[0].lag, None);
+
+    // A heartbeat that reports nothing (the legacy protocol) forgets it.
+    assert!(store.heartbeat(c, "n1", now_ms(), None).await.unwrap());
+    assert_eq!(store.get_node(c, "n1").await.unwrap().unwrap().sync, None);
+    s.store.close().await;
+}
+
 /// One test per behaviour and store.
 macro_rules! contract {
     ($($behaviour:ident),* $(,)?) => {
@@ -825,5 +887,6 @@ contract!(
     large_catalogs,
     restart,
     history,
-    wiped_state_starts_a_new_history
+    wiped_state_starts_a_new_history,
+    sync_reports
 );

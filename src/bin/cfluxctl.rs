@@ -3,6 +3,6 @@
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     cflux::ctl::Ctl::parse().run().await
 }

@@ -194,10 +194,17 @@ impl ManagerClient {
         expect_reply!(self.call(Call::Register(r)).await?, Registered)
     }
 
-    pub async fn heartbeat(&self, cluster: &str, node_id: &str) -> Result<(), CallError> {
+    /// Proves the node alive and reports its sync state (`None`: not known yet).
+    pub async fn heartbeat(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        sync: Option<proto::SyncState>,
+    ) -> Result<(), CallError> {
         let r = proto::HeartbeatRequest {
             cluster: cluster.into(),
             node_id: node_id.into(),
+            sync,
         };
         self.call(Call::Heartbeat(r)).await.map(drop)
     }

@@ -2,7 +2,8 @@
 //!
 //! Two loops run until shutdown:
 //! - membership: register (reusing the node ID kept on disk), then heartbeat
-//!   at the interval the manager hands out; `NOT_FOUND` registers again.
+//!   at the interval the manager hands out, each heartbeat carrying the sync
+//!   state the sync task last reported; `NOT_FOUND` registers again.
 //! - sync: one task owns the catalog state ([`crate::client::sync`]).
 //!
 //! Every manager call goes through the retry layer; a call that still fails
@@ -62,6 +63,9 @@ pub struct Client<M> {
     pub(crate) metrics: Arc<NodeMetrics>,
     pub(crate) health: NodeHealth,
     observed: watch::Sender<Option<Arc<Catalog>>>,
+    /// What the sync task last reported (`None` before it started), read by
+    /// every heartbeat.
+    sync_state: watch::Sender<Option<proto::SyncState>>,
     /// Read from the state directory once (when the client starts running),
     /// then kept here.
     node_id: watch::Sender<Option<String>>,
@@ -90,6 +94,7 @@ impl<M: MetaClient> Client<M> {
             metrics: Arc::new(NodeMetrics::new()),
             health: NodeHealth::new(),
             observed: watch::channel(None).0,
+            sync_state: watch::channel(None).0,
             node_id: watch::channel(None).0,
         })
     }
@@ -110,6 +115,22 @@ impl<M: MetaClient> Client<M> {
                 return false;
             }
             *seen = Some(Arc::new(local.clone()));
+            true
+        });
+    }
+
+    /// What the node reports about its sync with each heartbeat: the
+    /// version and history it applied, and why its last step failed.
+    pub fn sync_state(&self) -> watch::Receiver<Option<proto::SyncState>> {
+        self.sync_state.subscribe()
+    }
+
+    pub(crate) fn report_sync_state(&self, state: proto::SyncState) {
+        self.sync_state.send_if_modified(|last| {
+            if last.as_ref() == Some(&state) {
+                return false;
+            }
+            *last = Some(state);
             true
         });
     }
@@ -177,14 +198,21 @@ impl<M: MetaClient> Client<M> {
                     failed = membership_backoff(every);
                     node_id = Some(id);
                 }),
-                Some(id) => match self.manager.heartbeat(&self.settings.cluster, id).await {
-                    Err(CallError::NotFound { .. }) => {
-                        tracing::warn!("manager does not know this node; registering again");
-                        node_id = None;
-                        continue;
+                Some(id) => {
+                    let sync = self.sync_state.borrow().clone();
+                    match self
+                        .manager
+                        .heartbeat(&self.settings.cluster, id, sync)
+                        .await
+                    {
+                        Err(CallError::NotFound { .. }) => {
+                            tracing::warn!("manager does not know this node; registering again");
+                            node_id = None;
+                            continue;
+                        }
+                        other => other,
                     }
-                    other => other,
-                },
+                }
             };
             let wait = match step {
                 Ok(()) => {

@@ -25,7 +25,9 @@ use crate::client::node::Client;
 use crate::client::state::SyncedBase;
 use crate::influx::catalog::{Catalog, CatalogError};
 use crate::influx::merge::merge;
+use crate::names::sync_error_line;
 use crate::proto;
+use crate::telemetry::with_causes;
 
 /// Conflict rounds before a push gives up until the next event.
 const MAX_ROUNDS: usize = 16;
@@ -114,8 +116,9 @@ pub(crate) struct SyncTask<'a, M> {
     /// Whether the node's metadata was found to describe its server (checked
     /// once after start, before anything is pushed or applied).
     verified: bool,
-    /// Whether the last step succeeded.
-    last_step_ok: bool,
+    /// Why the last step failed, as heartbeats report it; `None` when it
+    /// succeeded.
+    last_error: Option<String>,
 }
 
 impl<'a, M: MetaClient> SyncTask<'a, M> {
@@ -148,17 +151,23 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             unapplied: None,
             apply_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             verified: false,
-            last_step_ok: false,
+            last_error: None,
         }
     }
 
     /// The node is in sync while the watch is open, the last step succeeded
     /// and nothing waits to be applied: then the manager or the metadata
-    /// owner tells it of any change.
+    /// owner tells it of any change. The next heartbeat carries the base's
+    /// version and the last step's error.
     fn report_sync(&self) {
-        self.client
-            .metrics
-            .set_in_sync(self.watch.is_some() && self.last_step_ok && self.unapplied.is_none());
+        self.client.metrics.set_in_sync(
+            self.watch.is_some() && self.last_error.is_none() && self.unapplied.is_none(),
+        );
+        self.client.report_sync_state(proto::SyncState {
+            applied_version: self.base.version,
+            applied_history_id: self.base.history_id.clone(),
+            sync_error: self.last_error.clone().unwrap_or_default(),
+        });
     }
 
     /// Local changes made while the node was down are pushed first.
@@ -295,7 +304,10 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
     }
 
     fn step(&mut self, what: &'static str, result: Result<(), SyncError>) {
-        self.last_step_ok = result.is_ok();
+        self.last_error = result
+            .as_ref()
+            .err()
+            .map(|e| sync_error_line(&format!("{what}: {}", with_causes(e))));
         if let Err(e) = result {
             self.client.metrics.failure(what);
             tracing::warn!(
@@ -1075,6 +1087,42 @@ mod tests {
             Duration::from_secs(1),
             "reset after a success"
         );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_carry_the_applied_version_and_the_last_error_until_it_is_over() {
+        let base = catalog(&["a"]);
+        let remote = catalog(&["a", "b"]);
+        let manager = ScriptedManager::at(2, &remote);
+        let meta = RecordingMeta::holding(base.clone());
+        *meta.failing_applies.lock().unwrap() = 1;
+        let f = node(&manager, meta.clone(), 1, Some(&base)).await;
+        let mut task = SyncTask::new(&f.client).await;
+        assert_eq!(
+            *f.client.sync_state().borrow(),
+            None,
+            "nothing before the task reports"
+        );
+        let reported = || f.client.sync_state().borrow().clone().expect("reported");
+
+        task.on_snapshot(snapshot(2, &remote)).await;
+        task.report_sync();
+        let failing = reported();
+        assert_eq!(
+            failing.applied_version, 1,
+            "the version applied, not the one seen"
+        );
+        assert!(
+            failing.sync_error.starts_with("pull: ")
+                && failing.sync_error.contains("scripted failure"),
+            "{failing:?}"
+        );
+
+        task.on_apply_due().await;
+        task.report_sync();
+        let recovered = reported();
+        assert_eq!(recovered.applied_version, 2);
+        assert_eq!(recovered.sync_error, "", "{recovered:?}");
     }
 
     #[tokio::test]

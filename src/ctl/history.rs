@@ -23,16 +23,10 @@ pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = changes
         .iter()
         .map(|c| {
-            let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(c.changed_at_ms);
-            let by = match (c.hostname.as_str(), c.node_id.as_str()) {
-                ("", "") => "-".to_owned(),
-                ("", id) => id.to_owned(),
-                (host, id) => format!("{host} ({id})"),
-            };
             vec![
                 c.version.to_string(),
-                humantime::format_rfc3339_seconds(when).to_string(),
-                by,
+                super::changed_at(c.changed_at_ms),
+                super::changed_by(&c.hostname, &c.node_id),
                 c.layer.clone(),
                 c.size_bytes.to_string(),
                 c.summary.clone(),

@@ -12,9 +12,11 @@ mod history;
 mod nodes;
 mod restore;
 mod rollback;
+mod status;
 mod watch;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -77,8 +79,10 @@ pub struct Ctl {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// List nodes (all clusters, or one with --cluster), dead ones included.
+    /// List nodes (all clusters, or one with --cluster), dead ones included, with their catalog version and lag.
     Nodes(nodes::Args),
+    /// One screen on every cluster (or one): version, nodes alive/dead/behind/failing, last change; exit code 3 when a node needs attention.
+    Status(status::Args),
     /// List clusters with their catalog version and node counts.
     Clusters,
     /// Show a cluster's catalog: databases, policies, queries, subscriptions, users.
@@ -150,8 +154,9 @@ impl Context {
 }
 
 impl Ctl {
-    /// Runs the command, printing to stdout.
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Runs the command, printing to stdout; the exit code is a failure
+    /// only for `status` when a node needs attention.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
         let token = crate::config_file::token(
             self.token,
             self.token_file.as_deref(),
@@ -176,6 +181,7 @@ impl Ctl {
             output: self.output,
         };
         match self.command {
+            Command::Status(a) => return status::run(&ctx, a).await,
             Command::Nodes(a) => nodes::run(&ctx, a).await,
             Command::Clusters => clusters::run(&ctx).await,
             Command::Catalog(a) => catalog::run(&ctx, a).await,
@@ -186,7 +192,8 @@ impl Ctl {
             Command::History(a) => history::run(&ctx.manager, a).await,
             Command::Diff(a) => diff::run(&ctx.manager, a).await,
             Command::Rollback(a) => rollback::run(&ctx.manager, a).await,
-        }
+        }?;
+        Ok(ExitCode::SUCCESS)
     }
 }
 
@@ -209,6 +216,22 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row.clone());
+    }
+}
+
+/// When a catalog change was made, as RFC 3339 in seconds.
+fn changed_at(ms: u64) -> String {
+    let when = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(when).to_string()
+}
+
+/// Who made a catalog change: `influx-1 (node-id)`, the ID alone for an
+/// unregistered node, `-` for an operator's tool.
+fn changed_by(hostname: &str, node_id: &str) -> String {
+    match (hostname, node_id) {
+        ("", "") => "-".to_owned(),
+        ("", id) => id.to_owned(),
+        (host, id) => format!("{host} ({id})"),
     }
 }
 

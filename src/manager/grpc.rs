@@ -12,8 +12,10 @@ use tower::{Layer, Service};
 
 use crate::http_serve::PeerAddr;
 use crate::manager::metrics::Metrics;
-use crate::manager::plane::{self, CatalogPush, ControlPlane, PlaneError, Registration};
-use crate::manager::store::{CasOutcome, HistoryEntry, NodeStatus, Snapshot};
+use crate::manager::plane::{
+    self, CatalogPush, ControlPlane, ListedNode, PlaneError, Registration,
+};
+use crate::manager::store::{CasOutcome, HistoryEntry, Snapshot, SyncReport};
 use crate::proto::{self, clusterflux_server::Clusterflux, push_meta_response};
 use crate::telemetry::with_causes;
 
@@ -141,8 +143,8 @@ impl From<PlaneError> for Status {
     }
 }
 
-pub(crate) fn node_message(n: NodeStatus) -> proto::Node {
-    let r = n.record;
+fn node_message(n: ListedNode) -> proto::Node {
+    let r = n.status.record;
     proto::Node {
         node_id: r.node_id,
         cluster: r.cluster,
@@ -151,9 +153,15 @@ pub(crate) fn node_message(n: NodeStatus) -> proto::Node {
         bind_address: r.bind_address,
         http_addr: r.http_addr,
         version: r.version,
-        alive: n.alive,
+        alive: n.status.alive,
         registered_at_ms: r.registered_at_ms,
         last_heartbeat_ms: r.last_heartbeat_ms,
+        sync: r.sync.map(|s| proto::SyncState {
+            applied_version: s.applied_version,
+            applied_history_id: s.applied_history_id,
+            sync_error: s.sync_error,
+        }),
+        lag: n.lag,
     }
 }
 
@@ -240,7 +248,12 @@ impl Clusterflux for GrpcService {
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
         let r = request.into_inner();
         answer(async {
-            self.plane.heartbeat(&r.cluster, &r.node_id).await?;
+            let sync = r.sync.map(|s| SyncReport {
+                applied_version: s.applied_version,
+                applied_history_id: s.applied_history_id,
+                sync_error: s.sync_error,
+            });
+            self.plane.heartbeat(&r.cluster, &r.node_id, sync).await?;
             Ok(proto::HeartbeatResponse {})
         })
         .await
@@ -264,7 +277,7 @@ impl Clusterflux for GrpcService {
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
         let r = request.into_inner();
         answer(async {
-            let nodes = self.plane.list_nodes(&r.cluster).await?;
+            let nodes = self.plane.list_nodes_with_lag(&r.cluster).await?;
             Ok(proto::ListNodesResponse {
                 nodes: nodes.into_iter().map(node_message).collect(),
             })

@@ -174,7 +174,8 @@ async fn heartbeat(
     State(s): State<Legacy>,
     Path((cluster, id)): Path<(String, String)>,
 ) -> LegacyResult<StatusCode> {
-    s.plane.heartbeat(&cluster, &id).await?;
+    // The legacy protocol carries no sync state: the node is listed as unknown.
+    s.plane.heartbeat(&cluster, &id, None).await?;
     Ok(StatusCode::OK)
 }
 

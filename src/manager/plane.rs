@@ -4,6 +4,7 @@
 //! thin translations of this. A pushed catalog is kept only when it is a
 //! valid `meta.Data` ([`validate_meta_data`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::manager::hub::{Hub, Subscription};
 use crate::manager::metrics::Metrics;
 use crate::manager::store::{
     CasOutcome, ChangeNote, HistoryEntry, NodeRecord, NodeStatus, Snapshot, Store, StoreError,
-    StoreResult,
+    StoreResult, SyncReport,
 };
 use crate::manager::summary::summarize;
 use crate::telemetry::with_causes;
@@ -79,6 +80,15 @@ pub struct CatalogPush {
     /// The pushing node; may be empty.
     pub node_id: String,
     pub layer: Layer,
+}
+
+/// A node with how many versions its applied catalog is behind its
+/// cluster's current one (`None`: unknown — it reported nothing, or a
+/// version of another history), as `ListNodes` and the console show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedNode {
+    pub status: NodeStatus,
+    pub lag: Option<u64>,
 }
 
 /// A cluster's summary for listings.
@@ -190,6 +200,8 @@ impl ControlPlane {
             version: reg.version,
             registered_at_ms: known.as_ref().map_or(now, |k| k.registered_at_ms),
             last_heartbeat_ms: now,
+            // Reported again with the next heartbeat.
+            sync: None,
         };
         self.call(self.store.put_node(record.clone())).await?;
         tracing::info!(
@@ -202,13 +214,22 @@ impl ControlPlane {
         Ok(record)
     }
 
-    /// Refreshes a node's TTL.
+    /// Refreshes a node's TTL and keeps what it reports about its sync
+    /// (`None`: nothing, as from older nodes and the legacy protocol).
     #[tracing::instrument(skip_all, fields(%cluster, node = %node_id))]
-    pub async fn heartbeat(&self, cluster: &str, node_id: &str) -> PlaneResult<()> {
+    pub async fn heartbeat(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        sync: Option<SyncReport>,
+    ) -> PlaneResult<()> {
         validate_cluster(cluster)?;
         validate_node_id(node_id)?;
+        if let Some(s) = &sync {
+            crate::names::validate_sync_report(&s.applied_history_id, &s.sync_error)?;
+        }
         if self
-            .call(self.store.heartbeat(cluster, node_id, now_ms()))
+            .call(self.store.heartbeat(cluster, node_id, now_ms(), sync))
             .await?
         {
             Ok(())
@@ -244,6 +265,37 @@ impl ControlPlane {
             (&a.record.cluster, &a.record.node_id).cmp(&(&b.record.cluster, &b.record.node_id))
         });
         Ok(nodes)
+    }
+
+    /// [`Self::list_nodes`], each node with its lag behind its cluster's
+    /// catalog. A watched cluster's catalog is the hub's latest (no store
+    /// read); only clusters with a reporting node are looked up.
+    pub async fn list_nodes_with_lag(&self, cluster: &str) -> PlaneResult<Vec<ListedNode>> {
+        let nodes = self.list_nodes(cluster).await?;
+        let mut current = HashMap::<String, Arc<Snapshot>>::new();
+        let mut out = Vec::with_capacity(nodes.len());
+        for status in nodes {
+            let lag = match &status.record.sync {
+                None => None,
+                Some(report) => {
+                    let name = &status.record.cluster;
+                    let snapshot = match current.get(name) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = match self.hub.latest(name) {
+                                Some(s) => s,
+                                None => Arc::new(self.call(self.store.get_meta(name)).await?),
+                            };
+                            current.insert(name.clone(), s.clone());
+                            s
+                        }
+                    };
+                    report.lag(&snapshot)
+                }
+            };
+            out.push(ListedNode { status, lag });
+        }
+        Ok(out)
     }
 
     /// Every cluster that has nodes or a catalog.

@@ -155,6 +155,7 @@ pub async fn heartbeat(
     c.heartbeat(HeartbeatRequest {
         cluster: cluster.into(),
         node_id: node_id.into(),
+        sync: None,
     })
     .await
     .map(drop)

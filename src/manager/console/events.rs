@@ -1,5 +1,6 @@
 //! The console's live event stream: one listing ticker for every browser,
-//! and one catalog watch per stream through the control plane's hub.
+//! and one catalog watch per stream through the control plane's hub; each
+//! catalog version also sends the cluster's history anew.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::manager::console::view::{CatalogView, Listing, StampedListing};
+use crate::manager::console::view::{CatalogView, HistoryView, Listing, StampedListing};
 use crate::manager::hub::Subscription;
 use crate::manager::plane::{ControlPlane, PlaneError};
 use crate::telemetry::with_causes;
@@ -24,6 +25,8 @@ use crate::telemetry::with_causes;
 /// How often node liveness is looked at: a dead node shows within this much
 /// after the store lists it dead.
 const LISTING_INTERVAL: Duration = Duration::from_secs(1);
+/// How many of the newest kept versions the history panel shows.
+const HISTORY_SHOWN: usize = 20;
 
 /// The console's shared state: the plane and the latest listing, already
 /// rendered as JSON once for all streams.
@@ -83,7 +86,7 @@ impl Console {
 
     async fn list(&self) -> Listing {
         let clusters = self.plane.list_clusters().await;
-        let nodes = self.plane.list_nodes("").await;
+        let nodes = self.plane.list_nodes_with_lag("").await;
         match (clusters, nodes) {
             (Ok(clusters), Ok(nodes)) => Listing::new(clusters, nodes),
             (Err(e), _) | (_, Err(e)) => Listing::failed(e.to_string()),
@@ -105,7 +108,10 @@ pub async fn stream(
     Query(query): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ConsoleError> {
     let catalogs = match query.cluster.filter(|c| !c.is_empty()) {
-        Some(cluster) => catalog_events(console.plane.watch(&cluster).await?).boxed(),
+        Some(cluster) => {
+            let watch = console.plane.watch(&cluster).await?;
+            catalog_events(console.plane.clone(), cluster, watch).boxed()
+        }
         None => futures::stream::empty().boxed(),
     };
     let listings = WatchStream::new(console.listing.subscribe()).filter_map(|listing| async move {
@@ -117,13 +123,31 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// Every catalog version the subscription yields, as `catalog` events.
-fn catalog_events(subscription: Subscription) -> impl Stream<Item = Event> + Send {
+/// Every catalog version the subscription yields, as a `catalog` event
+/// followed by a `history` event (the history changes with each version).
+fn catalog_events(
+    plane: Arc<ControlPlane>,
+    cluster: String,
+    subscription: Subscription,
+) -> impl Stream<Item = Event> + Send {
     // No snapshot has this version, so the first one always goes out.
-    futures::stream::unfold((subscription, u64::MAX), |(mut sub, known)| async move {
-        let snapshot = sub.next_different(known).await?;
-        let event = json_event("catalog", &CatalogView::new(&snapshot));
-        Some((event, (sub, snapshot.version)))
+    let versions =
+        futures::stream::unfold((subscription, u64::MAX), |(mut sub, known)| async move {
+            let snapshot = sub.next_different(known).await?;
+            let version = snapshot.version;
+            Some((snapshot, (sub, version)))
+        });
+    versions.flat_map(move |snapshot| {
+        let (plane, cluster) = (plane.clone(), cluster.clone());
+        let catalog = json_event("catalog", &CatalogView::new(&snapshot));
+        let history = async move {
+            let view = match plane.history(&cluster, HISTORY_SHOWN).await {
+                Ok(entries) => HistoryView::new(&cluster, entries),
+                Err(e) => HistoryView::failed(&cluster, e.to_string()),
+            };
+            json_event("history", &view)
+        };
+        futures::stream::once(async { catalog }).chain(futures::stream::once(history))
     })
 }
 

@@ -5,11 +5,14 @@
 //! server-sent event stream, `GET /console/events?cluster=…`, which sits
 //! behind the manager's bearer-token check like every RPC. The stream carries:
 //!
-//! - `listing`: every cluster and node. One manager-side ticker lists the
+//! - `listing`: every cluster and node, with each node's applied catalog
+//!   version, lag and last sync error. One manager-side ticker lists the
 //!   store once per second while any console is open and hands the same
 //!   listing to every stream, only when it changed ([`events`]);
 //! - `catalog`: the chosen cluster's catalog ([`view`], hashes left out),
-//!   fed by the control plane's watch fan-out, so a change shows at once.
+//!   fed by the control plane's watch fan-out, so a change shows at once;
+//! - `history`: the chosen cluster's newest kept versions, sent again after
+//!   every `catalog` event.
 
 mod events;
 mod view;

@@ -1,12 +1,13 @@
-//! What the console shows, as the JSON its page renders: node listings and a
-//! cluster's catalog in words. Password hashes never enter these views.
+//! What the console shows, as the JSON its page renders: node listings (with
+//! each node's sync state), a cluster's catalog in words and its history.
+//! Password hashes never enter these views.
 
 use serde::Serialize;
 
 use crate::influx::catalog::{Catalog, Privilege};
 use crate::influx::influxql::format_duration;
-use crate::manager::plane::ClusterSummary;
-use crate::manager::store::{NodeStatus, Snapshot};
+use crate::manager::plane::{ClusterSummary, ListedNode};
+use crate::manager::store::{HistoryEntry, Snapshot};
 
 /// Every cluster and every node, as one listing for all consoles.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -37,6 +38,13 @@ pub struct NodeView {
     pub version: String,
     pub registered_at_ms: u64,
     pub last_heartbeat_ms: u64,
+    /// The catalog version the node applied; `None` when it reports nothing.
+    pub applied_version: Option<u64>,
+    /// Versions behind its cluster's; `None` when unknown (nothing
+    /// reported, or another history).
+    pub lag: Option<u64>,
+    /// Why its last sync step failed; `None` while they succeed.
+    pub sync_error: Option<String>,
 }
 
 /// A listing stamped with the manager's clock, so a page can tell how long
@@ -49,7 +57,7 @@ pub struct StampedListing<'a> {
 }
 
 impl Listing {
-    pub fn new(clusters: Vec<ClusterSummary>, nodes: Vec<NodeStatus>) -> Listing {
+    pub fn new(clusters: Vec<ClusterSummary>, nodes: Vec<ListedNode>) -> Listing {
         Listing {
             clusters: clusters
                 .into_iter()
@@ -62,17 +70,23 @@ impl Listing {
                 .collect(),
             nodes: nodes
                 .into_iter()
-                .map(|n| NodeView {
-                    alive: n.alive,
-                    cluster: n.record.cluster,
-                    node_id: n.record.node_id,
-                    hostname: n.record.hostname,
-                    ips: n.record.ips,
-                    bind_address: n.record.bind_address,
-                    http_addr: n.record.http_addr,
-                    version: n.record.version,
-                    registered_at_ms: n.record.registered_at_ms,
-                    last_heartbeat_ms: n.record.last_heartbeat_ms,
+                .map(|n| {
+                    let r = n.status.record;
+                    NodeView {
+                        alive: n.status.alive,
+                        cluster: r.cluster,
+                        node_id: r.node_id,
+                        hostname: r.hostname,
+                        ips: r.ips,
+                        bind_address: r.bind_address,
+                        http_addr: r.http_addr,
+                        version: r.version,
+                        registered_at_ms: r.registered_at_ms,
+                        last_heartbeat_ms: r.last_heartbeat_ms,
+                        applied_version: r.sync.as_ref().map(|s| s.applied_version),
+                        lag: n.lag,
+                        sync_error: r.sync.map(|s| s.sync_error).filter(|e| !e.is_empty()),
+                    }
                 })
                 .collect(),
             error: None,
@@ -83,6 +97,53 @@ impl Listing {
         Listing {
             error: Some(error),
             ..Listing::default()
+        }
+    }
+}
+
+/// The kept versions of a cluster's catalog, newest first.
+#[derive(Debug, Serialize)]
+pub struct HistoryView {
+    pub cluster: String,
+    pub changes: Vec<ChangeView>,
+    /// Why the history could not be read, when it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChangeView {
+    pub version: u64,
+    pub changed_at_ms: u64,
+    pub node_id: String,
+    pub hostname: String,
+    pub layer: String,
+    pub summary: String,
+}
+
+impl HistoryView {
+    pub fn new(cluster: &str, entries: Vec<HistoryEntry>) -> HistoryView {
+        HistoryView {
+            cluster: cluster.to_owned(),
+            changes: entries
+                .into_iter()
+                .map(|e| ChangeView {
+                    version: e.version,
+                    changed_at_ms: e.note.changed_at_ms,
+                    node_id: e.note.node_id,
+                    hostname: e.note.hostname,
+                    layer: e.note.layer,
+                    summary: e.note.summary,
+                })
+                .collect(),
+            error: None,
+        }
+    }
+
+    pub fn failed(cluster: &str, error: String) -> HistoryView {
+        HistoryView {
+            cluster: cluster.to_owned(),
+            changes: Vec::new(),
+            error: Some(error),
         }
     }
 }
@@ -254,6 +315,56 @@ mod tests {
         assert_eq!(view.users.len(), 2);
         assert!(json.contains(r#""grants":[{"database":"metrics","privilege":"read"}]"#));
         assert!(json.contains(r#""name":"root","admin":true"#), "{json}");
+    }
+
+    #[test]
+    fn nodes_show_their_sync_state_and_unknown_when_they_report_none() {
+        use crate::manager::store::{NodeRecord, NodeStatus, SyncReport};
+        let node = |id: &str, sync: Option<SyncReport>, lag: Option<u64>| ListedNode {
+            status: NodeStatus {
+                record: NodeRecord {
+                    node_id: id.into(),
+                    cluster: "prod".into(),
+                    sync,
+                    ..NodeRecord::default()
+                },
+                alive: true,
+            },
+            lag,
+        };
+        let failing = SyncReport {
+            applied_version: 3,
+            applied_history_id: "h".into(),
+            sync_error: "pull: influxd is down".into(),
+        };
+        let synced = SyncReport {
+            sync_error: String::new(),
+            ..failing.clone()
+        };
+        let listing = Listing::new(
+            Vec::new(),
+            vec![
+                node("a", Some(failing), Some(1)),
+                node("b", Some(synced), Some(0)),
+                node("c", None, None),
+            ],
+        );
+        let json = serde_json::to_value(&listing).expect("serializable");
+        let sync = |i: usize| {
+            let n = &json["nodes"][i];
+            (
+                n["applied_version"].clone(),
+                n["lag"].clone(),
+                n["sync_error"].clone(),
+            )
+        };
+        use serde_json::json;
+        assert_eq!(
+            sync(0),
+            (json!(3), json!(1), json!("pull: influxd is down"))
+        );
+        assert_eq!(sync(1), (json!(3), json!(0), json!(null)));
+        assert_eq!(sync(2), (json!(null), json!(null), json!(null)));
     }
 
     #[test]

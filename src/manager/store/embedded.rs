@@ -3,7 +3,9 @@
 //! Nodes and catalogs are written in durable redb transactions. Liveness is
 //! kept in memory: a heartbeat is not worth an fsync, and after a restart
 //! every known node gets one TTL of grace before it is listed dead, as the
-//! manager cannot know what happened while it was down.
+//! manager cannot know what happened while it was down. What a heartbeat
+//! reports about the node's sync is kept beside it, in memory too: the next
+//! heartbeat after a restart reports it again.
 //!
 //! A catalog's history (its kept versions with their bytes and change notes)
 //! and its history ID are written in the same transaction as the version.
@@ -19,7 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
     new_history_id, same_history, CasOutcome, Cause, ChangeNote, HistoryEntry, NodeRecord,
-    NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult,
+    NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult, SyncReport,
 };
 
 /// (cluster, node id) → JSON node record.
@@ -35,11 +37,17 @@ const HISTORY_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("
 
 type NodeKey = (String, String);
 
+/// A node's last heartbeat, as kept in memory.
+struct Beat {
+    at_ms: u64,
+    sync: Option<SyncReport>,
+}
+
 /// A redb-backed [`Store`].
 pub struct EmbeddedStore {
     db: Arc<Database>,
     /// Last heartbeat per node, in memory (see the module doc).
-    heartbeats: Mutex<HashMap<NodeKey, u64>>,
+    heartbeats: Mutex<HashMap<NodeKey, Beat>>,
     opts: StoreOptions,
 }
 
@@ -83,8 +91,8 @@ impl EmbeddedStore {
         let restart = now_ms();
         let mut heartbeats = HashMap::new();
         for node in read_nodes(&db, None)? {
-            let last = node.last_heartbeat_ms.max(restart);
-            heartbeats.insert((node.cluster, node.node_id), last);
+            let at_ms = node.last_heartbeat_ms.max(restart);
+            heartbeats.insert((node.cluster, node.node_id), Beat { at_ms, sync: None });
         }
         Ok(Arc::new(EmbeddedStore {
             db: Arc::new(db),
@@ -104,14 +112,15 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::internal("store task failed").caused_by(e))?
     }
 
-    fn beats(&self) -> std::sync::MutexGuard<'_, HashMap<NodeKey, u64>> {
+    fn beats(&self) -> std::sync::MutexGuard<'_, HashMap<NodeKey, Beat>> {
         self.heartbeats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn status(&self, mut record: NodeRecord, now: u64) -> NodeStatus {
         let key = (record.cluster.clone(), record.node_id.clone());
-        if let Some(&beat) = self.beats().get(&key) {
-            record.last_heartbeat_ms = record.last_heartbeat_ms.max(beat);
+        if let Some(beat) = self.beats().get(&key) {
+            record.last_heartbeat_ms = record.last_heartbeat_ms.max(beat.at_ms);
+            record.sync.clone_from(&beat.sync);
         }
         let ttl = self.opts.node_ttl.as_millis() as u64;
         let alive = now.saturating_sub(record.last_heartbeat_ms) < ttl;
@@ -123,7 +132,10 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     async fn put_node(&self, node: NodeRecord) -> StoreResult<()> {
         let key = (node.cluster.clone(), node.node_id.clone());
-        let beat = node.last_heartbeat_ms;
+        let beat = Beat {
+            at_ms: node.last_heartbeat_ms,
+            sync: node.sync.clone(),
+        };
         let value = serde_json::to_vec(&node).map_err(redb_failed)?;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(redb_failed)?;
@@ -154,15 +166,25 @@ impl Store for EmbeddedStore {
         Ok(record.map(|r| self.status(r, now_ms()).record))
     }
 
-    async fn heartbeat(&self, cluster: &str, node_id: &str, now: u64) -> StoreResult<bool> {
+    async fn heartbeat(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        now: u64,
+        sync: Option<SyncReport>,
+    ) -> StoreResult<bool> {
         if self.get_node(cluster, node_id).await?.is_none() {
             return Ok(false);
         }
         let mut beats = self.beats();
         let beat = beats
             .entry((cluster.to_owned(), node_id.to_owned()))
-            .or_insert(now);
-        *beat = (*beat).max(now);
+            .or_insert(Beat {
+                at_ms: now,
+                sync: None,
+            });
+        beat.at_ms = beat.at_ms.max(now);
+        beat.sync = sync;
         Ok(true)
     }
 

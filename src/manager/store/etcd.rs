@@ -18,7 +18,8 @@
 //! *Liveness.* Registering or heartbeating grants a fresh lease of the node
 //! TTL and, in one transaction, rewrites the record and binds the `alive/` key
 //! to the new lease; older leases simply run out. A node is alive while its
-//! `alive/` key exists.
+//! `alive/` key exists. The record carries what the heartbeat reported about
+//! the node's sync, so a heartbeat stays one write.
 //!
 //! *Catalogs* may exceed etcd's request limit (1.5 MiB by default), so a new
 //! version is first written as chunks under a fresh blob id, then published by
@@ -61,7 +62,7 @@ use crate::backoff::Backoff;
 
 use super::{
     new_history_id, CasOutcome, CatalogFeed, ChangeNote, HistoryEntry, HistoryLimits, NodeRecord,
-    NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult,
+    NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult, SyncReport,
 };
 
 /// The key prefix every store shares unless told otherwise.
@@ -865,7 +866,13 @@ impl Inner {
         resp.kvs().first().map(parse_node).transpose()
     }
 
-    async fn heartbeat(&self, cluster: &str, node_id: &str, now_ms: u64) -> StoreResult<bool> {
+    async fn heartbeat(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        now_ms: u64,
+        sync: Option<SyncReport>,
+    ) -> StoreResult<bool> {
         let node_key = self.node_key(cluster, node_id);
         let mut lease = None;
         for _ in 0..HEARTBEAT_RETRIES {
@@ -883,6 +890,7 @@ impl Inner {
             lease = Some(lease_id);
             let mut record = parse_node(kv)?;
             record.last_heartbeat_ms = now_ms;
+            record.sync.clone_from(&sync);
             // Only if the record is still the one read: a node deleted (or
             // re-registered) meanwhile is neither resurrected nor overwritten.
             let txn = Txn::new()
@@ -1273,9 +1281,15 @@ impl Store for EtcdStore {
         self.inner.get_node(cluster, node_id).await
     }
 
-    async fn heartbeat(&self, cluster: &str, node_id: &str, now_ms: u64) -> StoreResult<bool> {
+    async fn heartbeat(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        now_ms: u64,
+        sync: Option<SyncReport>,
+    ) -> StoreResult<bool> {
         self.inner.closed()?;
-        self.inner.heartbeat(cluster, node_id, now_ms).await
+        self.inner.heartbeat(cluster, node_id, now_ms, sync).await
     }
 
     async fn delete_node(&self, cluster: &str, node_id: &str) -> StoreResult<bool> {

@@ -29,6 +29,34 @@ pub struct NodeRecord {
     pub version: String,
     pub registered_at_ms: u64,
     pub last_heartbeat_ms: u64,
+    /// What the node reported with its last heartbeat; `None`: nothing (an
+    /// older node, the legacy protocol). Records written before nodes
+    /// reported it decode as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncReport>,
+}
+
+/// What a node reports about its catalog sync with each heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// The catalog version the node has applied; 0 before its first sync.
+    pub applied_version: u64,
+    /// The history that version belongs to; empty when the node knows none.
+    pub applied_history_id: String,
+    /// Why the node's last sync step failed; empty while its steps succeed.
+    pub sync_error: String,
+}
+
+impl SyncReport {
+    /// How many versions the node is behind `current`, the cluster's
+    /// catalog: known when the node applied a version of the same history,
+    /// or knows no history (versions alone decide, as the node itself
+    /// does). `None` for a version of another history: the node will rejoin.
+    pub fn lag(&self, current: &Snapshot) -> Option<u64> {
+        let same_history =
+            self.applied_history_id.is_empty() || self.applied_history_id == current.history_id;
+        same_history.then(|| current.version.saturating_sub(self.applied_version))
+    }
 }
 
 /// A node with its liveness, as listings report it.
@@ -198,8 +226,15 @@ pub trait Store: Send + Sync + 'static {
     async fn put_node(&self, node: NodeRecord) -> StoreResult<()>;
     /// One node, if known.
     async fn get_node(&self, cluster: &str, node_id: &str) -> StoreResult<Option<NodeRecord>>;
-    /// Refreshes a node's liveness at `now_ms`; `false` if the node is unknown.
-    async fn heartbeat(&self, cluster: &str, node_id: &str, now_ms: u64) -> StoreResult<bool>;
+    /// Refreshes a node's liveness at `now_ms` and keeps what it reported
+    /// about its sync (`None`: nothing); `false` if the node is unknown.
+    async fn heartbeat(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        now_ms: u64,
+        sync: Option<SyncReport>,
+    ) -> StoreResult<bool>;
     /// Removes a node; `false` if it was unknown.
     async fn delete_node(&self, cluster: &str, node_id: &str) -> StoreResult<bool>;
     /// The nodes of one cluster (or all, with `None`), dead ones included.
@@ -269,4 +304,38 @@ pub fn new_history_id() -> String {
 /// empty expectation checks versions only (the legacy layer, original nodes).
 pub fn same_history(expected_history: &str, current: &Snapshot) -> bool {
     expected_history.is_empty() || expected_history == current.history_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_written_before_nodes_reported_their_sync_decodes_as_unknown() {
+        let old = r#"{"node_id":"n1","cluster":"prod","hostname":"h","ips":[],"bind_address":"","http_addr":"","version":"","registered_at_ms":1,"last_heartbeat_ms":2}"#;
+        let record: NodeRecord = serde_json::from_str(old).expect("decodes");
+        assert_eq!(record.sync, None);
+        assert_eq!(record.last_heartbeat_ms, 2);
+    }
+
+    #[test]
+    fn lag_counts_versions_of_the_same_history_only() {
+        let current = Snapshot {
+            version: 7,
+            history_id: "h1".into(),
+            ..Snapshot::empty("prod")
+        };
+        let report = |version: u64, history: &str| SyncReport {
+            applied_version: version,
+            applied_history_id: history.into(),
+            sync_error: String::new(),
+        };
+        assert_eq!(report(7, "h1").lag(&current), Some(0));
+        assert_eq!(report(4, "h1").lag(&current), Some(3));
+        // Nothing applied yet, or no history known: versions decide.
+        assert_eq!(report(0, "").lag(&current), Some(7));
+        assert_eq!(report(9, "").lag(&current), Some(0));
+        assert_eq!(report(7, "h0").lag(&current), None);
+        assert_eq!(report(0, "").lag(&Snapshot::empty("new")), Some(0));
+    }
 }

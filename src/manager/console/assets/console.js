@@ -105,6 +105,8 @@ function handle(name, data) {
     renderListing();
   } else if (name === "catalog") {
     renderCatalog(JSON.parse(data));
+  } else if (name === "history") {
+    renderHistory(JSON.parse(data));
   } else if (name === "failure") {
     setStatus("error: " + data, "down");
   }
@@ -116,6 +118,8 @@ function selectCluster(name) {
   $("#databases").replaceChildren();
   $("#users tbody").replaceChildren();
   $("#catalog-version").textContent = "";
+  $("#changes tbody").replaceChildren();
+  $("#history-summary").textContent = "";
   renderListing();
   connect();
 }
@@ -123,6 +127,19 @@ function selectCluster(name) {
 function ago(ms) {
   const s = Math.max(0, Math.round((Date.now() + state.skewMs - ms) / 1000));
   return s < 120 ? s + " s ago" : Math.round(s / 60) + " min ago";
+}
+
+// Where a node stands with its cluster's catalog, as of its last heartbeat.
+function syncState(n) {
+  if (n.applied_version === null) return "unknown";
+  if (n.sync_error) return "failing";
+  return n.lag === 0 ? "in-sync" : "behind";
+}
+
+function lagText(n) {
+  if (n.applied_version === null) return "unknown";
+  if (n.lag === null) return "other history";
+  return n.lag === 0 ? "in sync" : `${n.lag} behind`;
 }
 
 function renderListing() {
@@ -141,14 +158,32 @@ function renderListing() {
   const alive = nodes.filter((n) => n.alive).length;
   $("#node-summary").textContent = `${state.cluster || ""}: ${alive} of ${nodes.length} alive`;
   $("#nodes tbody").replaceChildren(
-    ...nodes.map((n) => element("tr", { "data-node-id": n.node_id, "data-hostname": n.hostname, "data-state": n.alive ? "alive" : "dead" },
+    ...nodes.map((n) => element("tr", { "data-node-id": n.node_id, "data-hostname": n.hostname, "data-state": n.alive ? "alive" : "dead", "data-sync": syncState(n) },
       element("td", { class: "state" }, n.alive ? "alive" : "dead"),
       element("td", {}, n.hostname),
       element("td", {}, element("code", {}, n.node_id)),
       element("td", { "data-heartbeat-ms": n.last_heartbeat_ms }, ago(n.last_heartbeat_ms)),
       element("td", {}, n.http_addr),
       element("td", {}, [...n.ips, n.bind_address].filter(Boolean).join(", ")),
-      element("td", {}, n.version))));
+      element("td", {}, n.version),
+      element("td", { class: "applied" }, n.applied_version === null ? "" : "version " + n.applied_version),
+      element("td", { class: "lag" }, lagText(n)),
+      element("td", { class: "sync-error" }, n.sync_error || ""))));
+}
+
+function renderHistory(history) {
+  if (history.cluster !== state.cluster) return;
+  const error = $("#history-error");
+  error.hidden = !history.error;
+  error.textContent = history.error || "";
+  $("#history-summary").textContent = history.changes.length ? `newest ${history.changes.length} kept versions` : "no versions yet";
+  $("#changes tbody").replaceChildren(
+    ...history.changes.map((c) => element("tr", { "data-version": c.version },
+      element("td", {}, c.version),
+      element("td", { title: new Date(c.changed_at_ms).toISOString() }, new Date(c.changed_at_ms).toLocaleString()),
+      element("td", {}, c.hostname || c.node_id || "operator"),
+      element("td", {}, c.layer),
+      element("td", { class: "summary" }, c.summary))));
 }
 
 function renderCatalog(catalog) {
