@@ -1,15 +1,37 @@
 //! Logs and metrics plumbing shared by the manager and the agent.
 
+use std::io::IsTerminal;
+
 use prometheus::{Encoder, Registry, TextEncoder};
 
+/// How the manager and the agent write their logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
+/// Colour codes only reach a terminal, and not even then with `NO_COLOR`
+/// set: a file, a pipe or journald gets plain text.
+pub fn init_tracing(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// Registers a metric built from fixed names and labels. A failure is a

@@ -1,15 +1,23 @@
 //! `cfluxctl` against a real manager: listings, the catalog in words and in
 //! JSON, deregistration (refused for a live node without `--force`), clear
-//! failures for an unknown node or cluster, backup and restore, and the sync
-//! state of nodes in `nodes` and `status` (with its exit code).
+//! failures for an unknown node or cluster, backup and restore, the sync
+//! state of nodes in `nodes` and `status` (with its exit code), and deleting
+//! a cluster (refused while a node is alive), on the embedded store and etcd.
 
 mod support;
 
 use std::process::Output;
+use std::time::Duration;
 
 use cflux::influx::catalog::{Catalog, Database, RetentionPolicy, User};
-use cflux::proto::{HeartbeatRequest, PushMetaRequest, RegisterRequest, SyncState};
-use support::Manager;
+use cflux::proto::{
+    DeleteClusterRequest, GetMetaRequest, HeartbeatRequest, ListHistoryRequest, PushMetaRequest,
+    RegisterRequest, SyncState, WatchMetaRequest,
+};
+use support::agent::{start_nodes, AgentOptions};
+use support::etcd::EtcdCluster;
+use support::influxd::InfluxdOptions;
+use support::{eventually, wait_until, Manager};
 
 fn ctl(manager: &Manager, args: &[&str]) -> Output {
     ctl_in(manager, None, args)
@@ -288,6 +296,7 @@ async fn every_command_names_the_clusters_that_exist() {
         &["backup", "--cluster", "nope", "/nonexistent/backup.json"],
         &["deregister", "--cluster", "nope", "some-node"],
         &["-o", "json", "catalog", "--cluster", "nope"],
+        &["delete-cluster", "nope", "--yes"],
     ] {
         let out = ctl(&manager, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
@@ -476,3 +485,207 @@ async fn backup_restores_onto_a_fresh_manager_and_over_a_changed_cluster() {
         1
     );
 }
+
+/// How long a node stays alive in the deletion tests: short, so its TTL
+/// runs out soon (etcd's minimum lease, 2 s).
+const SHORT_TTL: &str = "2s";
+
+/// `delete-cluster` is refused while a node is alive (naming it), asks for
+/// the name without `--yes` (and refuses without a terminal), then removes
+/// the catalog, the history and the dead node; a watch of it ends; the
+/// name starts afresh; the RPC answers FAILED_PRECONDITION and NOT_FOUND.
+async fn deleting_a_cluster(manager: Manager) {
+    let node = prod_cluster(&manager).await;
+    let mut grpc = manager.grpc_client().await;
+    let delete = |cluster: &str| DeleteClusterRequest {
+        cluster: cluster.into(),
+    };
+
+    let alive = ctl(&manager, &["delete-cluster", "prod", "--yes"]);
+    assert_eq!(alive.status.code(), Some(1), "{alive:?}");
+    assert!(
+        stderr(&alive).contains("alive") && stderr(&alive).contains(&node),
+        "{alive:?}"
+    );
+    let refused = grpc.delete_cluster(delete("prod")).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains(&node), "{refused:?}");
+    assert!(stdout(&ctl(&manager, &["clusters"])).contains("prod"));
+
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "the node listed dead",
+        || {
+            let out = ctl(&manager, &["-o", "json", "clusters"]);
+            async move { json(&out)[0]["alive_nodes"] == 0 }
+        },
+    )
+    .await;
+    let mut watch = grpc
+        .watch_meta(WatchMetaRequest {
+            cluster: "prod".into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().version, 1);
+
+    // No terminal and no --yes: nothing happens.
+    let unconfirmed = ctl(&manager, &["delete-cluster", "prod"]);
+    assert_eq!(unconfirmed.status.code(), Some(1), "{unconfirmed:?}");
+    assert!(stderr(&unconfirmed).contains("--yes"), "{unconfirmed:?}");
+    assert!(stdout(&ctl(&manager, &["clusters"])).contains("prod"));
+
+    let deleted = json(&ctl(
+        &manager,
+        &["-o", "json", "delete-cluster", "prod", "--yes"],
+    ));
+    assert_eq!(
+        deleted,
+        serde_json::json!({"cluster": "prod", "version": 1, "removed_nodes": 1, "removed_versions": 1})
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), watch.message())
+        .await
+        .expect("the watch ends");
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+
+    assert_eq!(
+        json(&ctl(&manager, &["-o", "json", "clusters"])),
+        serde_json::json!([])
+    );
+    let meta = grpc
+        .get_meta(GetMetaRequest {
+            cluster: "prod".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((meta.version, meta.data.len()), (0, 0));
+    let history = grpc
+        .list_history(ListHistoryRequest {
+            cluster: "prod".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(history.changes.is_empty(), "{history:?}");
+    let again = ctl(&manager, &["delete-cluster", "prod", "--yes"]);
+    assert!(
+        stderr(&again).contains(r#"cluster "prod" does not exist; no clusters yet"#),
+        "{again:?}"
+    );
+    let unknown = grpc.delete_cluster(delete("prod")).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
+    // The name starts afresh.
+    prod_cluster(&manager).await;
+    let row = json(&ctl(&manager, &["-o", "json", "clusters"]));
+    assert_eq!(row[0]["version"], 1, "{row}");
+}
+
+#[tokio::test]
+async fn delete_cluster_on_the_embedded_store() {
+    deleting_a_cluster(
+        Manager::start_with(&["--node-ttl", SHORT_TTL, "--heartbeat-interval", "500ms"]).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_cluster_on_etcd() {
+    let etcd = EtcdCluster::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let manager = Manager::start_with(&[
+        "--etcd-endpoints",
+        &endpoints,
+        "--node-ttl",
+        SHORT_TTL,
+        "--heartbeat-interval",
+        "500ms",
+    ])
+    .await;
+    deleting_a_cluster(manager).await;
+}
+
+/// The cluster's catalog as the manager holds it: version, history, catalog.
+async fn manager_catalog(manager: &Manager, cluster: &str) -> (u64, String, Catalog) {
+    let mut grpc = manager.grpc_client().await;
+    let s = support::get_meta(&mut grpc, cluster).await;
+    let catalog = if s.data.is_empty() {
+        Catalog::default()
+    } else {
+        Catalog::from_meta_bytes(&s.data).expect("a valid catalog")
+    };
+    (s.version, s.history_id, catalog)
+}
+
+/// A node whose cluster was deleted while it was down — with a local
+/// change made meanwhile, so the first thing it does is a push that
+/// conflicts with the empty cluster — keeps every database and user and
+/// re-seeds the cluster from its own catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_a_deleted_cluster_comes_back_and_reseeds_it() {
+    let manager =
+        Manager::start_with(&["--node-ttl", SHORT_TTL, "--heartbeat-interval", "500ms"]).await;
+    let mut nodes = start_nodes(
+        1,
+        &InfluxdOptions::default(),
+        &AgentOptions::new(&manager.url(), "prod"),
+    )
+    .await;
+    let node = &mut nodes[0];
+    node.agent.wait_registered(Duration::from_secs(20)).await;
+    node.api().exec("CREATE DATABASE db1").await;
+    node.api()
+        .exec("CREATE USER ops WITH PASSWORD 'secret' WITH ALL PRIVILEGES")
+        .await;
+    let old_history = eventually(DEADLINE, "db1 and ops pushed", || async {
+        let (_, history, c) = manager_catalog(&manager, "prod").await;
+        if c.databases.contains_key("db1") && c.users.contains_key("ops") {
+            Ok(history)
+        } else {
+            Err(format!("{c:?}"))
+        }
+    })
+    .await;
+
+    node.agent.stop(DEADLINE).await;
+    node.api().exec("CREATE DATABASE db2").await;
+    wait_until(DEADLINE, "the node listed dead", || {
+        let out = ctl(&manager, &["-o", "json", "clusters"]);
+        async move { json(&out)[0]["alive_nodes"] == 0 }
+    })
+    .await;
+    let deleted = ctl(&manager, &["delete-cluster", "prod", "--yes"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert_eq!(manager_catalog(&manager, "prod").await.0, 0);
+
+    node.agent.start_again().await;
+    let (version, history) = eventually(DEADLINE, "the cluster re-seeded", || async {
+        let (version, history, c) = manager_catalog(&manager, "prod").await;
+        let names: Vec<&String> = c.databases.keys().collect();
+        if names == ["db1", "db2"] && c.users.contains_key("ops") {
+            Ok((version, history))
+        } else {
+            Err(format!("v{version}: {names:?}, users {:?}", c.users.keys()))
+        }
+    })
+    .await;
+    assert!(version >= 1);
+    assert!(!history.is_empty() && history != old_history);
+    let databases = node.api().databases().await;
+    assert!(
+        databases.contains("db1") && databases.contains("db2"),
+        "{databases:?}"
+    );
+    assert!(node.api().users().await.contains_key("ops"));
+}
+
+/// How long a node may take to push, die, or come back.
+const DEADLINE: Duration = Duration::from_secs(30);

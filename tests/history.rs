@@ -32,6 +32,7 @@ fn ctl(manager: &Manager, args: &[&str]) -> Output {
         .args(args)
         .env("CFLUX_ENDPOINT", manager.url())
         .env_remove("CFLUX_TOKEN")
+        .env_remove("CLUSTER")
         .stdin(Stdio::null())
         .output()
         .expect("run cfluxctl")
@@ -39,6 +40,13 @@ fn ctl(manager: &Manager, args: &[&str]) -> Output {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The JSON document a successful `-o json` command printed.
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{o:?}");
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {o:?}"))
 }
 
 /// A catalog with the databases and users named.
@@ -262,9 +270,50 @@ async fn history_survives_a_restart_and_cfluxctl_shows_diffs_and_rolls_back() {
     );
     assert_eq!(current(&mut c).await.version, 2);
 
-    let rolled = ctl(&m, &["rollback", "prod", "1", "--yes"]);
-    assert!(rolled.status.success(), "{rolled:?}");
-    assert!(stdout(&rolled).contains("restored version 1 as version 3"));
+    // The same for scripts: one JSON document each.
+    let listed = json(&ctl(&m, &["-o", "json", "history", "prod", "--limit", "1"]));
+    assert_eq!(listed["history_id"], history_id.as_str(), "{listed}");
+    let versions = listed["versions"].as_array().expect("versions");
+    assert_eq!(versions.len(), 1, "{listed}");
+    assert_eq!(versions[0]["version"], 2, "{listed}");
+    assert_eq!(versions[0]["layer"], "legacy", "{listed}");
+    let diff = json(&ctl(&m, &["-o", "json", "diff", "prod", "1", "2"]));
+    assert_eq!(
+        (diff["from"].clone(), diff["to"].clone()),
+        (1.into(), 2.into())
+    );
+    let statements: Vec<&str> = diff["statements"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(statements.contains(&"DROP USER \"bob\";"), "{diff}");
+    for args in [
+        &["history", "nope"][..],
+        &["diff", "nope", "1", "2"],
+        &["rollback", "nope", "1", "--yes"],
+        &["-o", "json", "history", "nope"],
+    ] {
+        let out = ctl(&m, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains(r#"cluster "nope" does not exist; clusters: prod"#),
+            "{args:?}: {out:?}"
+        );
+    }
+
+    let rolled = json(&ctl(&m, &["-o", "json", "rollback", "prod", "1", "--yes"]));
+    assert_eq!(
+        (
+            rolled["restored_version"].clone(),
+            rolled["previous_version"].clone(),
+            rolled["version"].clone()
+        ),
+        (1.into(), 2.into(), 3.into()),
+        "{rolled}"
+    );
     let s = current(&mut c).await;
     assert_eq!(s.version, 3);
     let restored = Catalog::from_meta_bytes(&s.data).unwrap();

@@ -1,7 +1,7 @@
 //! The [`Store`] contract: one suite of behaviours, written once and run
 //! against the embedded store (a redb file in a temporary directory) and the
 //! etcd store (a real three-member etcd cluster): nodes, liveness,
-//! compare-and-swap, watches, large catalogs and restarts.
+//! compare-and-swap, watches, large catalogs, restarts and deleting a cluster.
 //!
 //! Watches are a property of a store together with the control plane that
 //! publishes its own writes: they are checked through [`ControlPlane`]s over
@@ -27,11 +27,12 @@ use bytes::Bytes;
 use cflux::clock::now_ms;
 use cflux::manager::hub::{Hub, Subscription};
 use cflux::manager::metrics::Metrics;
-use cflux::manager::plane::{CatalogPush, ControlPlane, Layer, Limits};
+use cflux::manager::plane::{CatalogPush, ControlPlane, Deletion, Layer, Limits};
 use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::etcd::EtcdStore;
 use cflux::manager::store::{
-    CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreOptions, SyncReport,
+    CasOutcome, ChangeNote, ClusterRemoval, HistoryLimits, NodeRecord, RemovedCluster, Snapshot,
+    Store, StoreOptions, SyncReport,
 };
 use etcd_support::EtcdCluster;
 use tempfile::TempDir;
@@ -857,6 +858,148 @@ async fn sync_reports(s: Subject) {
     s.store.close().await;
 }
 
+/// The keys etcd holds for `cluster` (any kind: nodes, liveness, head,
+/// history, chunks); `None` for the embedded store.
+async fn etcd_keys_of(s: &Subject, cluster: &str) -> Option<Vec<String>> {
+    let Backend::Etcd(etcd) = &s.backend else {
+        return None;
+    };
+    let mut client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .expect("connect to etcd");
+    let all = client
+        .get(
+            cflux::manager::store::etcd::DEFAULT_PREFIX,
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .expect("list etcd keys");
+    let scope = format!("/{}/", hex::encode(cluster));
+    let scope_end = format!("/{}", hex::encode(cluster));
+    Some(
+        all.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .filter(|k| k.contains(&scope) || k.ends_with(&scope_end))
+            .collect(),
+    )
+}
+
+/// A cluster is deleted only while none of its nodes is alive, and then
+/// whole: its nodes, catalog (chunks included), history and history ID;
+/// watchers on every manager see their watch end, and the name starts
+/// afresh. Other clusters are untouched.
+async fn delete_cluster(s: Subject) {
+    let (c, other) = ("gone/é", "stays");
+    assert_eq!(
+        s.store.delete_cluster(c).await.unwrap(),
+        ClusterRemoval::Unknown
+    );
+    s.store.put_node(node(c, "n1")).await.unwrap();
+    s.store.put_node(node(other, "n1")).await.unwrap();
+    accepted(
+        s.store
+            .cas_meta(c, 0, "", meta(b"1"), note(1))
+            .await
+            .unwrap(),
+    );
+    // Bigger than one etcd chunk, so several chunk keys must go.
+    let big = meta(&noise(3 * 1024 * 1024, 9));
+    accepted(s.store.cas_meta(c, 1, "", big, note(2)).await.unwrap());
+    accepted(
+        s.store
+            .cas_meta(other, 0, "", meta(b"x"), note(1))
+            .await
+            .unwrap(),
+    );
+    let old_history = s.store.get_meta(c).await.unwrap().history_id;
+
+    // Alive: refused, naming the node, and nothing goes.
+    match s.store.delete_cluster(c).await.unwrap() {
+        ClusterRemoval::Alive(alive) => {
+            let ids: Vec<_> = alive.iter().map(|n| n.node_id.as_str()).collect();
+            assert_eq!(ids, ["n1"]);
+        }
+        other => panic!("deleted with a node alive: {other:?}"),
+    }
+    assert_eq!(s.store.get_meta(c).await.unwrap().version, 2);
+    assert_eq!(s.store.history(c).await.unwrap().len(), 2);
+    assert_eq!(s.store.list_nodes(Some(c)).await.unwrap().len(), 1);
+
+    let store = s.store.clone();
+    eventually(DEADLINE, "the node listed dead", || {
+        let store = store.clone();
+        async move {
+            match store.list_nodes(Some(c)).await {
+                Ok(n) if n.iter().all(|n| !n.alive) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+
+    // A watcher on another manager (the same one, embedded) sees its
+    // watch end when the cluster goes through this one.
+    let (peer_store, peer_hub) = s.peer().await;
+    let there = plane(peer_store.clone(), peer_hub);
+    let mut watching = there.watch(c).await.unwrap();
+    assert_eq!(wait_for(&mut watching, 2, "the catalog").await.version, 2);
+    let here = plane(s.store.clone(), s.hub.clone());
+    assert_eq!(
+        here.delete_cluster(c).await.unwrap(),
+        Deletion::Removed(RemovedCluster {
+            nodes: 1,
+            versions: 2,
+            version: 2
+        })
+    );
+    let ended = tokio::time::timeout(DEADLINE, watching.next_different(2)).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the watch did not end: {:?}",
+        ended.map(|s| s.map(|s| s.version))
+    );
+
+    assert_eq!(s.store.get_meta(c).await.unwrap(), Snapshot::empty(c));
+    assert!(s.store.history(c).await.unwrap().is_empty());
+    assert_eq!(s.store.version(c, 1).await.unwrap(), None);
+    assert!(s.store.list_nodes(Some(c)).await.unwrap().is_empty());
+    assert_eq!(s.store.get_node(c, "n1").await.unwrap(), None);
+    let catalogs = s.store.list_catalogs().await.unwrap();
+    assert_eq!(catalogs, [(other.to_owned(), 1)]);
+    assert_eq!(s.store.list_nodes(Some(other)).await.unwrap().len(), 1);
+    if let Some(left) = etcd_keys_of(&s, c).await {
+        assert!(left.is_empty(), "keys left behind: {left:?}");
+    }
+    assert_eq!(
+        s.store.delete_cluster(c).await.unwrap(),
+        ClusterRemoval::Unknown
+    );
+
+    // The name starts afresh: version 1 of a new history, for a watch too.
+    let mut again = there.watch(c).await.unwrap();
+    assert_eq!(
+        wait_for(&mut again, 0, "the empty catalog").await.version,
+        0
+    );
+    accepted(
+        s.store
+            .cas_meta(c, 0, "", meta(b"new"), note(1))
+            .await
+            .unwrap(),
+    );
+    let new = s.store.get_meta(c).await.unwrap();
+    assert_eq!(new.version, 1);
+    assert!(!new.history_id.is_empty() && new.history_id != old_history);
+    drop((watching, again, there));
+    peer_store.close().await;
+    s.store.close().await;
+}
+
 /// One test per behaviour and store.
 macro_rules! contract {
     ($($behaviour:ident),* $(,)?) => {
@@ -888,5 +1031,6 @@ contract!(
     restart,
     history,
     wiped_state_starts_a_new_history,
-    sync_reports
+    sync_reports,
+    delete_cluster
 );

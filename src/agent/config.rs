@@ -31,6 +31,17 @@ pub struct AgentArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
+    /// How to write logs to stderr: text (coloured only on a terminal) or json (one object a line, for log shippers).
+    #[arg(
+        long,
+        env = "CFLUX_AGENT_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        value_name = "FORMAT"
+    )]
+    #[serde(skip)]
+    pub log_format: crate::telemetry::LogFormat,
+
     /// Manager URL; a comma-separated list fails over between managers [default: http://localhost:8000].
     #[arg(long, env = "CFLUX_ENDPOINT", value_name = "URLS")]
     pub cflux_endpoint: Option<String>,

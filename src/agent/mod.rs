@@ -31,6 +31,16 @@ struct AgentState {
 
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // First, before anything starts: a second agent on this host with the
+    // default address must fail at once and say what to change.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve /health and /metrics on {}: give each agent on this host its own --listen (CFLUX_AGENT_LISTEN)",
+                config.listen
+            )
+        })?;
     let influxd = Influxd::new(&config.influxdb_url, config.auth.clone());
     let meta = InfluxdMeta::new(influxd.clone(), &config.meta_dir, &config.state_dir)
         .await
@@ -83,9 +93,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         influxd,
         frontdoor: frontdoor.as_ref().map(|(door, _, _)| door.clone()),
     });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let app = axum::Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))

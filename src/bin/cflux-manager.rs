@@ -8,8 +8,9 @@ use cflux::manager::config::ManagerArgs;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    cflux::telemetry::init_tracing();
-    let config = ManagerArgs::parse().resolve()?;
+    let args = ManagerArgs::parse();
+    cflux::telemetry::init_tracing(args.log_format);
+    let config = args.resolve()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -23,6 +23,7 @@ pub enum Call {
     ListHistory(proto::ListHistoryRequest),
     GetVersion(proto::GetVersionRequest),
     RestoreVersion(proto::RestoreVersionRequest),
+    DeleteCluster(proto::DeleteClusterRequest),
 }
 
 impl Call {
@@ -40,6 +41,7 @@ impl Call {
             Call::ListHistory(_) => "ListHistory",
             Call::GetVersion(_) => "GetVersion",
             Call::RestoreVersion(_) => "RestoreVersion",
+            Call::DeleteCluster(_) => "DeleteCluster",
         }
     }
 }
@@ -58,6 +60,7 @@ pub enum Reply {
     Pushed(proto::PushMetaResponse),
     Watch(SnapshotStream),
     History(proto::ListHistoryResponse),
+    Deleted(proto::DeleteClusterResponse),
 }
 
 impl std::fmt::Debug for Reply {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for Reply {
             Reply::Pushed(p) => f.debug_tuple("Pushed").field(p).finish(),
             Reply::Watch(_) => f.write_str("Watch(..)"),
             Reply::History(h) => f.debug_tuple("History").field(&h.changes.len()).finish(),
+            Reply::Deleted(d) => f.debug_tuple("Deleted").field(d).finish(),
         }
     }
 }

@@ -90,6 +90,7 @@ impl GrpcTransport {
             Call::ListHistory(r) => Reply::History(c.list_history(r).await?.into_inner()),
             Call::GetVersion(r) => Reply::Snapshot(c.get_version(r).await?.into_inner()),
             Call::RestoreVersion(r) => Reply::Pushed(c.restore_version(r).await?.into_inner()),
+            Call::DeleteCluster(r) => Reply::Deleted(c.delete_cluster(r).await?.into_inner()),
             Call::WatchMeta(r) => {
                 let stream = c.watch_meta(r).await?.into_inner();
                 Reply::Watch(Box::pin(stream.map(|item| item.map_err(CallError::from))))

@@ -206,6 +206,9 @@ impl LegacyTransport {
             Call::ListHistory(_) | Call::GetVersion(_) | Call::RestoreVersion(_) => Err(
                 CallError::refused("the legacy protocol keeps no catalog history"),
             ),
+            Call::DeleteCluster(_) => Err(CallError::refused(
+                "the legacy protocol cannot delete clusters",
+            )),
             Call::ListNodes(r) => {
                 let a = self
                     .send(

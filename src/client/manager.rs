@@ -285,6 +285,18 @@ impl ManagerClient {
         )?)
     }
 
+    /// Removes a cluster whose nodes are all dead, with its catalog and
+    /// history; refused (naming them) while any node is alive.
+    pub async fn delete_cluster(
+        &self,
+        cluster: &str,
+    ) -> Result<proto::DeleteClusterResponse, CallError> {
+        let r = proto::DeleteClusterRequest {
+            cluster: cluster.into(),
+        };
+        expect_reply!(self.call(Call::DeleteCluster(r)).await?, Deleted)
+    }
+
     /// Opens a watch on the cluster's catalog from `version`.
     pub async fn watch_meta(
         &self,

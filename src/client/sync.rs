@@ -570,7 +570,10 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
                         current = s.version,
                         "push conflicted; merging"
                     );
-                    if self.history_changed(&s) {
+                    // A manager behind the base lost its state or the
+                    // cluster was deleted: re-seed it, never take its
+                    // (emptier) catalog as the cluster's changes.
+                    if self.history_changed(&s) || s.version < self.base.version {
                         self.rejoin();
                     }
                     self.merge_in(&local, s).await?;

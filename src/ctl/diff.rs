@@ -2,7 +2,9 @@
 //! catalog into another, as the InfluxQL statements a node would run
 //! (passwords redacted).
 
-use crate::client::manager::ManagerClient;
+use serde::Serialize;
+
+use super::Context;
 use crate::influx::catalog::Catalog;
 use crate::influx::influxql::quote_ident;
 use crate::influx::{diff, Change};
@@ -18,13 +20,30 @@ pub struct Args {
     pub to: u64,
 }
 
-pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
-    let from = manager.get_version(&args.cluster, args.from).await?;
-    let to = manager.get_version(&args.cluster, args.to).await?;
-    for line in statements(&from, &to)? {
-        println!("{line}");
-    }
-    Ok(())
+#[derive(Serialize)]
+struct Diff {
+    cluster: String,
+    from: u64,
+    to: u64,
+    /// One statement (or `--` note) a line, as the table prints them.
+    statements: Vec<String>,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    ctx.existing_cluster(&args.cluster).await?;
+    let from = ctx.manager.get_version(&args.cluster, args.from).await?;
+    let to = ctx.manager.get_version(&args.cluster, args.to).await?;
+    let diff = Diff {
+        statements: statements(&from, &to)?,
+        cluster: args.cluster,
+        from: args.from,
+        to: args.to,
+    };
+    ctx.output.print(&diff, |d| {
+        for line in &d.statements {
+            println!("{line}");
+        }
+    })
 }
 
 /// The statements from one snapshot's catalog to another's, one per line;

@@ -6,6 +6,7 @@
 mod backup;
 mod catalog;
 mod clusters;
+mod delete_cluster;
 mod deregister;
 mod diff;
 mod history;
@@ -15,6 +16,7 @@ mod rollback;
 mod status;
 mod watch;
 
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -101,6 +103,8 @@ pub enum Command {
     Diff(diff::Args),
     /// Publish a kept past version of a cluster's catalog again.
     Rollback(rollback::Args),
+    /// Remove a cluster whose nodes are all dead, with its catalog and history.
+    DeleteCluster(delete_cluster::Args),
 }
 
 /// What a command prints with.
@@ -189,12 +193,30 @@ impl Ctl {
             Command::Deregister(a) => deregister::run(&ctx, a).await,
             Command::Backup(a) => backup::run(&ctx, a).await,
             Command::Restore(a) => restore::run(&ctx, a).await,
-            Command::History(a) => history::run(&ctx.manager, a).await,
-            Command::Diff(a) => diff::run(&ctx.manager, a).await,
-            Command::Rollback(a) => rollback::run(&ctx.manager, a).await,
+            Command::History(a) => history::run(&ctx, a).await,
+            Command::Diff(a) => diff::run(&ctx, a).await,
+            Command::Rollback(a) => rollback::run(&ctx, a).await,
+            Command::DeleteCluster(a) => delete_cluster::run(&ctx, a).await,
         }?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The operator's answer to `prompt`, asked on the terminal (on stderr, so
+/// stdout stays the command's output). Without a terminal on stdin, an
+/// error saying to give `--yes`, so a script never goes on by accident.
+async fn ask(prompt: String, action: &'static str) -> anyhow::Result<String> {
+    if !std::io::stdin().is_terminal() {
+        bail!("stdin is not a terminal: pass --yes to {action} without confirmation");
+    }
+    tokio::task::spawn_blocking(move || {
+        eprint!("{prompt} ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        Ok(answer.trim().to_owned())
+    })
+    .await?
 }
 
 /// Prints rows as left-aligned columns under a header.

@@ -4,11 +4,11 @@
 //! the terminal unless `--yes`; refuses a stdin that is not a terminal
 //! without `--yes`, so a script never rolls back by accident.
 
-use std::io::{BufRead, IsTerminal, Write};
-
 use anyhow::bail;
+use serde::Serialize;
 
-use crate::client::manager::{ManagerClient, Pushed};
+use super::{Context, Output};
+use crate::client::manager::Pushed;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,51 +21,70 @@ pub struct Args {
     pub yes: bool,
 }
 
-pub async fn run(manager: &ManagerClient, args: Args) -> anyhow::Result<()> {
-    let current = manager.get_meta(&args.cluster).await?;
-    let past = manager.get_version(&args.cluster, args.version).await?;
-    println!(
-        "cluster {}: version {} -> the catalog of version {}:",
-        args.cluster, current.version, args.version
-    );
-    for line in super::diff::statements(&current, &past)? {
-        println!("  {line}");
-    }
-    println!("Definitions come back; points that a DROP deleted do not.");
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("stdin is not a terminal: pass --yes to roll back without confirmation");
+#[derive(Serialize)]
+struct RolledBack {
+    cluster: String,
+    /// The version whose catalog was published again.
+    restored_version: u64,
+    /// The version it replaced.
+    previous_version: u64,
+    /// The new version: the restored catalog.
+    version: u64,
+    /// What the nodes run to get there (as `cfluxctl diff` shows it).
+    statements: Vec<String>,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    ctx.existing_cluster(&args.cluster).await?;
+    let current = ctx.manager.get_meta(&args.cluster).await?;
+    let past = ctx.manager.get_version(&args.cluster, args.version).await?;
+    let statements = super::diff::statements(&current, &past)?;
+    // The preview goes where people read it: stdout for the table, stderr
+    // beside the prompt when stdout is one JSON document for a script.
+    let preview: Option<fn(&str)> = match (ctx.output, args.yes) {
+        (Output::Table, _) => Some(|line: &str| println!("{line}")),
+        (Output::Json, false) => Some(|line: &str| eprintln!("{line}")),
+        (Output::Json, true) => None,
+    };
+    if let Some(preview) = preview {
+        preview(&format!(
+            "cluster {}: version {} -> the catalog of version {}:",
+            args.cluster, current.version, args.version
+        ));
+        for line in &statements {
+            preview(&format!("  {line}"));
         }
-        if !confirm().await? {
+        preview("Definitions come back; points that a DROP deleted do not.");
+    }
+    if !args.yes {
+        let answer = super::ask("Roll back? [y/N]".to_owned(), "roll back").await?;
+        if !matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
             bail!("rollback cancelled");
         }
     }
-    match manager
+    match ctx
+        .manager
         .restore_version(&args.cluster, args.version, current.version)
         .await?
     {
-        Pushed::Accepted(v) => {
-            println!("restored version {} as version {v}", args.version);
-            Ok(())
+        Pushed::Accepted(version) => {
+            let done = RolledBack {
+                cluster: args.cluster,
+                restored_version: args.version,
+                previous_version: current.version,
+                version,
+                statements,
+            };
+            ctx.output.print(&done, |d| {
+                println!(
+                    "restored version {} as version {}",
+                    d.restored_version, d.version
+                )
+            })
         }
         Pushed::Conflict(now) => bail!(
             "the catalog changed meanwhile (now version {}); nothing restored, run again",
             now.version
         ),
     }
-}
-
-/// Asks on the terminal; true for "y" or "yes".
-async fn confirm() -> anyhow::Result<bool> {
-    tokio::task::spawn_blocking(|| {
-        print!("Roll back? [y/N] ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        Ok(matches!(
-            answer.trim().to_ascii_lowercase().as_str(),
-            "y" | "yes"
-        ))
-    })
-    .await?
 }

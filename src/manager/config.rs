@@ -26,6 +26,17 @@ pub struct ManagerArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
+    /// How to write logs to stderr: text (coloured only on a terminal) or json (one object a line, for log shippers).
+    #[arg(
+        long,
+        env = "CFLUX_MANAGER_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        value_name = "FORMAT"
+    )]
+    #[serde(skip)]
+    pub log_format: crate::telemetry::LogFormat,
+
     /// Address to serve gRPC, the legacy HTTP protocol and /metrics on [default: 127.0.0.1:8000].
     #[arg(long, env = "CFLUX_MANAGER_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,

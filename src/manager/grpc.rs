@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 use crate::http_serve::PeerAddr;
 use crate::manager::metrics::Metrics;
 use crate::manager::plane::{
-    self, CatalogPush, ControlPlane, ListedNode, PlaneError, Registration,
+    self, CatalogPush, ControlPlane, Deletion, ListedNode, PlaneError, Registration,
 };
 use crate::manager::store::{CasOutcome, HistoryEntry, Snapshot, SyncReport};
 use crate::proto::{self, clusterflux_server::Clusterflux, push_meta_response};
@@ -39,7 +39,7 @@ async fn answer<T>(
 
 /// The methods of the service, the only values of the `method` label (an
 /// unknown path must not grow the metric without bound).
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 12] = [
     "Register",
     "Heartbeat",
     "Deregister",
@@ -51,6 +51,7 @@ const METHODS: [&str; 11] = [
     "ListHistory",
     "GetVersion",
     "RestoreVersion",
+    "DeleteCluster",
 ];
 
 /// Counts every call of the wrapped gRPC service in
@@ -402,6 +403,32 @@ impl Clusterflux for GrpcService {
             Ok(push_answer(outcome))
         })
         .await
+    }
+
+    async fn delete_cluster(
+        &self,
+        request: Request<proto::DeleteClusterRequest>,
+    ) -> Result<Response<proto::DeleteClusterResponse>, Status> {
+        let r = request.into_inner();
+        match self.plane.delete_cluster(&r.cluster).await? {
+            Deletion::Removed(removed) => Ok(Response::new(proto::DeleteClusterResponse {
+                removed_nodes: removed.nodes,
+                removed_versions: removed.versions,
+                version: removed.version,
+            })),
+            Deletion::Refused { alive } => {
+                let names: Vec<String> = alive
+                    .iter()
+                    .map(|n| format!("{} ({})", n.node_id, n.hostname))
+                    .collect();
+                Err(Status::failed_precondition(format!(
+                    "cluster {:?} has {} alive node(s): {}; stop their agents and wait for their TTL to run out",
+                    r.cluster,
+                    alive.len(),
+                    names.join(", ")
+                )))
+            }
+        }
     }
 }
 

@@ -103,6 +103,13 @@ impl Hub {
         channels.keys().cloned().collect()
     }
 
+    /// Forgets a deleted cluster: its subscriptions end, so their holders
+    /// watch again and find the cluster as the store has it now (a
+    /// snapshot read before the deletion can no longer be announced to them).
+    pub fn removed(&self, cluster: &str) {
+        self.lock().remove(cluster);
+    }
+
     /// Wakes every subscriber with "closed", for shutdown.
     pub fn close_all(&self) {
         self.lock().clear();
@@ -122,6 +129,10 @@ impl CatalogFeed for Hub {
 
     fn watched_clusters(&self) -> Vec<String> {
         Hub::watched_clusters(self)
+    }
+
+    fn removed(&self, cluster: &str) {
+        Hub::removed(self, cluster)
     }
 }
 
@@ -222,6 +233,21 @@ mod tests {
         let mut sub = hub.subscribe("c");
         hub.close_all();
         assert!(sub.next_different(0).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_removed_cluster_ends_its_subscriptions_and_forgets_its_catalog() {
+        let hub = Hub::new();
+        let mut sub = hub.subscribe("c");
+        hub.publish(snap(3));
+        assert_eq!(next(&mut sub, 0).await.version, 3);
+        hub.removed("c");
+        assert!(sub.next_different(3).await.is_none());
+        assert!(hub.latest("c").is_none());
+        // A watch opened afterwards starts from what the store holds now.
+        let mut again = hub.subscribe("c");
+        hub.publish(Snapshot::empty("c"));
+        assert_eq!(next(&mut again, 3).await.version, 0);
     }
 
     #[test]

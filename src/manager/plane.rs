@@ -16,8 +16,8 @@ use crate::influx::validate_meta_data;
 use crate::manager::hub::{Hub, Subscription};
 use crate::manager::metrics::Metrics;
 use crate::manager::store::{
-    CasOutcome, ChangeNote, HistoryEntry, NodeRecord, NodeStatus, Snapshot, Store, StoreError,
-    StoreResult, SyncReport,
+    CasOutcome, ChangeNote, ClusterRemoval, HistoryEntry, NodeRecord, NodeStatus, RemovedCluster,
+    Snapshot, Store, StoreError, StoreResult, SyncReport,
 };
 use crate::manager::summary::summarize;
 use crate::telemetry::with_causes;
@@ -98,6 +98,16 @@ pub struct ClusterSummary {
     pub version: u64,
     pub nodes: u32,
     pub alive_nodes: u32,
+}
+
+/// What [`ControlPlane::delete_cluster`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    Removed(RemovedCluster),
+    /// Nothing was removed: these nodes are alive.
+    Refused {
+        alive: Vec<NodeRecord>,
+    },
 }
 
 /// Timing and size limits of the control plane.
@@ -507,6 +517,43 @@ impl ControlPlane {
             tracing::info!(%cluster, restored = version, version = v, "catalog version restored");
         }
         Ok(outcome)
+    }
+
+    /// Removes a cluster whose nodes are all dead: its catalog, history and
+    /// node records; refused while any node is alive. A cluster without
+    /// nodes or catalog is `NotFound`, naming those that exist. The
+    /// cluster's watches end, so their holders watch again and find it as it
+    /// is now (never written).
+    #[tracing::instrument(skip_all, fields(%cluster))]
+    pub async fn delete_cluster(&self, cluster: &str) -> PlaneResult<Deletion> {
+        validate_cluster(cluster)?;
+        match self.call(self.store.delete_cluster(cluster)).await? {
+            ClusterRemoval::Removed(removed) => {
+                self.hub.removed(cluster);
+                tracing::info!(%cluster, nodes = removed.nodes, versions = removed.versions, version = removed.version, "cluster deleted");
+                Ok(Deletion::Removed(removed))
+            }
+            ClusterRemoval::Alive(alive) => {
+                tracing::info!(%cluster, alive = alive.len(), "cluster not deleted: nodes are alive");
+                Ok(Deletion::Refused { alive })
+            }
+            ClusterRemoval::Unknown => {
+                let names: Vec<String> = self
+                    .list_clusters()
+                    .await?
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect();
+                let known = if names.is_empty() {
+                    "no clusters yet".to_owned()
+                } else {
+                    format!("clusters: {}", names.join(", "))
+                };
+                Err(PlaneError::NotFound(format!(
+                    "cluster {cluster:?} does not exist; {known}"
+                )))
+            }
+        }
     }
 
     /// The managers sharing this plane's store.

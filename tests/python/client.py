@@ -101,6 +101,7 @@ def check_reflection(channel):
             "ListHistory",
             "GetVersion",
             "RestoreVersion",
+            "DeleteCluster",
         ]
     )
     check(methods == expected, f"reflection describes every RPC: {methods}")

@@ -20,8 +20,9 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    new_history_id, same_history, CasOutcome, Cause, ChangeNote, HistoryEntry, NodeRecord,
-    NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult, SyncReport,
+    new_history_id, same_history, CasOutcome, Cause, ChangeNote, ClusterRemoval, HistoryEntry,
+    NodeRecord, NodeStatus, RemovedCluster, Snapshot, Store, StoreError, StoreOptions, StoreResult,
+    SyncReport,
 };
 
 /// (cluster, node id) → JSON node record.
@@ -346,6 +347,92 @@ impl Store for EmbeddedStore {
             Ok(Some((entry, Bytes::copy_from_slice(data.value()))))
         })
         .await
+    }
+
+    async fn delete_cluster(&self, cluster: &str) -> StoreResult<ClusterRemoval> {
+        let c = cluster.to_owned();
+        // Liveness is in memory; a node registering meanwhile is alive by
+        // its record's own heartbeat time, read in the write transaction.
+        let beats: HashMap<String, u64> = self
+            .beats()
+            .iter()
+            .filter(|((bc, _), _)| *bc == c)
+            .map(|((_, id), beat)| (id.clone(), beat.at_ms))
+            .collect();
+        let ttl = self.opts.node_ttl.as_millis() as u64;
+        let removal = self
+            .blocking(move |db| {
+                let now = now_ms();
+                let txn = db.begin_write().map_err(redb_failed)?;
+                let removal = {
+                    let mut nodes = txn.open_table(NODES).map_err(redb_failed)?;
+                    let mut records = Vec::new();
+                    for entry in nodes.range((c.as_str(), "")..).map_err(redb_failed)? {
+                        let (key, value) = entry.map_err(redb_failed)?;
+                        if key.value().0 != c {
+                            break;
+                        }
+                        records.push(decode_node(value.value())?);
+                    }
+                    let alive: Vec<NodeRecord> = records
+                        .iter()
+                        .filter(|r| {
+                            let beat = beats.get(&r.node_id).copied().unwrap_or(0);
+                            now.saturating_sub(r.last_heartbeat_ms.max(beat)) < ttl
+                        })
+                        .cloned()
+                        .collect();
+                    let mut catalogs = txn.open_table(CATALOGS).map_err(redb_failed)?;
+                    let version = catalogs
+                        .get(c.as_str())
+                        .map_err(redb_failed)?
+                        .map(|v| v.value().0);
+                    if !alive.is_empty() {
+                        ClusterRemoval::Alive(alive)
+                    } else if records.is_empty() && version.is_none() {
+                        ClusterRemoval::Unknown
+                    } else {
+                        for r in &records {
+                            nodes
+                                .remove((c.as_str(), r.node_id.as_str()))
+                                .map_err(redb_failed)?;
+                        }
+                        catalogs.remove(c.as_str()).map_err(redb_failed)?;
+                        txn.open_table(HISTORY_IDS)
+                            .map_err(redb_failed)?
+                            .remove(c.as_str())
+                            .map_err(redb_failed)?;
+                        let versions = (c.as_str(), 0)..=(c.as_str(), u64::MAX);
+                        let mut history = txn.open_table(HISTORY).map_err(redb_failed)?;
+                        let kept = history
+                            .range(versions.clone())
+                            .map_err(redb_failed)?
+                            .count();
+                        history
+                            .retain_in(versions.clone(), |_, _| false)
+                            .map_err(redb_failed)?;
+                        txn.open_table(HISTORY_DATA)
+                            .map_err(redb_failed)?
+                            .retain_in(versions, |_, _| false)
+                            .map_err(redb_failed)?;
+                        ClusterRemoval::Removed(RemovedCluster {
+                            nodes: u32::try_from(records.len()).unwrap_or(u32::MAX),
+                            versions: u32::try_from(kept).unwrap_or(u32::MAX),
+                            version: version.unwrap_or(0),
+                        })
+                    }
+                };
+                match removal {
+                    ClusterRemoval::Removed(_) => txn.commit().map_err(redb_failed)?,
+                    _ => txn.abort().map_err(redb_failed)?,
+                }
+                Ok(removal)
+            })
+            .await?;
+        if matches!(removal, ClusterRemoval::Removed(_)) {
+            self.beats().retain(|(bc, _), _| bc != cluster);
+        }
+        Ok(removal)
     }
 
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {

@@ -33,7 +33,8 @@
 //!
 //! *Change feed.* A background task reads the catalogs someone is subscribed
 //! to (see [`CatalogFeed::watched_clusters`]), publishes them, then watches `meta/`
-//! from the read's revision + 1 and publishes every new head it sees. When
+//! from the read's revision + 1 and publishes every new head it sees (a
+//! deleted head: the cluster was deleted, its watchers are told). When
 //! the watch breaks (a member died, the history was compacted) it reads again
 //! and watches again, backing off while etcd stays unreachable.
 //!
@@ -49,8 +50,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, KeyValue,
-    KvClient, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, GetResponse,
+    KeyValue, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -61,8 +62,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 
 use super::{
-    new_history_id, CasOutcome, CatalogFeed, ChangeNote, HistoryEntry, HistoryLimits, NodeRecord,
-    NodeStatus, Snapshot, Store, StoreError, StoreOptions, StoreResult, SyncReport,
+    new_history_id, CasOutcome, CatalogFeed, ChangeNote, ClusterRemoval, HistoryEntry,
+    HistoryLimits, NodeRecord, NodeStatus, RemovedCluster, Snapshot, Store, StoreError,
+    StoreOptions, StoreResult, SyncReport,
 };
 
 /// The key prefix every store shares unless told otherwise.
@@ -86,6 +88,8 @@ const PAGE_SIZE: i64 = 500;
 const COMPACTION_RETRIES: usize = 8;
 /// Optimistic retries of a heartbeat racing other writers of the record.
 const HEARTBEAT_RETRIES: usize = 8;
+/// Optimistic retries of a cluster deletion racing pushes to its catalog.
+const DELETE_RETRIES: usize = 8;
 /// Catalog chunks written concurrently.
 const CHUNK_WRITERS: usize = 4;
 /// Back-off between retries of one request.
@@ -975,6 +979,83 @@ impl Inner {
         ))
     }
 
+    /// One transaction deletes the cluster's records, head and history,
+    /// guarded by "no `alive/` key in the cluster" and "the head is the one
+    /// read", so neither a node registering nor a push is half-deleted;
+    /// the blobs of the versions read go afterwards (a blob being written
+    /// for a push meanwhile is not among them, and stays its push's).
+    async fn delete_cluster(&self, cluster: &str) -> StoreResult<ClusterRemoval> {
+        let scope = hex::encode(cluster);
+        let nodes_prefix = self.key(&format!("nodes/{scope}/"));
+        let alive_prefix = self.key(&format!("alive/{scope}/"));
+        let prefix = || Some(DeleteOptions::new().with_prefix());
+        for _ in 0..DELETE_RETRIES {
+            let nodes = self.list_nodes(Some(cluster)).await?;
+            let alive: Vec<NodeRecord> = nodes
+                .iter()
+                .filter(|n| n.alive)
+                .map(|n| n.record.clone())
+                .collect();
+            if !alive.is_empty() {
+                return Ok(ClusterRemoval::Alive(alive));
+            }
+            let (head, _) = self
+                .read_head(cluster)
+                .await
+                .map_err(|f| f.into_store("read catalog head"))?;
+            if nodes.is_empty() && head.is_none() {
+                return Ok(ClusterRemoval::Unknown);
+            }
+            let kept = self.read_history(cluster).await?;
+            let meta_key = self.meta_key(cluster);
+            let head_unchanged = match &head {
+                Some((_, mod_revision)) => {
+                    Compare::mod_revision(meta_key.clone(), CompareOp::Equal, *mod_revision)
+                }
+                None => Compare::create_revision(meta_key.clone(), CompareOp::Equal, 0),
+            };
+            // Over a range, a compare holds when every key does; over no key
+            // at all it compares a missing key's version, 0.
+            let none_alive = Compare::version(alive_prefix.clone(), CompareOp::Equal, 0)
+                .with_range(prefix_end(&alive_prefix));
+            let txn = Txn::new().when([head_unchanged, none_alive]).and_then([
+                TxnOp::delete(nodes_prefix.clone(), prefix()),
+                TxnOp::delete(self.history_prefix(cluster), prefix()),
+                TxnOp::delete(meta_key, None),
+            ]);
+            let resp = self.txn("delete cluster", txn).await?;
+            if !resp.succeeded() {
+                continue;
+            }
+            let deleted: Vec<i64> = resp
+                .op_responses()
+                .iter()
+                .map(|r| match r {
+                    TxnOpResponse::Delete(d) => d.deleted(),
+                    _ => 0,
+                })
+                .collect();
+            let count =
+                |i: usize| u32::try_from(deleted.get(i).copied().unwrap_or(0)).unwrap_or(u32::MAX);
+            let head = head.map(|(h, _)| h);
+            let mut blobs: Vec<&str> = kept.iter().map(|k| k.blob.as_str()).collect();
+            blobs.extend(head.as_ref().map(|h| h.blob.as_str()));
+            blobs.sort_unstable();
+            blobs.dedup();
+            for blob in blobs {
+                self.delete_blob(cluster, blob).await;
+            }
+            return Ok(ClusterRemoval::Removed(RemovedCluster {
+                nodes: count(0),
+                versions: count(1),
+                version: head.map_or(0, |h| h.version),
+            }));
+        }
+        Err(StoreError::unavailable(format!(
+            "delete of cluster {cluster:?}: its catalog kept changing"
+        )))
+    }
+
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {
         let (heads, _) = self
             .range_all("list catalogs", &self.meta_prefix(), 0, false)
@@ -1183,10 +1264,10 @@ impl Inner {
             }
         }
 
+        // Deletions too: a head is deleted only with its cluster.
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_filters([WatchFilterType::NoDelete]);
+            .with_start_revision(revision + 1);
         let mut client = self.client.clone();
         let key = self.meta_prefix();
         // Spawned: the client asserts on the server's first answer, and a
@@ -1224,8 +1305,17 @@ impl Inner {
             let mut latest: HashMap<String, (Head, i64)> = HashMap::new();
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
-                if kv.value().is_empty() {
-                    continue; // a deletion slipping past the filter
+                if event.event_type() == EventType::Delete {
+                    // A deleted cluster: its watchers hear of it before
+                    // any head written after the deletion in this batch.
+                    match self.cluster_of_meta_key(kv.key()) {
+                        Ok(cluster) => {
+                            latest.remove(&cluster);
+                            self.feed.removed(&cluster);
+                        }
+                        Err(e) => tracing::warn!("ignoring a catalog deletion: {e}"),
+                    }
+                    continue;
                 }
                 let parsed = self
                     .cluster_of_meta_key(kv.key())
@@ -1339,6 +1429,11 @@ impl Store for EtcdStore {
     ) -> StoreResult<Option<(HistoryEntry, Bytes)>> {
         self.inner.closed()?;
         self.inner.read_version(cluster, version).await
+    }
+
+    async fn delete_cluster(&self, cluster: &str) -> StoreResult<ClusterRemoval> {
+        self.inner.closed()?;
+        self.inner.delete_cluster(cluster).await
     }
 
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>> {

@@ -162,6 +162,27 @@ pub enum CasOutcome {
     Conflict(Snapshot),
 }
 
+/// What went with a deleted cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemovedCluster {
+    /// Node records removed (all of them dead).
+    pub nodes: u32,
+    /// Kept catalog versions removed.
+    pub versions: u32,
+    /// The catalog version the cluster had (0: never written).
+    pub version: u64,
+}
+
+/// What [`Store::delete_cluster`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterRemoval {
+    Removed(RemovedCluster),
+    /// Nothing was removed: these nodes are alive.
+    Alive(Vec<NodeRecord>),
+    /// The cluster has neither nodes nor a catalog.
+    Unknown,
+}
+
 /// What made a store call fail, kept as the error's source.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
@@ -263,6 +284,11 @@ pub trait Store: Send + Sync + 'static {
         cluster: &str,
         version: u64,
     ) -> StoreResult<Option<(HistoryEntry, Bytes)>>;
+    /// Removes a cluster whose nodes are all dead, in one write: its node
+    /// records, its catalog, its history and its history ID. A node
+    /// registering meanwhile either shows as alive (and nothing is removed)
+    /// or registers into the cluster afresh after it.
+    async fn delete_cluster(&self, cluster: &str) -> StoreResult<ClusterRemoval>;
     /// Every cluster with a written catalog, with its version.
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>>;
     /// The managers sharing this store (their advertised addresses).
@@ -282,6 +308,9 @@ pub trait CatalogFeed: Send + Sync + 'static {
     fn publish(&self, snapshot: Snapshot);
     /// The clusters someone is waiting on (re-read after a feed interruption).
     fn watched_clusters(&self) -> Vec<String>;
+    /// Announces that a cluster's catalog is gone (the cluster was deleted):
+    /// those waiting on it are told so, and nothing announced before counts.
+    fn removed(&self, cluster: &str);
 }
 
 /// Settings every store needs.
