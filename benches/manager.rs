@@ -108,6 +108,7 @@ async fn bench() -> anyhow::Result<()> {
             node_ttl: Duration::from_secs(15),
             advertise: "bench".into(),
             history: Default::default(),
+            etcd_compaction_interval: Duration::ZERO,
         },
     )
     .await

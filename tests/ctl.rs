@@ -19,28 +19,6 @@ use support::etcd::EtcdCluster;
 use support::influxd::InfluxdOptions;
 use support::{eventually, wait_until, Manager};
 
-fn ctl(manager: &Manager, args: &[&str]) -> Output {
-    ctl_in(manager, None, args)
-}
-
-/// `cfluxctl` with `CLUSTER` set to `cluster` (unset for `None`), stdin closed.
-fn ctl_in(manager: &Manager, cluster: Option<&str>, args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cfluxctl"));
-    command
-        .args(args)
-        .env("CFLUX_ENDPOINT", manager.url())
-        .env_remove("CFLUX_TOKEN")
-        .env_remove("CFLUX_TOKEN_FILE")
-        .env_remove("CFLUX_CA")
-        .env_remove("CLUSTER")
-        .env_remove("RUST_BACKTRACE")
-        .stdin(std::process::Stdio::null());
-    if let Some(c) = cluster {
-        command.env("CLUSTER", c);
-    }
-    command.output().expect("run cfluxctl")
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -98,7 +76,7 @@ async fn cfluxctl_lists_shows_and_deregisters() {
     let manager = Manager::start().await;
     let node = prod_cluster(&manager).await;
 
-    let nodes = ctl(&manager, &["nodes", "--cluster", "prod"]);
+    let nodes = manager.ctl(&["nodes", "--cluster", "prod"]);
     assert!(nodes.status.success(), "{nodes:?}");
     let text = stdout(&nodes);
     assert!(
@@ -106,7 +84,7 @@ async fn cfluxctl_lists_shows_and_deregisters() {
         "{text}"
     );
 
-    let clusters = stdout(&ctl(&manager, &["clusters"]));
+    let clusters = stdout(&manager.ctl(&["clusters"]));
     let row = clusters
         .lines()
         .find(|l| l.starts_with("prod"))
@@ -117,7 +95,7 @@ async fn cfluxctl_lists_shows_and_deregisters() {
         "{clusters}"
     );
 
-    let shown = stdout(&ctl(&manager, &["catalog", "--cluster", "prod"]));
+    let shown = stdout(&manager.ctl(&["catalog", "--cluster", "prod"]));
     assert!(shown.contains("cluster prod version 1"), "{shown}");
     assert!(
         shown.contains("database metrics (default policy week)"),
@@ -130,10 +108,7 @@ async fn cfluxctl_lists_shows_and_deregisters() {
         "hashes must never be printed: {shown}"
     );
 
-    let unknown = ctl(
-        &manager,
-        &["deregister", "--cluster", "prod", "no-such-node"],
-    );
+    let unknown = manager.ctl(&["deregister", "--cluster", "prod", "no-such-node"]);
     assert!(!unknown.status.success());
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("not registered"),
@@ -141,21 +116,18 @@ async fn cfluxctl_lists_shows_and_deregisters() {
     );
 
     // The node is alive: its agent would register it again at once.
-    let alive = ctl(&manager, &["deregister", "--cluster", "prod", &node]);
+    let alive = manager.ctl(&["deregister", "--cluster", "prod", &node]);
     assert!(!alive.status.success(), "{alive:?}");
     assert!(
         stderr(&alive).contains("is alive") && stderr(&alive).contains("--force"),
         "{alive:?}"
     );
-    assert!(stdout(&ctl(&manager, &["nodes"])).contains(&node));
+    assert!(stdout(&manager.ctl(&["nodes"])).contains(&node));
 
-    let gone = ctl(
-        &manager,
-        &["deregister", "--cluster", "prod", "--force", &node],
-    );
+    let gone = manager.ctl(&["deregister", "--cluster", "prod", "--force", &node]);
     assert!(gone.status.success(), "{gone:?}");
     assert!(stdout(&gone).contains("removed"), "{gone:?}");
-    assert!(!stdout(&ctl(&manager, &["nodes"])).contains(&node));
+    assert!(!stdout(&manager.ctl(&["nodes"])).contains(&node));
 }
 
 /// `prod`'s node `influx-a` heartbeats, reporting `sync` (nothing: `None`).
@@ -190,20 +162,17 @@ async fn nodes_and_status_show_who_is_behind_or_failing() {
     let status = |args: &[&str]| {
         let mut all = vec!["status"];
         all.extend_from_slice(args);
-        ctl(&manager, &all)
+        manager.ctl(&all)
     };
 
     // Registered, nothing reported yet: unknown, which is no alarm.
-    let unknown = json(&ctl(&manager, &["-o", "json", "nodes"]));
+    let unknown = json(&manager.ctl(&["-o", "json", "nodes"]));
     assert_eq!(unknown[0]["sync"], "unknown", "{unknown}");
     assert_eq!(unknown[0]["lag"], serde_json::Value::Null, "{unknown}");
     assert_eq!(status(&[]).status.code(), Some(0));
 
     report(&manager, &node, Some(sync_state(1, &history, ""))).await;
-    let in_sync = json(&ctl(
-        &manager,
-        &["-o", "json", "nodes", "--cluster", "prod"],
-    ));
+    let in_sync = json(&manager.ctl(&["-o", "json", "nodes", "--cluster", "prod"]));
     assert_eq!(in_sync[0]["sync"], "in_sync", "{in_sync}");
     assert_eq!(in_sync[0]["applied_version"], 1, "{in_sync}");
     assert_eq!(in_sync[0]["lag"], 0, "{in_sync}");
@@ -237,7 +206,7 @@ async fn nodes_and_status_show_who_is_behind_or_failing() {
     .unwrap();
     let refused = "pull: influxd refused CREATE CONTINUOUS QUERY cq1";
     report(&manager, &node, Some(sync_state(1, &history, refused))).await;
-    let table = stdout(&ctl(&manager, &["nodes"]));
+    let table = stdout(&manager.ctl(&["nodes"]));
     let row = table
         .lines()
         .find(|l| l.contains(&node))
@@ -263,7 +232,7 @@ async fn nodes_and_status_show_who_is_behind_or_failing() {
     assert_eq!(behind.status.code(), Some(3), "{behind:?}");
     assert!(stdout(&behind).contains("behind by 1"), "{behind:?}");
     report(&manager, &node, Some(sync_state(7, "an-old-history", ""))).await;
-    let elsewhere = json(&ctl(&manager, &["-o", "json", "nodes"]));
+    let elsewhere = json(&manager.ctl(&["-o", "json", "nodes"]));
     assert_eq!(elsewhere[0]["sync"], "behind", "{elsewhere}");
     assert_eq!(elsewhere[0]["lag"], serde_json::Value::Null, "{elsewhere}");
     assert_eq!(status(&[]).status.code(), Some(3));
@@ -280,7 +249,7 @@ async fn nodes_and_status_show_who_is_behind_or_failing() {
 #[tokio::test]
 async fn every_command_names_the_clusters_that_exist() {
     let manager = Manager::start().await;
-    let fresh = ctl(&manager, &["catalog", "--cluster", "prod"]);
+    let fresh = manager.ctl(&["catalog", "--cluster", "prod"]);
     assert_eq!(fresh.status.code(), Some(1), "{fresh:?}");
     assert!(
         stderr(&fresh).contains(r#"cluster "prod" does not exist; no clusters yet"#),
@@ -298,7 +267,7 @@ async fn every_command_names_the_clusters_that_exist() {
         &["-o", "json", "catalog", "--cluster", "nope"],
         &["delete-cluster", "nope", "--yes"],
     ] {
-        let out = ctl(&manager, args);
+        let out = manager.ctl(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
         assert!(
             stderr(&out).contains(r#"cluster "nope" does not exist; clusters: prod"#),
@@ -307,12 +276,12 @@ async fn every_command_names_the_clusters_that_exist() {
     }
 
     // CLUSTER chooses the cluster, as for the agent.
-    let from_env = ctl_in(&manager, Some("prod"), &["catalog"]);
+    let from_env = manager.ctl_in(Some("prod"), &["catalog"]);
     assert!(
         stdout(&from_env).contains("cluster prod version 1"),
         "{from_env:?}"
     );
-    let unknown_env = ctl_in(&manager, Some("nope"), &["catalog"]);
+    let unknown_env = manager.ctl_in(Some("nope"), &["catalog"]);
     assert!(
         stderr(&unknown_env).contains("does not exist"),
         "{unknown_env:?}"
@@ -324,18 +293,18 @@ async fn json_output_for_scripts() {
     let manager = Manager::start().await;
     let node = prod_cluster(&manager).await;
 
-    let clusters = json(&ctl(&manager, &["-o", "json", "clusters"]));
+    let clusters = json(&manager.ctl(&["-o", "json", "clusters"]));
     assert_eq!(
         clusters,
         serde_json::json!([{"name": "prod", "version": 1, "nodes": 1, "alive_nodes": 1}])
     );
 
-    let nodes = json(&ctl(&manager, &["--output", "json", "nodes"]));
+    let nodes = json(&manager.ctl(&["--output", "json", "nodes"]));
     assert_eq!(nodes[0]["node_id"], node.as_str(), "{nodes}");
     assert_eq!(nodes[0]["hostname"], "influx-a", "{nodes}");
     assert_eq!(nodes[0]["alive"], true, "{nodes}");
 
-    let out = ctl(&manager, &["-o", "json", "catalog", "--cluster", "prod"]);
+    let out = manager.ctl(&["-o", "json", "catalog", "--cluster", "prod"]);
     assert!(
         !stdout(&out).contains("secret-hash"),
         "hashes are never printed: {out:?}"
@@ -353,35 +322,29 @@ async fn json_output_for_scripts() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("prod.json");
-    let saved = json(&ctl(
-        &manager,
-        &[
-            "-o",
-            "json",
-            "backup",
-            "--cluster",
-            "prod",
-            file.to_str().unwrap(),
-        ],
-    ));
+    let saved = json(&manager.ctl(&[
+        "-o",
+        "json",
+        "backup",
+        "--cluster",
+        "prod",
+        file.to_str().unwrap(),
+    ]));
     assert_eq!(saved["version"], 1, "{saved}");
 
-    let removed = json(&ctl(
-        &manager,
-        &[
-            "-o",
-            "json",
-            "deregister",
-            "--cluster",
-            "prod",
-            "--force",
-            &node,
-        ],
-    ));
+    let removed = json(&manager.ctl(&[
+        "-o",
+        "json",
+        "deregister",
+        "--cluster",
+        "prod",
+        "--force",
+        &node,
+    ]));
     assert_eq!(removed["node_id"], node.as_str(), "{removed}");
     assert_eq!(removed["was_alive"], true, "{removed}");
 
-    let failed = ctl(&manager, &["-o", "json", "catalog", "--cluster", "nope"]);
+    let failed = manager.ctl(&["-o", "json", "catalog", "--cluster", "nope"]);
     assert!(
         !failed.status.success() && stdout(&failed).is_empty(),
         "{failed:?}"
@@ -395,7 +358,7 @@ async fn backup_restores_onto_a_fresh_manager_and_over_a_changed_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("prod.json");
     let path = file.to_str().unwrap();
-    let backed_up = ctl(&manager, &["backup", "--cluster", "prod", path]);
+    let backed_up = manager.ctl(&["backup", "--cluster", "prod", path]);
     assert!(backed_up.status.success(), "{backed_up:?}");
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
@@ -411,7 +374,7 @@ async fn backup_restores_onto_a_fresh_manager_and_over_a_changed_cluster() {
     let original = support::get_meta(&mut manager.grpc_client().await, "prod").await;
 
     // The file is kept, not overwritten, unless asked.
-    let again = ctl(&manager, &["backup", "--cluster", "prod", path]);
+    let again = manager.ctl(&["backup", "--cluster", "prod", path]);
     assert!(
         !again.status.success() && stderr(&again).contains("--overwrite"),
         "{again:?}"
@@ -419,7 +382,7 @@ async fn backup_restores_onto_a_fresh_manager_and_over_a_changed_cluster() {
 
     // Onto a fresh manager: the same bytes, as version 1.
     let fresh = Manager::start().await;
-    let restored = json(&ctl(&fresh, &["-o", "json", "restore", path]));
+    let restored = json(&fresh.ctl(&["-o", "json", "restore", path]));
     assert_eq!(restored["cluster"], "prod", "{restored}");
     assert_eq!(restored["version"], 1, "{restored}");
     let copy = support::get_meta(&mut fresh.grpc_client().await, "prod").await;
@@ -433,14 +396,14 @@ async fn backup_restores_onto_a_fresh_manager_and_over_a_changed_cluster() {
         .databases
         .insert("scratch".into(), Database::new("scratch", ""));
     support::push(&mut grpc, "prod", 1, &changed.to_meta_bytes()).await;
-    let unconfirmed = ctl(&manager, &["restore", path]);
+    let unconfirmed = manager.ctl(&["restore", path]);
     assert!(!unconfirmed.status.success(), "{unconfirmed:?}");
     assert!(
         stderr(&unconfirmed).contains("--yes") && stderr(&unconfirmed).contains("scratch"),
         "the question names what the restore drops: {unconfirmed:?}"
     );
     assert_eq!(support::get_meta(&mut grpc, "prod").await.version, 2);
-    let over = json(&ctl(&manager, &["-o", "json", "restore", "--yes", path]));
+    let over = json(&manager.ctl(&["-o", "json", "restore", "--yes", path]));
     assert_eq!(over["version"], 3, "{over}");
     assert_eq!(
         over["databases_dropped"],
@@ -451,15 +414,12 @@ async fn backup_restores_onto_a_fresh_manager_and_over_a_changed_cluster() {
     assert_eq!((now.version, &now.data), (3, &original.data));
 
     // Another cluster only when asked for; never a file that is not a backup.
-    let elsewhere = ctl(&fresh, &["restore", "--cluster", "staging", path]);
+    let elsewhere = fresh.ctl(&["restore", "--cluster", "staging", path]);
     assert!(
         stderr(&elsewhere).contains("--other-cluster"),
         "{elsewhere:?}"
     );
-    let renamed = ctl(
-        &fresh,
-        &["restore", "--cluster", "staging", "--other-cluster", path],
-    );
+    let renamed = fresh.ctl(&["restore", "--cluster", "staging", "--other-cluster", path]);
     assert!(renamed.status.success(), "{renamed:?}");
     assert_eq!(
         support::get_meta(&mut fresh.grpc_client().await, "staging")
@@ -475,7 +435,7 @@ async fn backup_restores_onto_a_fresh_manager_and_over_a_changed_cluster() {
     ] {
         let bad = dir.path().join(name);
         std::fs::write(&bad, text).unwrap();
-        let refused = ctl(&fresh, &["restore", "--yes", bad.to_str().unwrap()]);
+        let refused = fresh.ctl(&["restore", "--yes", bad.to_str().unwrap()]);
         assert!(!refused.status.success(), "{name}: {refused:?}");
     }
     assert_eq!(
@@ -501,7 +461,7 @@ async fn deleting_a_cluster(manager: Manager) {
         cluster: cluster.into(),
     };
 
-    let alive = ctl(&manager, &["delete-cluster", "prod", "--yes"]);
+    let alive = manager.ctl(&["delete-cluster", "prod", "--yes"]);
     assert_eq!(alive.status.code(), Some(1), "{alive:?}");
     assert!(
         stderr(&alive).contains("alive") && stderr(&alive).contains(&node),
@@ -514,13 +474,13 @@ async fn deleting_a_cluster(manager: Manager) {
         "{refused:?}"
     );
     assert!(refused.message().contains(&node), "{refused:?}");
-    assert!(stdout(&ctl(&manager, &["clusters"])).contains("prod"));
+    assert!(stdout(&manager.ctl(&["clusters"])).contains("prod"));
 
     wait_until(
         std::time::Duration::from_secs(20),
         "the node listed dead",
         || {
-            let out = ctl(&manager, &["-o", "json", "clusters"]);
+            let out = manager.ctl(&["-o", "json", "clusters"]);
             async move { json(&out)[0]["alive_nodes"] == 0 }
         },
     )
@@ -536,15 +496,12 @@ async fn deleting_a_cluster(manager: Manager) {
     assert_eq!(watch.message().await.unwrap().unwrap().version, 1);
 
     // No terminal and no --yes: nothing happens.
-    let unconfirmed = ctl(&manager, &["delete-cluster", "prod"]);
+    let unconfirmed = manager.ctl(&["delete-cluster", "prod"]);
     assert_eq!(unconfirmed.status.code(), Some(1), "{unconfirmed:?}");
     assert!(stderr(&unconfirmed).contains("--yes"), "{unconfirmed:?}");
-    assert!(stdout(&ctl(&manager, &["clusters"])).contains("prod"));
+    assert!(stdout(&manager.ctl(&["clusters"])).contains("prod"));
 
-    let deleted = json(&ctl(
-        &manager,
-        &["-o", "json", "delete-cluster", "prod", "--yes"],
-    ));
+    let deleted = json(&manager.ctl(&["-o", "json", "delete-cluster", "prod", "--yes"]));
     assert_eq!(
         deleted,
         serde_json::json!({"cluster": "prod", "version": 1, "removed_nodes": 1, "removed_versions": 1})
@@ -555,7 +512,7 @@ async fn deleting_a_cluster(manager: Manager) {
     assert!(matches!(ended, Ok(None)), "{ended:?}");
 
     assert_eq!(
-        json(&ctl(&manager, &["-o", "json", "clusters"])),
+        json(&manager.ctl(&["-o", "json", "clusters"])),
         serde_json::json!([])
     );
     let meta = grpc
@@ -575,7 +532,7 @@ async fn deleting_a_cluster(manager: Manager) {
         .unwrap()
         .into_inner();
     assert!(history.changes.is_empty(), "{history:?}");
-    let again = ctl(&manager, &["delete-cluster", "prod", "--yes"]);
+    let again = manager.ctl(&["delete-cluster", "prod", "--yes"]);
     assert!(
         stderr(&again).contains(r#"cluster "prod" does not exist; no clusters yet"#),
         "{again:?}"
@@ -585,7 +542,7 @@ async fn deleting_a_cluster(manager: Manager) {
 
     // The name starts afresh.
     prod_cluster(&manager).await;
-    let row = json(&ctl(&manager, &["-o", "json", "clusters"]));
+    let row = json(&manager.ctl(&["-o", "json", "clusters"]));
     assert_eq!(row[0]["version"], 1, "{row}");
 }
 
@@ -658,11 +615,11 @@ async fn a_node_of_a_deleted_cluster_comes_back_and_reseeds_it() {
     node.agent.stop(DEADLINE).await;
     node.api().exec("CREATE DATABASE db2").await;
     wait_until(DEADLINE, "the node listed dead", || {
-        let out = ctl(&manager, &["-o", "json", "clusters"]);
+        let out = manager.ctl(&["-o", "json", "clusters"]);
         async move { json(&out)[0]["alive_nodes"] == 0 }
     })
     .await;
-    let deleted = ctl(&manager, &["delete-cluster", "prod", "--yes"]);
+    let deleted = manager.ctl(&["delete-cluster", "prod", "--yes"]);
     assert!(deleted.status.success(), "{deleted:?}");
     assert_eq!(manager_catalog(&manager, "prod").await.0, 0);
 

@@ -18,6 +18,7 @@ use cflux::manager::hub::{Hub, Subscription};
 use cflux::manager::store::etcd::{EtcdStore, CHUNK_SIZE, DEFAULT_PREFIX};
 use cflux::manager::store::{
     CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreError, StoreOptions,
+    DEFAULT_ETCD_COMPACTION_INTERVAL,
 };
 use etcd_support::EtcdCluster;
 use wait_support::eventually;
@@ -33,6 +34,7 @@ fn options(advertise: &str) -> StoreOptions {
             max_versions: 1,
             max_bytes: u64::MAX,
         },
+        etcd_compaction_interval: DEFAULT_ETCD_COMPACTION_INTERVAL,
     }
 }
 
@@ -297,6 +299,105 @@ async fn reads_and_feed_work_after_compaction() {
     assert_eq!((seen.version, seen.data.clone()), (6, Bytes::from("v6")));
     writer.close().await;
     watcher.close().await;
+}
+
+/// The store compacts etcd's history by itself, to a revision one interval
+/// old, and goes on serving reads, writes and its change feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_compacts_etcd_s_history_by_itself_and_keeps_serving() {
+    let etcd = EtcdCluster::start(3).await;
+    let endpoints = etcd.endpoints();
+    let hub = Hub::new();
+    let store = EtcdStore::connect(
+        &endpoints,
+        StoreOptions {
+            etcd_compaction_interval: Duration::from_millis(500),
+            ..options("m1:7070")
+        },
+        hub.clone(),
+    )
+    .await
+    .expect("connect to etcd");
+    let c = "compacting";
+    let mut sub = hub.subscribe(c);
+    hub.publish(store.get_meta(c).await.unwrap());
+    let mut raw = etcd_client::Client::connect(&endpoints, None)
+        .await
+        .unwrap();
+    let first = raw
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    store.put_node(node(c, "n1")).await.unwrap();
+    let mut version = 0;
+    let deadline = Duration::from_secs(20);
+    // Heartbeats and pushes leave revisions behind until the store compacts
+    // past the first one.
+    let compacted = wait_support::poll(deadline, || {
+        let (store, mut raw) = (store.clone(), raw.clone());
+        version += 1;
+        let v = version;
+        async move {
+            store
+                .heartbeat(c, "n1", cflux::clock::now_ms(), None)
+                .await
+                .unwrap();
+            accepted(
+                store
+                    .cas_meta(
+                        c,
+                        v - 1,
+                        "",
+                        Bytes::from(format!("v{v}")),
+                        ChangeNote::default(),
+                    )
+                    .await
+                    .unwrap(),
+            );
+            match raw
+                .get(
+                    "x",
+                    Some(etcd_client::GetOptions::new().with_revision(first)),
+                )
+                .await
+            {
+                Err(e) if e.to_string().contains("compacted") => Ok(()),
+                other => Err(format!("revision {first} still readable: {other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(compacted.is_ok(), "never compacted: {compacted:?}");
+    // The store goes on: reads, writes and the change feed.
+    let latest = store.get_meta(c).await.unwrap();
+    let next = latest.version + 1;
+    accepted(
+        store
+            .cas_meta(
+                c,
+                latest.version,
+                "",
+                Bytes::from("after"),
+                ChangeNote::default(),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        wait_for(&mut sub, next, "published after compaction")
+            .await
+            .data,
+        Bytes::from("after")
+    );
+    assert!(store
+        .heartbeat(c, "n1", cflux::clock::now_ms(), None)
+        .await
+        .unwrap());
+    assert_eq!(store.list_nodes(Some(c)).await.unwrap().len(), 1);
+    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use cflux::influx::catalog::{Catalog, Database, RetentionPolicy, User};
 use cflux::proto::clusterflux_client::ClusterfluxClient;
@@ -26,17 +26,6 @@ type Client = ClusterfluxClient<Channel>;
 const HOUR: i64 = 3_600_000_000_000;
 /// How long an etcd manager may take to serve.
 const SERVING: std::time::Duration = std::time::Duration::from_secs(20);
-
-fn ctl(manager: &Manager, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cfluxctl"))
-        .args(args)
-        .env("CFLUX_ENDPOINT", manager.url())
-        .env_remove("CFLUX_TOKEN")
-        .env_remove("CLUSTER")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cfluxctl")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -239,7 +228,7 @@ async fn history_survives_a_restart_and_cfluxctl_shows_diffs_and_rolls_back() {
     );
     assert_eq!(current(&mut c).await.history_id, history_id);
 
-    let listed = ctl(&m, &["history", "prod"]);
+    let listed = m.ctl(&["history", "prod"]);
     assert!(listed.status.success(), "{listed:?}");
     let text = stdout(&listed);
     assert!(text.contains(&history_id), "{text}");
@@ -249,12 +238,12 @@ async fn history_survives_a_restart_and_cfluxctl_shows_diffs_and_rolls_back() {
     );
     assert!(text.contains("users -bob"), "{text}");
 
-    let diff = ctl(&m, &["diff", "prod", "1", "2"]);
+    let diff = m.ctl(&["diff", "prod", "1", "2"]);
     assert!(diff.status.success(), "{diff:?}");
     let text = stdout(&diff);
     assert!(text.contains("CREATE DATABASE \"db2\""), "{text}");
     assert!(text.contains("DROP USER \"bob\";"), "{text}");
-    let back = stdout(&ctl(&m, &["diff", "prod", "2", "1"]));
+    let back = stdout(&m.ctl(&["diff", "prod", "2", "1"]));
     assert!(
         back.contains("CREATE USER \"bob\" WITH PASSWORD '***'"),
         "{back}"
@@ -262,7 +251,7 @@ async fn history_survives_a_restart_and_cfluxctl_shows_diffs_and_rolls_back() {
     assert!(!back.contains("secret-hash"), "{back}");
 
     // Without a terminal and without --yes, nothing happens.
-    let refused = ctl(&m, &["rollback", "prod", "1"]);
+    let refused = m.ctl(&["rollback", "prod", "1"]);
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--yes"),
@@ -271,13 +260,13 @@ async fn history_survives_a_restart_and_cfluxctl_shows_diffs_and_rolls_back() {
     assert_eq!(current(&mut c).await.version, 2);
 
     // The same for scripts: one JSON document each.
-    let listed = json(&ctl(&m, &["-o", "json", "history", "prod", "--limit", "1"]));
+    let listed = json(&m.ctl(&["-o", "json", "history", "prod", "--limit", "1"]));
     assert_eq!(listed["history_id"], history_id.as_str(), "{listed}");
     let versions = listed["versions"].as_array().expect("versions");
     assert_eq!(versions.len(), 1, "{listed}");
     assert_eq!(versions[0]["version"], 2, "{listed}");
     assert_eq!(versions[0]["layer"], "legacy", "{listed}");
-    let diff = json(&ctl(&m, &["-o", "json", "diff", "prod", "1", "2"]));
+    let diff = json(&m.ctl(&["-o", "json", "diff", "prod", "1", "2"]));
     assert_eq!(
         (diff["from"].clone(), diff["to"].clone()),
         (1.into(), 2.into())
@@ -295,7 +284,7 @@ async fn history_survives_a_restart_and_cfluxctl_shows_diffs_and_rolls_back() {
         &["rollback", "nope", "1", "--yes"],
         &["-o", "json", "history", "nope"],
     ] {
-        let out = ctl(&m, args);
+        let out = m.ctl(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr)
@@ -304,7 +293,7 @@ async fn history_survives_a_restart_and_cfluxctl_shows_diffs_and_rolls_back() {
         );
     }
 
-    let rolled = json(&ctl(&m, &["-o", "json", "rollback", "prod", "1", "--yes"]));
+    let rolled = json(&m.ctl(&["-o", "json", "rollback", "prod", "1", "--yes"]));
     assert_eq!(
         (
             rolled["restored_version"].clone(),

@@ -32,7 +32,7 @@ use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::etcd::EtcdStore;
 use cflux::manager::store::{
     CasOutcome, ChangeNote, ClusterRemoval, HistoryLimits, NodeRecord, RemovedCluster, Snapshot,
-    Store, StoreOptions, SyncReport,
+    Store, StoreOptions, SyncReport, DEFAULT_ETCD_COMPACTION_INTERVAL,
 };
 use etcd_support::EtcdCluster;
 use tempfile::TempDir;
@@ -61,6 +61,7 @@ fn options(advertise: &str) -> StoreOptions {
         node_ttl: NODE_TTL,
         advertise: advertise.to_owned(),
         history: HISTORY,
+        etcd_compaction_interval: DEFAULT_ETCD_COMPACTION_INTERVAL,
     }
 }
 

@@ -6,7 +6,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -56,18 +55,6 @@ fn token_file(dir: &Path) -> PathBuf {
     path
 }
 
-fn ctl(manager: &Manager, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cfluxctl"))
-        .args(args)
-        .env("CFLUX_ENDPOINT", manager.url())
-        .env_remove("CFLUX_TOKEN")
-        .env_remove("CFLUX_TOKEN_FILE")
-        .env_remove("CFLUX_CA")
-        .env_remove("CLUSTER")
-        .output()
-        .expect("run cfluxctl")
-}
-
 #[tokio::test]
 async fn cfluxctl_trusts_the_given_ca_and_refuses_another() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,32 +65,26 @@ async fn cfluxctl_trusts_the_given_ca_and_refuses_another() {
     let ca_arg = ca_path.to_str().unwrap();
     let token_arg = token.to_str().unwrap();
 
-    let listed = ctl(
-        &manager,
-        &[
-            "--cflux-ca",
-            ca_arg,
-            "--token-file",
-            token_arg,
-            "-o",
-            "json",
-            "clusters",
-        ],
-    );
+    let listed = manager.ctl(&[
+        "--cflux-ca",
+        ca_arg,
+        "--token-file",
+        token_arg,
+        "-o",
+        "json",
+        "clusters",
+    ]);
     assert!(listed.status.success(), "{listed:?}");
     let clusters: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(clusters, serde_json::json!([]), "{listed:?}");
 
-    let refused = ctl(
-        &manager,
-        &[
-            "--cflux-ca",
-            wrong_ca.to_str().unwrap(),
-            "--token-file",
-            token_arg,
-            "clusters",
-        ],
-    );
+    let refused = manager.ctl(&[
+        "--cflux-ca",
+        wrong_ca.to_str().unwrap(),
+        "--token-file",
+        token_arg,
+        "clusters",
+    ]);
     assert!(!refused.status.success(), "{refused:?}");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -113,21 +94,18 @@ async fn cfluxctl_trusts_the_given_ca_and_refuses_another() {
 
     // Without a CA file the system's roots are trusted, and they do not
     // know a private CA either.
-    let system_roots = ctl(&manager, &["--token-file", token_arg, "clusters"]);
+    let system_roots = manager.ctl(&["--token-file", token_arg, "clusters"]);
     assert!(!system_roots.status.success(), "{system_roots:?}");
 
-    let both = ctl(
-        &manager,
-        &[
-            "--cflux-ca",
-            ca_arg,
-            "--token",
-            TOKEN,
-            "--token-file",
-            token_arg,
-            "clusters",
-        ],
-    );
+    let both = manager.ctl(&[
+        "--cflux-ca",
+        ca_arg,
+        "--token",
+        TOKEN,
+        "--token-file",
+        token_arg,
+        "clusters",
+    ]);
     assert!(!both.status.success());
     assert!(
         String::from_utf8_lossy(&both.stderr).contains("not both"),
@@ -135,16 +113,13 @@ async fn cfluxctl_trusts_the_given_ca_and_refuses_another() {
     );
     let empty = dir.path().join("empty-token");
     std::fs::write(&empty, "\n").unwrap();
-    let empty = ctl(
-        &manager,
-        &[
-            "--cflux-ca",
-            ca_arg,
-            "--token-file",
-            empty.to_str().unwrap(),
-            "clusters",
-        ],
-    );
+    let empty = manager.ctl(&[
+        "--cflux-ca",
+        ca_arg,
+        "--token-file",
+        empty.to_str().unwrap(),
+        "clusters",
+    ]);
     assert!(!empty.status.success());
     assert!(
         String::from_utf8_lossy(&empty.stderr).contains("empty"),
@@ -178,20 +153,17 @@ async fn agents_on_both_transports_sync_through_a_tls_manager() {
         Duration::from_secs(30),
         "both agents listed alive",
         || async {
-            let out = ctl(
-                &manager,
-                &[
-                    "--cflux-ca",
-                    ca_arg,
-                    "--token-file",
-                    token_arg,
-                    "-o",
-                    "json",
-                    "nodes",
-                    "--cluster",
-                    "secure",
-                ],
-            );
+            let out = manager.ctl(&[
+                "--cflux-ca",
+                ca_arg,
+                "--token-file",
+                token_arg,
+                "-o",
+                "json",
+                "nodes",
+                "--cluster",
+                "secure",
+            ]);
             let nodes: serde_json::Value =
                 serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))?;
             let alive = nodes

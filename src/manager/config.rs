@@ -10,7 +10,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::config_file::ConfigError;
-use crate::manager::store::HistoryLimits;
+use crate::manager::store::{HistoryLimits, DEFAULT_ETCD_COMPACTION_INTERVAL};
 
 /// Command line and TOML file, every setting optional so sources can be layered.
 #[derive(Parser, Debug, Default, Deserialize)]
@@ -57,6 +57,11 @@ pub struct ManagerArgs {
         value_name = "URLS"
     )]
     pub etcd_endpoints: Option<Vec<String>>,
+
+    /// How often to compact etcd's revisions (to the revision seen one interval earlier), so heartbeats and pushes do not grow etcd's database to its quota; 0s: never (when something else compacts) [default: 5m].
+    #[arg(long, env = "CFLUX_MANAGER_ETCD_COMPACTION_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde::option")]
+    pub etcd_compaction_interval: Option<Duration>,
 
     /// How long a node stays alive without a heartbeat [default: 15s].
     #[arg(long, env = "CFLUX_MANAGER_NODE_TTL", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -131,8 +136,13 @@ pub struct ManagerArgs {
 /// Where the manager keeps its state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreConfig {
-    Embedded { data_dir: PathBuf },
-    Etcd { endpoints: Vec<String> },
+    Embedded {
+        data_dir: PathBuf,
+    },
+    Etcd {
+        endpoints: Vec<String>,
+        compaction_interval: Duration,
+    },
 }
 
 /// The resolved configuration, every default applied and every value checked.
@@ -162,7 +172,13 @@ impl ManagerArgs {
             .or(file.listen)
             .unwrap_or(([127, 0, 0, 1], 8000).into());
         let store = match a.etcd_endpoints.or(file.etcd_endpoints) {
-            Some(endpoints) if !endpoints.is_empty() => StoreConfig::Etcd { endpoints },
+            Some(endpoints) if !endpoints.is_empty() => StoreConfig::Etcd {
+                endpoints,
+                compaction_interval: a
+                    .etcd_compaction_interval
+                    .or(file.etcd_compaction_interval)
+                    .unwrap_or(DEFAULT_ETCD_COMPACTION_INTERVAL),
+            },
             _ => StoreConfig::Embedded {
                 data_dir: a
                     .data_dir

@@ -63,6 +63,13 @@ pub async fn open_store(
         node_ttl: config.node_ttl,
         advertise: config.advertise.clone(),
         history: config.history,
+        etcd_compaction_interval: match &config.store {
+            StoreConfig::Etcd {
+                compaction_interval,
+                ..
+            } => *compaction_interval,
+            StoreConfig::Embedded { .. } => Duration::ZERO,
+        },
     };
     Ok(match &config.store {
         StoreConfig::Embedded { data_dir } => {
@@ -74,7 +81,7 @@ pub async fn open_store(
                     source,
                 })?
         }
-        StoreConfig::Etcd { endpoints } => {
+        StoreConfig::Etcd { endpoints, .. } => {
             tracing::info!(?endpoints, "etcd store");
             store::etcd::EtcdStore::connect(endpoints, opts, feed)
                 .await

@@ -86,6 +86,7 @@ impl Manager {
             .env_remove("CFLUX_TOKEN_FILE")
             .env_remove("CFLUX_CA")
             .env_remove("CLUSTER")
+            .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null());
         if let Some(c) = cluster {
             command.env("CLUSTER", c);

@@ -38,6 +38,16 @@
 //! the watch breaks (a member died, the history was compacted) it reads again
 //! and watches again, backing off while etcd stays unreachable.
 //!
+//! *Compaction.* Heartbeats and pushes leave a revision behind each, and
+//! etcd keeps every one until someone compacts: its database would grow to
+//! its quota and then refuse every write. Every `--etcd-compaction-interval`
+//! (default 5 min, as Kubernetes' API server does) each manager compacts
+//! etcd to the revision it saw one interval earlier, so readers and watches
+//! always have one interval of history (a read that still falls behind
+//! starts over, as above). Revisions are etcd-wide: the compaction covers
+//! every prefix on that etcd. Two managers compacting to the same revision is
+//! harmless; the second is told it was done already.
+//!
 //! Every etcd call runs under a deadline: an unreachable etcd surfaces as
 //! [`StoreError::Unavailable`] within seconds, never as a hang.
 
@@ -261,6 +271,8 @@ struct Inner {
     /// The lease of this manager's `managers/` key (0: none).
     manager_lease: AtomicI64,
     history: HistoryLimits,
+    /// How often to compact etcd's revisions; zero: never.
+    compaction_interval: Duration,
 }
 
 impl EtcdStore {
@@ -326,15 +338,21 @@ impl EtcdStore {
             cancel: CancellationToken::new(),
             manager_lease: AtomicI64::new(0),
             history: opts.history,
+            compaction_interval: opts.etcd_compaction_interval,
         });
         // Proves etcd reachable (and writable) before anything runs.
         inner.register_manager().await?;
 
-        let feed = tokio::spawn(inner.clone().feed_loop());
-        let keeper = tokio::spawn(inner.clone().manager_loop());
+        let mut tasks = vec![
+            tokio::spawn(inner.clone().feed_loop()),
+            tokio::spawn(inner.clone().manager_loop()),
+        ];
+        if !inner.compaction_interval.is_zero() {
+            tasks.push(tokio::spawn(inner.clone().compaction_loop()));
+        }
         Ok(Arc::new(EtcdStore {
             inner,
-            tasks: Mutex::new(vec![feed, keeper]),
+            tasks: Mutex::new(tasks),
         }))
     }
 }
@@ -1129,6 +1147,60 @@ impl Inner {
         .map_err(|f| f.into_store("register manager"))?;
         self.manager_lease.store(lease, Ordering::SeqCst);
         Ok(lease)
+    }
+
+    /// Every compaction interval, compacts etcd to the revision seen at the
+    /// previous tick (see the module doc), until the store closes.
+    async fn compaction_loop(self: Arc<Self>) {
+        let mut seen: Option<i64> = None;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.compaction_interval) => {}
+            }
+            if let Some(revision) = seen {
+                self.compact(revision).await;
+            }
+            match self.current_revision().await {
+                Ok(now) => seen = Some(now),
+                Err(e) => {
+                    tracing::warn!(error = %crate::telemetry::with_causes(&e), "cannot read etcd's revision; compacting at the next interval");
+                    seen = None;
+                }
+            }
+        }
+    }
+
+    async fn current_revision(&self) -> StoreResult<i64> {
+        let key = self.key("managers/");
+        let resp = call("read the revision", || {
+            let mut kv = self.kv.clone();
+            let key = key.clone();
+            async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await
+        .map_err(|f| f.into_store("read the revision"))?;
+        read_revision(&resp)
+    }
+
+    /// Compacts etcd's history up to `revision`; failures are logged (the
+    /// next interval tries again).
+    async fn compact(&self, revision: i64) {
+        let compacted = call("compact", || {
+            let mut client = self.client.clone();
+            async move { client.compact(revision, None).await }
+        })
+        .await;
+        match compacted {
+            Ok(_) => tracing::info!(revision, "compacted etcd's history"),
+            // Another manager compacted to this revision (or past it) first.
+            Err(Fail::Compacted) => {
+                tracing::debug!(revision, "etcd's history was compacted already")
+            }
+            Err(Fail::Store(e)) => {
+                tracing::warn!(revision, error = %crate::telemetry::with_causes(&e), "cannot compact etcd's history")
+            }
+        }
     }
 
     /// Keeps this manager's lease alive (re-registering after it expired)

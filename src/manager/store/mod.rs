@@ -322,7 +322,13 @@ pub struct StoreOptions {
     pub advertise: String,
     /// How much catalog history to keep.
     pub history: HistoryLimits,
+    /// How often the etcd store compacts etcd's revisions (zero: never);
+    /// the embedded store has nothing to compact.
+    pub etcd_compaction_interval: Duration,
 }
+
+/// How often an etcd store compacts etcd's revisions unless told otherwise.
+pub const DEFAULT_ETCD_COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
 
 /// A new history ID: a random UUID.
 pub fn new_history_id() -> String {
