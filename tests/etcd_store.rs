@@ -264,16 +264,7 @@ async fn reads_and_feed_work_after_compaction() {
                 .unwrap(),
         );
     }
-    let mut raw = etcd_client::Client::connect(&endpoints, None)
-        .await
-        .unwrap();
-    let revision = raw
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let (mut raw, revision) = raw_client_at(&endpoints).await;
     raw.compact(
         revision,
         Some(etcd_client::CompactionOptions::new().with_physical()),
@@ -301,6 +292,21 @@ async fn reads_and_feed_work_after_compaction() {
     watcher.close().await;
 }
 
+/// A plain etcd client, and etcd's revision now.
+async fn raw_client_at(endpoints: &[String]) -> (etcd_client::Client, i64) {
+    let mut raw = etcd_client::Client::connect(endpoints, None)
+        .await
+        .expect("connect to etcd");
+    let revision = raw
+        .get("x", None)
+        .await
+        .expect("read etcd's revision")
+        .header()
+        .expect("a response header")
+        .revision();
+    (raw, revision)
+}
+
 /// The store compacts etcd's history by itself, to a revision one interval
 /// old, and goes on serving reads, writes and its change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,16 +327,7 @@ async fn the_store_compacts_etcd_s_history_by_itself_and_keeps_serving() {
     let c = "compacting";
     let mut sub = hub.subscribe(c);
     hub.publish(store.get_meta(c).await.unwrap());
-    let mut raw = etcd_client::Client::connect(&endpoints, None)
-        .await
-        .unwrap();
-    let first = raw
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let (raw, first) = raw_client_at(&endpoints).await;
     store.put_node(node(c, "n1")).await.unwrap();
     let mut version = 0;
     let deadline = Duration::from_secs(20);
