@@ -99,8 +99,9 @@ pub struct InfluxdMeta {
     meta_db: PathBuf,
     hashes_file: PathBuf,
     hashes: Mutex<BTreeMap<String, HashPair>>,
-    /// What `catalog()` last returned: the catalog the caller's next target
-    /// is computed from, and the identity of the `meta.db` it came from.
+    /// What `catalog()` last returned, or what the last whole apply left:
+    /// the catalog the caller's next target is computed from, and the
+    /// identity of the `meta.db` it came from.
     seen: Mutex<Option<(Catalog, MetaIdentity)>>,
     changes: watch::Sender<u64>,
     status: ApplyStatus,
@@ -434,12 +435,18 @@ impl MetaClient for InfluxdMeta {
             let pass = self.apply_pass(&current, &goal).await;
             // Created users' random hashes are remembered even after a
             // partial apply, so they are never pushed as local changes.
-            current = self.read_raw().await?;
+            let (after, identity) = self.read_identified().await?;
+            current = after;
             self.remember_hashes(&target, &current).await?;
             let refused = pass?;
             let count = refused.len();
             let Some(first) = refused.into_iter().next() else {
                 *self.status.last_error() = None;
+                // What the node holds now, with the `Index` the apply raised
+                // it to: the base the caller records next is this one, so an
+                // older copy of meta.db restored later reads as older.
+                let holds = self.to_cluster_terms(current);
+                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((holds, identity));
                 return Ok(());
             };
             if round == APPLY_ROUNDS {

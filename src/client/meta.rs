@@ -54,8 +54,9 @@ pub trait MetaClient: Send + Sync + 'static {
     async fn apply(&self, target: &Catalog) -> Result<(), MetaError>;
     /// A counter that moves whenever the local catalog may have changed.
     fn changes(&self) -> watch::Receiver<u64>;
-    /// The identity of the metadata the last [`MetaClient::catalog`] read;
-    /// `None` when the owner keeps none.
+    /// The identity of the metadata the last [`MetaClient::catalog`] read,
+    /// or the last whole [`MetaClient::apply`] left (what the caller records
+    /// with its base); `None` when the owner keeps none.
     fn identity(&self) -> Option<MetaIdentity> {
         None
     }
