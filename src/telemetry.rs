@@ -14,6 +14,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// A binary's exit: success, or its error logged as one line with its
+/// causes, in the log's format (no backtrace), and a failure code.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
 /// Colour codes only reach a terminal, and not even then with `NO_COLOR`
 /// set: a file, a pipe or journald gets plain text.

@@ -130,3 +130,35 @@ async fn a_second_agent_on_a_taken_health_address_fails_in_one_line() {
     let mut grpc = manager.grpc_client().await;
     assert_eq!(support::list_nodes(&mut grpc, "prod").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_on_a_taken_address_fails_in_one_line() {
+    let first = Manager::start().await;
+    let taken = first.addr.to_string();
+    let data = tempfile::tempdir().expect("temporary directory");
+    let mut command = Command::new(Manager::bin());
+    clean_env(&mut command);
+    command
+        .args(["--listen", &taken])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    let second = tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || command.output().expect("run cflux-manager")),
+    )
+    .await
+    .expect("the second manager exits at once")
+    .expect("the manager's process");
+    assert!(!second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].contains(&taken) && lines[0].contains("--listen") && lines[0].contains("in use"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}

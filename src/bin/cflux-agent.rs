@@ -11,14 +11,7 @@ use cflux::agent::config::AgentArgs;
 async fn main() -> ExitCode {
     let args = AgentArgs::parse();
     cflux::telemetry::init_tracing(args.log_format);
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with its causes, in the log's format; no backtrace.
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cflux::telemetry::exit_code(run(args).await)
 }
 
 async fn run(args: AgentArgs) -> anyhow::Result<()> {
