@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cflux::influx::catalog::Catalog;
-use cflux::proto::ListNodesRequest;
 use futures::future::join_all;
 use support::influxd::{
     eventually, ident, same, start_nodes, AgentOptions, InfluxApi, InfluxdOptions, Node, PolicyRow,
@@ -101,16 +100,8 @@ impl Cluster {
 
     /// `ListNodes` for the cluster: node ID → alive.
     async fn list_nodes(&self) -> std::collections::BTreeMap<String, bool> {
-        self.manager
-            .grpc_client()
+        support::list_nodes(&mut self.manager.grpc_client().await, CLUSTER)
             .await
-            .list_nodes(ListNodesRequest {
-                cluster: CLUSTER.into(),
-            })
-            .await
-            .expect("ListNodes")
-            .into_inner()
-            .nodes
             .into_iter()
             .map(|n| (n.node_id, n.alive))
             .collect()

@@ -11,7 +11,7 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use cflux::proto::{HeartbeatRequest, ListNodesRequest, Node as ListedNode, SyncState};
+use cflux::proto::{HeartbeatRequest, Node as ListedNode, SyncState};
 use support::influxd::{eventually, same, start_nodes, AgentOptions, InfluxdOptions};
 use support::Manager;
 
@@ -21,16 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const CLUSTER: &str = "synced";
 
 async fn list_nodes(manager: &Manager) -> Vec<ListedNode> {
-    manager
-        .grpc_client()
-        .await
-        .list_nodes(ListNodesRequest {
-            cluster: CLUSTER.into(),
-        })
-        .await
-        .expect("ListNodes")
-        .into_inner()
-        .nodes
+    support::list_nodes(&mut manager.grpc_client().await, CLUSTER).await
 }
 
 fn ctl(manager: &Manager, args: &[&str]) -> Output {
