@@ -18,7 +18,7 @@ use cflux::manager::hub::{Hub, Subscription};
 use cflux::manager::store::etcd::{EtcdStore, CHUNK_SIZE, DEFAULT_PREFIX};
 use cflux::manager::store::{
     CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreError, StoreOptions,
-    DEFAULT_ETCD_COMPACTION_INTERVAL,
+    SyncReport, DEFAULT_ETCD_COMPACTION_INTERVAL,
 };
 use etcd_support::EtcdCluster;
 use wait_support::eventually;
@@ -542,4 +542,192 @@ async fn unreachable_etcd_fails_fast() {
         "close took {:?}",
         started.elapsed()
     );
+}
+
+/// Registers `ids` in `cluster` through `store`, each with its first
+/// heartbeat reporting `sync`.
+async fn register_all(store: &EtcdStore, cluster: &str, ids: &[String], sync: &SyncReport) {
+    for id in ids {
+        store.put_node(node(cluster, id)).await.unwrap();
+        assert!(store
+            .heartbeat(cluster, id, 2_000, Some(sync.clone()))
+            .await
+            .unwrap());
+    }
+}
+
+fn synced(version: u64) -> SyncReport {
+    SyncReport {
+        applied_version: version,
+        applied_history_id: "h".into(),
+        sync_error: String::new(),
+    }
+}
+
+/// Whether each of `ids` is listed alive, in order.
+async fn alive(store: &EtcdStore, cluster: &str, ids: &[&str]) -> Vec<bool> {
+    let listed = store.list_nodes(Some(cluster)).await.unwrap();
+    ids.iter()
+        .map(|id| listed.iter().any(|n| n.record.node_id == *id && n.alive))
+        .collect()
+}
+
+/// Heartbeats that report nothing new cost etcd nothing: no revision, no
+/// lease (two leases per manager, however many nodes and beats); a new sync
+/// state is one write, and listings show the newest heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_heartbeats_write_nothing_to_etcd() {
+    let etcd = EtcdCluster::start(3).await;
+    let endpoints = etcd.endpoints();
+    let store = connect(&endpoints, "m1:7070").await;
+    let c = "steady";
+    let ids: Vec<String> = (0..50).map(|i| format!("n{i:02}")).collect();
+    register_all(&store, c, &ids, &synced(1)).await;
+
+    let (mut raw, before) = raw_client_at(&endpoints).await;
+    for round in 0..5u64 {
+        for id in &ids {
+            let now = 10_000 + round;
+            assert!(store.heartbeat(c, id, now, Some(synced(1))).await.unwrap());
+        }
+    }
+    let (_, after) = raw_client_at(&endpoints).await;
+    assert_eq!(after, before, "250 steady heartbeats wrote to etcd");
+    let leases = raw.leases().await.expect("list leases").leases().len();
+    assert_eq!(leases, 2, "leases live for one manager and 50 nodes");
+
+    let listed = store.list_nodes(Some(c)).await.unwrap();
+    assert_eq!(listed.len(), 50);
+    assert!(listed
+        .iter()
+        .all(|n| n.alive && n.record.last_heartbeat_ms == 10_004));
+
+    // A node that applied a new version: its record is written, once.
+    assert!(store
+        .heartbeat(c, "n07", 20_000, Some(synced(2)))
+        .await
+        .unwrap());
+    assert!(store
+        .heartbeat(c, "n07", 20_001, Some(synced(2)))
+        .await
+        .unwrap());
+    let (_, later) = raw_client_at(&endpoints).await;
+    assert_eq!(later, after + 1, "a new sync state is one write");
+    let record = store.get_node(c, "n07").await.unwrap().expect("n07");
+    assert_eq!(record.sync, Some(synced(2)));
+    store.close().await;
+}
+
+/// A node that moves to another manager (and back) stays alive while the
+/// first keeps running; a node that falls silent dies within about a TTL;
+/// a node deleted through one manager is unknown to the other's next
+/// heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_stay_alive_across_managers_and_die_when_silent() {
+    let etcd = EtcdCluster::start(3).await;
+    let endpoints = etcd.endpoints();
+    let m1 = connect(&endpoints, "m1:7070").await;
+    let m2 = connect(&endpoints, "m2:7070").await;
+    let c = "moving";
+    let ids: Vec<String> = ["mover", "silent", "doomed"].map(String::from).to_vec();
+    register_all(&m1, c, &ids, &synced(1)).await;
+
+    // "mover" heartbeats through m2, then through m1 again, then m2, for
+    // three TTLs; "silent" stops.
+    let silent_since = Instant::now();
+    let mut silent_dead_after = None;
+    let mut managers = [&m2, &m1, &m2].into_iter().cycle();
+    let mut manager = managers.next().unwrap();
+    let mut switched = Instant::now();
+    while silent_since.elapsed() < NODE_TTL * 3 {
+        if switched.elapsed() >= NODE_TTL {
+            manager = managers.next().unwrap();
+            switched = Instant::now();
+        }
+        assert!(manager
+            .heartbeat(c, "mover", 3_000, Some(synced(1)))
+            .await
+            .unwrap());
+        assert!(manager
+            .heartbeat(c, "doomed", 3_000, Some(synced(1)))
+            .await
+            .unwrap());
+        let [mover, silent, doomed] = alive(&m1, c, &["mover", "silent", "doomed"]).await[..]
+        else {
+            unreachable!()
+        };
+        assert!(mover && doomed, "a heartbeating node was listed dead");
+        if !silent && silent_dead_after.is_none() {
+            silent_dead_after = Some(silent_since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dead_after = silent_dead_after.expect("the silent node was never listed dead");
+    assert!(
+        dead_after >= NODE_TTL - Duration::from_millis(200) && dead_after <= NODE_TTL * 2,
+        "the silent node died after {dead_after:?}, TTL {NODE_TTL:?}"
+    );
+
+    // "doomed" heartbeats through m2; m1 deletes it.
+    assert!(m2
+        .heartbeat(c, "doomed", 4_000, Some(synced(1)))
+        .await
+        .unwrap());
+    assert!(m1.delete_node(c, "doomed").await.unwrap());
+    eventually(
+        Duration::from_secs(5),
+        "m2 forgets the deleted node",
+        || {
+            let m2 = m2.clone();
+            async move {
+                match m2.heartbeat(c, "doomed", 5_000, Some(synced(1))).await {
+                    Ok(false) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    assert!(m1.get_node(c, "doomed").await.unwrap().is_none());
+    assert_eq!(alive(&m2, c, &["mover"]).await, [true]);
+    m1.close().await;
+    m2.close().await;
+}
+
+/// A manager that goes away loses no node: its nodes heartbeat through the
+/// other and are listed alive at every moment, before and after its lease
+/// ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_that_goes_away_loses_no_node() {
+    let etcd = EtcdCluster::start(3).await;
+    let endpoints = etcd.endpoints();
+    let m1 = connect(&endpoints, "m1:7070").await;
+    let m2 = connect(&endpoints, "m2:7070").await;
+    let c = "failover";
+    let ids: Vec<String> = (0..200).map(|i| format!("n{i:03}")).collect();
+    register_all(&m1, c, &ids, &synced(1)).await;
+    // Gone without a word: its tasks stop, its lease runs out by itself.
+    drop(m1);
+
+    let since = Instant::now();
+    while since.elapsed() < NODE_TTL * 3 {
+        let beats = ids
+            .iter()
+            .map(|id| m2.heartbeat(c, id, 6_000, Some(synced(1))));
+        for known in futures::future::join_all(beats).await {
+            assert!(known.unwrap(), "m2 did not know a node of m1");
+        }
+        let listed = m2.list_nodes(Some(c)).await.unwrap();
+        let dead: Vec<&str> = listed
+            .iter()
+            .filter(|n| !n.alive)
+            .map(|n| n.record.node_id.as_str())
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "nodes listed dead after failover: {dead:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    m2.close().await;
 }

@@ -9,17 +9,17 @@
 //! | key                                   | value                                   |
 //! |---------------------------------------|-----------------------------------------|
 //! | `nodes/{hexcluster}/{node_id}`        | JSON [`NodeRecord`]                     |
-//! | `alive/{hexcluster}/{node_id}`        | empty, bound to a lease of the node TTL |
+//! | `alive/{hexcluster}/{node_id}`        | the binding manager, on its liveness lease |
 //! | `meta/{hexcluster}`                   | JSON head `{version, blob, chunks, len, history_id}`|
 //! | `blobs/{hexcluster}/{blob}/{i:08}`    | one chunk (≤ 1 MiB) of a catalog        |
 //! | `history/{hexcluster}/{version:020}`  | JSON kept version: its entry and blob   |
 //! | `managers/{advertise}`                | empty, bound to this manager's lease    |
 //!
-//! *Liveness.* Registering or heartbeating grants a fresh lease of the node
-//! TTL and, in one transaction, rewrites the record and binds the `alive/` key
-//! to the new lease; older leases simply run out. A node is alive while its
-//! `alive/` key exists. The record carries what the heartbeat reported about
-//! the node's sync, so a heartbeat stays one write.
+//! *Liveness* ([`liveness`]): a node is alive while its `alive/` key exists,
+//! bound to the liveness lease of the manager it heartbeats through. A
+//! heartbeat costs etcd nothing unless the node just came to this manager or
+//! reports a new sync state; the lease is kept alive by keep-alives, and a
+//! sweeper deletes the keys of nodes that fell silent.
 //!
 //! *Catalogs* may exceed etcd's request limit (1.5 MiB by default), so a new
 //! version is first written as chunks under a fresh blob id, then published by
@@ -38,7 +38,7 @@
 //! the watch breaks (a member died, the history was compacted) it reads again
 //! and watches again, backing off while etcd stays unreachable.
 //!
-//! *Compaction.* Heartbeats and pushes leave a revision behind each, and
+//! *Compaction.* Writes (pushes, registrations, binds) leave a revision behind each, and
 //! etcd keeps every one until someone compacts: its database would grow to
 //! its quota and then refuse every write. Every `--etcd-compaction-interval`
 //! (default 5 min, as Kubernetes' API server does) each manager compacts
@@ -70,6 +70,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+
+mod liveness;
+use liveness::Liveness;
 
 use super::{
     new_history_id, CasOutcome, CatalogFeed, ChangeNote, ClusterRemoval, HistoryEntry,
@@ -273,6 +276,7 @@ struct Inner {
     history: HistoryLimits,
     /// How often to compact etcd's revisions; zero: never.
     compaction_interval: Duration,
+    liveness: Liveness,
 }
 
 impl EtcdStore {
@@ -328,6 +332,7 @@ impl EtcdStore {
             };
         let kv = client.kv_client().max_decoding_message_size(MAX_DECODE);
         let node_ttl_secs = (opts.node_ttl.as_millis().div_ceil(1000) as i64).max(1);
+        let (liveness, binds) = Liveness::new();
         let inner = Arc::new(Inner {
             client,
             kv,
@@ -339,13 +344,19 @@ impl EtcdStore {
             manager_lease: AtomicI64::new(0),
             history: opts.history,
             compaction_interval: opts.etcd_compaction_interval,
+            liveness,
         });
         // Proves etcd reachable (and writable) before anything runs.
         inner.register_manager().await?;
+        inner.grant_liveness_lease().await?;
 
         let mut tasks = vec![
             tokio::spawn(inner.clone().feed_loop()),
             tokio::spawn(inner.clone().manager_loop()),
+            tokio::spawn(inner.clone().liveness_lease_loop()),
+            tokio::spawn(inner.clone().alive_watch_loop()),
+            tokio::spawn(inner.clone().sweep_loop()),
+            tokio::spawn(inner.clone().bind_loop(binds)),
         ];
         if !inner.compaction_interval.is_zero() {
             tasks.push(tokio::spawn(inner.clone().compaction_loop()));
@@ -862,80 +873,23 @@ struct Swapped<'a> {
 // Nodes
 
 impl Inner {
-    async fn put_node(&self, node: NodeRecord) -> StoreResult<()> {
-        let lease = self.grant("grant node lease", self.node_ttl_secs).await?;
-        let txn = Txn::new().and_then([
-            TxnOp::put(
-                self.node_key(&node.cluster, &node.node_id),
-                to_json(&node)?,
-                None,
-            ),
-            TxnOp::put(
-                self.alive_key(&node.cluster, &node.node_id),
-                Vec::new(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        ]);
-        self.txn("put node", txn).await?;
-        Ok(())
-    }
-
     async fn get_node(&self, cluster: &str, node_id: &str) -> StoreResult<Option<NodeRecord>> {
         let resp = self
             .get("get node", self.node_key(cluster, node_id), None)
             .await
             .map_err(|f| f.into_store("get node"))?;
-        resp.kvs().first().map(parse_node).transpose()
+        let record = resp.kvs().first().map(parse_node).transpose()?;
+        Ok(record.map(|r| self.with_local_heartbeat(r)))
     }
 
-    async fn heartbeat(
-        &self,
-        cluster: &str,
-        node_id: &str,
-        now_ms: u64,
-        sync: Option<SyncReport>,
-    ) -> StoreResult<bool> {
-        let node_key = self.node_key(cluster, node_id);
-        let mut lease = None;
-        for _ in 0..HEARTBEAT_RETRIES {
-            let read = self.get("read node", node_key.clone(), None);
-            let (resp, granted) = match lease {
-                Some(id) => (read.await, Ok(id)),
-                None => tokio::join!(read, self.grant("grant node lease", self.node_ttl_secs)),
-            };
-            let resp = resp.map_err(|f| f.into_store("read node"))?;
-            let Some(kv) = resp.kvs().first() else {
-                // Unknown node; a lease granted for it just runs out.
-                return Ok(false);
-            };
-            let lease_id = granted?;
-            lease = Some(lease_id);
-            let mut record = parse_node(kv)?;
-            record.last_heartbeat_ms = now_ms;
-            record.sync.clone_from(&sync);
-            // Only if the record is still the one read: a node deleted (or
-            // re-registered) meanwhile is neither resurrected nor overwritten.
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    node_key.clone(),
-                    CompareOp::Equal,
-                    kv.mod_revision(),
-                )])
-                .and_then([
-                    TxnOp::put(node_key.clone(), to_json(&record)?, None),
-                    TxnOp::put(
-                        self.alive_key(cluster, node_id),
-                        Vec::new(),
-                        Some(PutOptions::new().with_lease(lease_id)),
-                    ),
-                ]);
-            if self.txn("heartbeat", txn).await?.succeeded() {
-                return Ok(true);
-            }
+    /// `record` with the last heartbeat this manager had from its node, when
+    /// newer than the one written in it (see [`liveness`]).
+    fn with_local_heartbeat(&self, mut record: NodeRecord) -> NodeRecord {
+        let alive_key = self.alive_key(&record.cluster, &record.node_id);
+        if let Some(last) = self.liveness.last_heartbeat_ms(&alive_key) {
+            record.last_heartbeat_ms = record.last_heartbeat_ms.max(last);
         }
-        Err(StoreError::unavailable(format!(
-            "heartbeat of {cluster:?}/{node_id:?}: the record kept changing"
-        )))
+        record
     }
 
     async fn delete_node(&self, cluster: &str, node_id: &str) -> StoreResult<bool> {
@@ -946,7 +900,9 @@ impl Inner {
                 TxnOp::delete(node_key, None),
                 TxnOp::delete(self.alive_key(cluster, node_id), None),
             ]);
-        Ok(self.txn("delete node", txn).await?.succeeded())
+        let deleted = self.txn("delete node", txn).await?.succeeded();
+        self.liveness.forget(&[self.alive_key(cluster, node_id)]);
+        Ok(deleted)
     }
 
     async fn list_nodes(&self, cluster: Option<&str>) -> StoreResult<Vec<NodeStatus>> {
@@ -977,7 +933,7 @@ impl Inner {
                 .collect();
             let mut out = Vec::with_capacity(nodes.len());
             for kv in &nodes {
-                let record = parse_node(kv)?;
+                let record = self.with_local_heartbeat(parse_node(kv)?);
                 let suffix = kv
                     .key()
                     .strip_prefix(nodes_root.as_slice())
@@ -1060,6 +1016,7 @@ impl Inner {
             blobs.extend(head.as_ref().map(|h| h.blob.as_str()));
             blobs.sort_unstable();
             blobs.dedup();
+            self.liveness.forget_prefix(&alive_prefix);
             for blob in blobs {
                 self.delete_blob(cluster, blob).await;
             }
@@ -1215,7 +1172,7 @@ impl Inner {
                     if lease == 0 {
                         self.register_manager().await.map(|_| ())
                     } else {
-                        match self.keep_alive(lease).await {
+                        match self.keep_alive(lease, MANAGER_TTL_SECS).await {
                             KeepAliveEnd::Expired => {
                                 tracing::warn!("manager lease expired; registering again");
                                 self.manager_lease.store(0, Ordering::SeqCst);
@@ -1239,19 +1196,19 @@ impl Inner {
         }
     }
 
-    /// Refreshes `lease` every third of its TTL; returns when it expired or
-    /// the stream broke.
-    async fn keep_alive(&self, lease: i64) -> KeepAliveEnd {
-        let opened = call("keep manager lease alive", || {
+    /// Refreshes `lease` (of `ttl_secs`) every third of its TTL; returns
+    /// when it expired or the stream broke.
+    async fn keep_alive(&self, lease: i64, ttl_secs: i64) -> KeepAliveEnd {
+        let opened = call("keep lease alive", || {
             let mut client = self.client.clone();
             async move { client.lease_keep_alive(lease).await }
         })
         .await;
         let (mut keeper, mut stream) = match opened {
             Ok(pair) => pair,
-            Err(f) => return KeepAliveEnd::Broken(f.into_store("keep manager lease alive")),
+            Err(f) => return KeepAliveEnd::Broken(f.into_store("keep lease alive")),
         };
-        let period = Duration::from_secs((MANAGER_TTL_SECS / 3).max(1) as u64);
+        let period = Duration::from_millis((ttl_secs as u64 * 1000 / 3).max(500));
         loop {
             if let Err(e) = keeper.keep_alive().await {
                 return KeepAliveEnd::Broken(
@@ -1285,7 +1242,46 @@ impl Inner {
 // ---------------------------------------------------------------------------
 // The change feed
 
+/// Why a watch answer ends the watch (its history was compacted, etcd
+/// cancelled it), if it does.
+fn watch_broken(resp: &etcd_client::WatchResponse) -> Option<StoreError> {
+    if resp.compact_revision() != 0 {
+        return Some(StoreError::unavailable(format!(
+            "watch history compacted up to revision {}",
+            resp.compact_revision()
+        )));
+    }
+    resp.canceled()
+        .then(|| StoreError::unavailable(format!("watch cancelled: {}", resp.cancel_reason())))
+}
+
 impl Inner {
+    /// Watches every key under `prefix` from `revision` on. The stream ends
+    /// with the watcher it returns with.
+    async fn open_watch(
+        &self,
+        prefix: Vec<u8>,
+        revision: i64,
+    ) -> StoreResult<(etcd_client::Watcher, etcd_client::WatchStream)> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        let mut client = self.client.clone();
+        // Spawned: the client asserts on the server's first answer, and a
+        // panic must end this round, not the feed.
+        let created = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            tokio::spawn(async move { client.watch(prefix, Some(options)).await }),
+        )
+        .await;
+        match created {
+            Ok(Ok(Ok(pair))) => Ok(pair),
+            Ok(Ok(Err(e))) => Err(classify("watch", e).into_store("watch")),
+            Ok(Err(join)) => Err(StoreError::unavailable("etcd watch").caused_by(join)),
+            Err(_) => Err(StoreError::unavailable("etcd watch: no answer in time")),
+        }
+    }
+
     /// Reads, publishes and watches until the store closes.
     async fn feed_loop(self: Arc<Self>) {
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
@@ -1337,23 +1333,9 @@ impl Inner {
         }
 
         // Deletions too: a head is deleted only with its cluster.
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut client = self.client.clone();
-        let key = self.meta_prefix();
-        // Spawned: the client asserts on the server's first answer, and a
-        // panic must end this round, not the feed.
-        let created = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            tokio::spawn(async move { client.watch(key, Some(options)).await }),
-        )
-        .await;
-        let (_watcher, mut stream) = match created {
-            Ok(Ok(Ok(pair))) => pair,
-            Ok(Ok(Err(e))) => return classify("watch", e).into_store("watch"),
-            Ok(Err(join)) => return StoreError::unavailable("etcd watch").caused_by(join),
-            Err(_) => return StoreError::unavailable("etcd watch: no answer in time"),
+        let (_watcher, mut stream) = match self.open_watch(self.meta_prefix(), revision + 1).await {
+            Ok(pair) => pair,
+            Err(e) => return e,
         };
         loop {
             let resp = match stream.message().await {
@@ -1361,17 +1343,8 @@ impl Inner {
                 Ok(None) => return StoreError::unavailable("watch stream ended"),
                 Err(e) => return classify("watch", e).into_store("watch"),
             };
-            if resp.compact_revision() != 0 {
-                return StoreError::unavailable(format!(
-                    "watch history compacted up to revision {}",
-                    resp.compact_revision()
-                ));
-            }
-            if resp.canceled() {
-                return StoreError::unavailable(format!(
-                    "watch cancelled: {}",
-                    resp.cancel_reason()
-                ));
+            if let Some(e) = watch_broken(&resp) {
+                return e;
             }
             // The newest head of each cluster in this batch.
             let mut latest: HashMap<String, (Head, i64)> = HashMap::new();
