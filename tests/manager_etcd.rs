@@ -612,9 +612,15 @@ fn unavailable_checks(m: &Manager, c: &Client, cluster: &str, node: &str) -> Vec
         let (mut c, cl, n) = (c.clone(), cl.clone(), n.clone());
         add(
             "Heartbeat",
+            // Answered from memory until etcd has not confirmed the
+            // manager's liveness lease for a few seconds.
             Box::pin(async move {
-                let r = heartbeat(&mut c, &cl, &n).await;
-                expect_unavailable("Heartbeat", r)
+                loop {
+                    match heartbeat(&mut c, &cl, &n).await {
+                        Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        r => return expect_unavailable("Heartbeat", r),
+                    }
+                }
             }),
         );
     }
@@ -693,10 +699,6 @@ fn unavailable_checks(m: &Manager, c: &Client, cluster: &str, node: &str) -> Vec
                 .body(r#"{"ip": "10.0.0.9,", "hostname": "late"}"#),
         ),
         (
-            "PUT /nodes/{c}/{id}",
-            http().put(m.http_url(&format!("/nodes/{cl}/{n}"))),
-        ),
-        (
             "DELETE /nodes/{c}/{id}",
             http().delete(m.http_url(&format!("/nodes/{cl}/{n}"))),
         ),
@@ -722,6 +724,25 @@ fn unavailable_checks(m: &Manager, c: &Client, cluster: &str, node: &str) -> Vec
             Box::pin(async move { expect_503(name, request).await }),
         );
     }
+    // The legacy heartbeat, like the gRPC one, until the lease goes stale.
+    let name = "PUT /nodes/{c}/{id}";
+    let request = http().put(m.http_url(&format!("/nodes/{cl}/{n}")));
+    add(
+        name,
+        Box::pin(async move {
+            loop {
+                let Some(attempt) = request.try_clone() else {
+                    return Err(format!("{name}: cannot repeat the request"));
+                };
+                match attempt.send().await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    _ => return expect_503(name, request).await,
+                }
+            }
+        }),
+    );
     checks
 }
 

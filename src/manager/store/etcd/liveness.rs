@@ -49,6 +49,12 @@ const BATCH: usize = 64;
 /// Binds waiting for their transaction at most; a heartbeat beyond that
 /// waits for room.
 const BIND_QUEUE: usize = 4096;
+/// How often the liveness lease is refreshed (more often for TTLs under
+/// 3 s: every third of the TTL).
+const LEASE_REFRESH: Duration = Duration::from_secs(1);
+/// Heartbeats are answered from memory only while etcd confirmed the lease
+/// this recently; after that they fail like every call that needs etcd.
+const LEASE_CONFIRMED_WITHIN: Duration = Duration::from_secs(3);
 
 /// What this manager knows of one node that heartbeats through it.
 struct Beat {
@@ -84,6 +90,8 @@ struct Bound {
 pub(super) struct Liveness {
     /// This manager's liveness lease; 0 while it has none.
     lease: AtomicI64,
+    /// When etcd last confirmed the lease alive.
+    confirmed: Mutex<Instant>,
     /// Nodes heartbeating through this manager, by `alive/` key.
     beats: Mutex<HashMap<Vec<u8>, Beat>>,
     binds: mpsc::Sender<Bind>,
@@ -97,6 +105,7 @@ impl Liveness {
         let (tx, rx) = mpsc::channel(BIND_QUEUE);
         let liveness = Liveness {
             lease: AtomicI64::new(0),
+            confirmed: Mutex::new(Instant::now()),
             beats: Mutex::new(HashMap::new()),
             binds: tx,
         };
@@ -114,6 +123,26 @@ impl Liveness {
             )),
             lease => Ok(lease),
         }
+    }
+
+    fn confirm(&self) {
+        *self.confirmed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// The lease, if etcd confirmed it within [`LEASE_CONFIRMED_WITHIN`].
+    fn confirmed_lease(&self) -> StoreResult<i64> {
+        let lease = self.lease()?;
+        let since = self
+            .confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        if since > LEASE_CONFIRMED_WITHIN {
+            return Err(StoreError::unavailable(format!(
+                "etcd has not confirmed this manager's liveness lease for {since:.1?} (etcd unreachable?)"
+            )));
+        }
+        Ok(lease)
     }
 
     /// The last heartbeat this manager had from the node of `alive_key`.
@@ -197,7 +226,7 @@ impl Inner {
         sync: Option<SyncReport>,
     ) -> StoreResult<bool> {
         let alive_key = self.alive_key(cluster, node_id);
-        let lease = self.liveness.lease()?;
+        let lease = self.liveness.confirmed_lease()?;
         let touched = {
             let mut beats = self.liveness.lock();
             match beats.get_mut(&alive_key) {
@@ -505,7 +534,8 @@ impl Inner {
                     if lease == 0 {
                         self.grant_liveness_lease().await
                     } else {
-                        match self.keep_alive(lease, self.node_ttl_secs).await {
+                        let period = LEASE_REFRESH.min(Duration::from_millis(self.node_ttl_secs as u64 * 1000 / 3));
+                        match self.keep_alive(lease, period, || self.liveness.confirm()).await {
                             KeepAliveEnd::Expired => {
                                 tracing::warn!("liveness lease expired; nodes bind again with their next heartbeat");
                                 self.liveness.lease.store(0, Ordering::SeqCst);
@@ -534,6 +564,7 @@ impl Inner {
             .grant("grant liveness lease", self.node_ttl_secs)
             .await?;
         self.liveness.lease.store(lease, Ordering::SeqCst);
+        self.liveness.confirm();
         Ok(())
     }
 

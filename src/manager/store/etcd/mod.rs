@@ -95,6 +95,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Lease of this manager's `managers/` key, refreshed every third of it.
 const MANAGER_TTL_SECS: i64 = 10;
+const MANAGER_REFRESH: Duration = Duration::from_secs(3);
 /// Range reads fetch at most this many keys per request.
 const PAGE_SIZE: i64 = 500;
 /// Whole-read restarts after a compaction before giving up.
@@ -1172,7 +1173,7 @@ impl Inner {
                     if lease == 0 {
                         self.register_manager().await.map(|_| ())
                     } else {
-                        match self.keep_alive(lease, MANAGER_TTL_SECS).await {
+                        match self.keep_alive(lease, MANAGER_REFRESH, || {}).await {
                             KeepAliveEnd::Expired => {
                                 tracing::warn!("manager lease expired; registering again");
                                 self.manager_lease.store(0, Ordering::SeqCst);
@@ -1196,9 +1197,9 @@ impl Inner {
         }
     }
 
-    /// Refreshes `lease` (of `ttl_secs`) every third of its TTL; returns
-    /// when it expired or the stream broke.
-    async fn keep_alive(&self, lease: i64, ttl_secs: i64) -> KeepAliveEnd {
+    /// Refreshes `lease` every `period`, calling `refreshed` after each
+    /// answer that kept it; returns when it expired or the stream broke.
+    async fn keep_alive(&self, lease: i64, period: Duration, refreshed: impl Fn()) -> KeepAliveEnd {
         let opened = call("keep lease alive", || {
             let mut client = self.client.clone();
             async move { client.lease_keep_alive(lease).await }
@@ -1208,7 +1209,6 @@ impl Inner {
             Ok(pair) => pair,
             Err(f) => return KeepAliveEnd::Broken(f.into_store("keep lease alive")),
         };
-        let period = Duration::from_millis((ttl_secs as u64 * 1000 / 3).max(500));
         loop {
             if let Err(e) = keeper.keep_alive().await {
                 return KeepAliveEnd::Broken(
@@ -1216,7 +1216,7 @@ impl Inner {
                 );
             }
             match tokio::time::timeout(REQUEST_TIMEOUT, stream.message()).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => refreshed(),
                 Ok(Ok(Some(_))) => return KeepAliveEnd::Expired,
                 Ok(Ok(None)) => {
                     return KeepAliveEnd::Broken(StoreError::unavailable(
