@@ -172,6 +172,18 @@ impl Influxd {
             .collect())
     }
 
+    /// Runs a read-only statement and returns influxd's answer, with times
+    /// as nanosecond integers.
+    pub async fn read(&self, statement: &str) -> Result<serde_json::Value, InfluxdError> {
+        let body = self
+            .query_with(statement, statement, None, "&epoch=ns")
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| InfluxdError::Refused {
+            statement: statement.into(),
+            answer: format!("an answer that is not JSON: {e}"),
+        })
+    }
+
     /// Runs one InfluxQL statement and returns influxd's answer when it
     /// holds no error.
     async fn query(
@@ -180,7 +192,21 @@ impl Influxd {
         shown: &str,
         admin: Option<&str>,
     ) -> Result<Bytes, InfluxdError> {
-        let body = format!("q={}", utf8_percent_encode(statement, NON_ALPHANUMERIC));
+        self.query_with(statement, shown, admin, "").await
+    }
+
+    /// [`Self::query`] with more form parameters (`&name=value…`).
+    async fn query_with(
+        &self,
+        statement: &str,
+        shown: &str,
+        admin: Option<&str>,
+        parameters: &str,
+    ) -> Result<Bytes, InfluxdError> {
+        let body = format!(
+            "q={}{parameters}",
+            utf8_percent_encode(statement, NON_ALPHANUMERIC)
+        );
         let url = format!("{}/query", self.base);
         let mut req =
             hyper::Request::post(&url).header("content-type", "application/x-www-form-urlencoded");

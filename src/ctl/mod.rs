@@ -14,6 +14,7 @@ mod nodes;
 mod restore;
 mod rollback;
 mod status;
+mod verify;
 mod watch;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -105,6 +106,8 @@ pub enum Command {
     Rollback(rollback::Args),
     /// Remove a cluster whose nodes are all dead, with its catalog and history.
     DeleteCluster(delete_cluster::Args),
+    /// Compare the points the alive nodes of a cluster hold (field values per database, policy, measurement and time bucket); exit code 3 when they differ.
+    Verify(verify::Args),
 }
 
 /// What a command prints with.
@@ -186,6 +189,7 @@ impl Ctl {
         };
         match self.command {
             Command::Status(a) => return status::run(&ctx, a).await,
+            Command::Verify(a) => return verify::run(&ctx, a).await,
             Command::Nodes(a) => nodes::run(&ctx, a).await,
             Command::Clusters => clusters::run(&ctx).await,
             Command::Catalog(a) => catalog::run(&ctx, a).await,

@@ -607,10 +607,19 @@ impl InfluxApi {
 
     /// `POST /write?db=…` of line protocol; panics unless influxd answers 204.
     pub async fn write(&self, db: &str, lines: &str) {
+        self.write_rp(db, "", lines).await
+    }
+
+    /// [`Self::write`] into retention policy `rp` (empty: the default one).
+    pub async fn write_rp(&self, db: &str, rp: &str, lines: &str) {
+        let mut query = vec![("db", db)];
+        if !rp.is_empty() {
+            query.push(("rp", rp));
+        }
         let req = self
             .http
             .post(format!("{}/write", self.base))
-            .query(&[("db", db)])
+            .query(&query)
             .body(lines.to_owned());
         let (status, body) = self.send(req, "POST /write").await;
         assert_eq!(status, 204, "{}: write to {db} answered {body}", self.base);
