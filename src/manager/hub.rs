@@ -4,20 +4,57 @@
 //! manager's [`CatalogFeed`]: the control plane publishes its accepted
 //! compare-and-swaps, the etcd store's change feed what other managers wrote. Each cluster has one `tokio::sync::watch`
 //! channel, so a burst of changes coalesces to the latest for a slow reader,
-//! and the bytes travel once however many watchers there are.
+//! and the bytes travel once however many watchers there are: each announced
+//! snapshot is encoded as a `WatchMeta` message once, by the first stream
+//! that sends it, and every other stream sends that same buffer.
 //!
 //! Subscribe first, then read the store and publish what was read: a change
 //! made between the two is then either in the read or published to the
 //! subscription, never lost.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::manager::encoded;
 use crate::manager::store::{CatalogFeed, Snapshot};
 
-type Slot = Option<Arc<Snapshot>>;
+type Slot = Option<Arc<Announced>>;
+
+/// A snapshot as the hub hands it out, with its `WatchMeta` message encoded
+/// at most once for all the streams that send it.
+#[derive(Debug)]
+pub struct Announced {
+    snapshot: Snapshot,
+    grpc_frame: OnceLock<Bytes>,
+}
+
+impl Announced {
+    fn new(snapshot: Snapshot) -> Self {
+        Announced {
+            snapshot,
+            grpc_frame: OnceLock::new(),
+        }
+    }
+
+    /// The snapshot as one gRPC message frame (see [`encoded::grpc_frame`]),
+    /// shared: cloning it copies no bytes.
+    pub fn grpc_frame(&self) -> Bytes {
+        self.grpc_frame
+            .get_or_init(|| encoded::grpc_frame(&self.snapshot))
+            .clone()
+    }
+}
+
+impl std::ops::Deref for Announced {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
 
 /// Per-cluster channels of the latest known snapshot.
 #[derive(Default)]
@@ -78,7 +115,7 @@ impl Hub {
             })
         };
         if newer(&tx.borrow()) {
-            let snapshot = Arc::new(snapshot);
+            let snapshot = Arc::new(Announced::new(snapshot));
             tx.send_if_modified(|slot| {
                 if newer(slot) {
                     *slot = Some(snapshot);
@@ -92,8 +129,10 @@ impl Hub {
 
     /// The latest snapshot announced for a watched cluster. It may be
     /// behind the store; a compare-and-swap against it is still exact.
-    pub fn latest(&self, cluster: &str) -> Option<Arc<Snapshot>> {
-        self.lock().get(cluster).and_then(|tx| tx.borrow().clone())
+    pub fn latest(&self, cluster: &str) -> Option<Snapshot> {
+        let channels = self.lock();
+        let slot = channels.get(cluster)?.borrow();
+        slot.as_ref().map(|a| a.snapshot.clone())
     }
 
     /// The clusters someone is subscribed to.
@@ -140,7 +179,7 @@ impl Subscription {
     /// The latest snapshot whose version differs from `known` (or whose
     /// history differs from the last one handed out), waiting for one if
     /// needed. `None` once the hub is closed (shutdown).
-    pub async fn next_different(&mut self, known: u64) -> Option<Arc<Snapshot>> {
+    pub async fn next_different(&mut self, known: u64) -> Option<Arc<Announced>> {
         loop {
             {
                 let slot = self.rx.borrow_and_update();
@@ -179,7 +218,7 @@ mod tests {
     }
 
     /// [`Subscription::next_different`], failing instead of waiting forever.
-    async fn next(sub: &mut Subscription, known: u64) -> Arc<Snapshot> {
+    async fn next(sub: &mut Subscription, known: u64) -> Arc<Announced> {
         tokio::time::timeout(std::time::Duration::from_secs(5), sub.next_different(known))
             .await
             .expect("a snapshot within 5 s")

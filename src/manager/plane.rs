@@ -282,25 +282,21 @@ impl ControlPlane {
     /// read); only clusters with a reporting node are looked up.
     pub async fn list_nodes_with_lag(&self, cluster: &str) -> PlaneResult<Vec<ListedNode>> {
         let nodes = self.list_nodes(cluster).await?;
-        let mut current = HashMap::<String, Arc<Snapshot>>::new();
+        let mut current = HashMap::<String, Snapshot>::new();
         let mut out = Vec::with_capacity(nodes.len());
         for status in nodes {
             let lag = match &status.record.sync {
                 None => None,
                 Some(report) => {
                     let name = &status.record.cluster;
-                    let snapshot = match current.get(name) {
-                        Some(s) => s.clone(),
-                        None => {
-                            let s = match self.hub.latest(name) {
-                                Some(s) => s,
-                                None => Arc::new(self.call(self.store.get_meta(name)).await?),
-                            };
-                            current.insert(name.clone(), s.clone());
-                            s
-                        }
-                    };
-                    report.lag(&snapshot)
+                    if !current.contains_key(name) {
+                        let s = match self.hub.latest(name) {
+                            Some(s) => s,
+                            None => self.call(self.store.get_meta(name)).await?,
+                        };
+                        current.insert(name.clone(), s);
+                    }
+                    current.get(name).and_then(|s| report.lag(s))
                 }
             };
             out.push(ListedNode { status, lag });
@@ -380,7 +376,7 @@ impl ControlPlane {
                 && (push.expected_history_id.is_empty() || push.expected_history_id == s.history_id)
         });
         let current = match announced {
-            Some(s) => Snapshot::clone(&s),
+            Some(s) => s,
             None => self.call(self.store.get_meta(cluster)).await?,
         };
         let history_differs =
