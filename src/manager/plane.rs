@@ -360,17 +360,18 @@ impl ControlPlane {
     }
 
     /// The compare-and-swap of a valid catalog: the summary is computed
-    /// against the current snapshot, which the swap then requires. A watched
-    /// cluster's latest snapshot is in the hub already; the store is read
-    /// only when that one is not the version the push expects (the swap
-    /// refuses a stale one, so the summary is exact either way).
+    /// against the current snapshot, which the swap then requires. The hub
+    /// knows the latest snapshot of a watched cluster and the last one this
+    /// manager accepted; the store is read only when that one is not the
+    /// version the push expects (the swap refuses a stale one, so the
+    /// summary is exact either way).
     async fn publish_version(
         &self,
         push: CatalogPush,
         restored_from: u64,
     ) -> PlaneResult<CasOutcome> {
         let cluster = push.cluster.as_str();
-        let announced = self.hub.latest(cluster).filter(|s| {
+        let announced = self.hub.last_known(cluster).filter(|s| {
             s.version == push.expected_version
                 && !s.history_id.is_empty()
                 && (push.expected_history_id.is_empty() || push.expected_history_id == s.history_id)
@@ -425,8 +426,9 @@ impl ControlPlane {
                 } else {
                     current.history_id
                 };
-                // This manager's watchers need not wait for a store's feed.
-                self.hub.publish(Snapshot {
+                // This manager's watchers need not wait for a store's feed,
+                // and its next push needs no read.
+                self.hub.accepted(Snapshot {
                     cluster: cluster.to_owned(),
                     version: v,
                     data: push.data,
