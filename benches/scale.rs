@@ -32,7 +32,7 @@
 //!   4 clients, on the embedded store and on etcd: the same compare-and-swap
 //!   loop through gRPC and straight on an in-process store (a fresh
 //!   directory; on etcd, the same etcd under its own key prefix) in the same
-//!   run.
+//!   run, each twice in the order via, alone, alone, via.
 //!
 //! Every phase is bounded in time; the whole run takes about six minutes.
 //! `CFLUX_SCALE_PHASES=c,d` runs only some phases. The open files this
@@ -545,7 +545,7 @@ async fn heartbeats_etcd() -> anyhow::Result<Vec<Figure>> {
     let etcd = EtcdCluster::start(3).await;
     let endpoints = etcd.endpoints().join(",");
     let args = ["--node-ttl", NODE_TTL, "--etcd-endpoints", &endpoints];
-    let mut managers = vec![
+    let mut managers = [
         Manager::start_with(&args).await,
         Manager::start_with(&args).await,
     ];
@@ -899,7 +899,9 @@ async fn store_pushes(store: Arc<dyn Store>, clients: usize, tag: &str) -> anyho
 }
 
 /// Pushes/s through `manager` and straight on `store`, per client count:
-/// table rows and the lowest ratio.
+/// table rows and the lowest ratio. Each side runs twice, in the order via,
+/// alone, alone, via, so a machine getting busier or quieter during the
+/// phase weighs on both alike.
 async fn compare_pushes(
     name: &str,
     manager: &Manager,
@@ -907,15 +909,23 @@ async fn compare_pushes(
     others: &[(String, u32)],
 ) -> anyhow::Result<Option<f64>> {
     let mut lowest = None::<f64>;
+    let mut with_manager = vec![("manager".to_owned(), manager.pid())];
+    with_manager.extend(others.iter().cloned());
     for clients in PUSH_CLIENTS {
-        let mut processes = vec![("manager".to_owned(), manager.pid())];
-        processes.extend(others.iter().cloned());
-        let meter = Meter::start(&processes);
-        let via = manager_pushes(manager.addr, clients, &format!("{name}-via")).await?;
-        let via_usage = meter.usage();
-        let meter = Meter::start(others);
-        let direct = store_pushes(store.clone(), clients, &format!("{name}-direct")).await?;
-        let direct_usage = meter.usage();
+        let (mut via, mut direct) = (0.0, 0.0);
+        let (mut via_usage, mut direct_usage) = (String::new(), String::new());
+        for round in 0..4 {
+            let tag = format!("{name}-{round}");
+            if round % 3 == 0 {
+                let meter = Meter::start(&with_manager);
+                via += manager_pushes(manager.addr, clients, &tag).await? / 2.0;
+                via_usage = meter.usage();
+            } else {
+                let meter = Meter::start(others);
+                direct += store_pushes(store.clone(), clients, &tag).await? / 2.0;
+                direct_usage = meter.usage();
+            }
+        }
         let ratio = via / direct;
         lowest = Some(lowest.map_or(ratio, |l| l.min(ratio)));
         println!("| {name} | {clients} | {via:.0} /s | {direct:.0} /s | {ratio:.2} | {via_usage} | {direct_usage} |");
@@ -925,7 +935,7 @@ async fn compare_pushes(
 
 async fn pushes() -> anyhow::Result<Vec<Figure>> {
     println!("## (d) Accepted pushes/s through the manager vs the store alone\n");
-    println!("Each figure runs {PUSH_WINDOW:?}; every client pushes a 4 KiB catalog to its own cluster, one compare-and-swap after another. The store alone runs in the generator's process.\n");
+    println!("Each side runs twice for {PUSH_WINDOW:?} (via, alone, alone, via; the mean of the two; CPU over the last of each); every client pushes a 4 KiB catalog to its own cluster, one compare-and-swap after another. The store alone runs in the generator's process.\n");
     println!("| store | clients | via manager (gRPC) | store alone | manager ÷ store | CPU via manager | CPU store alone |");
     println!("|---|---:|---:|---:|---:|---|---|");
     let mut figures = Vec::new();
