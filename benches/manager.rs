@@ -30,7 +30,6 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -394,38 +393,6 @@ fn print_latency(over: &str, n: usize, result: anyhow::Result<Latency>) {
 // ---------------------------------------------------------------------------
 // Throughput.
 
-/// Runs one worker per state in `states` for `THROUGHPUT_WINDOW`, each
-/// repeating `op` on its state (which `op` hands back); operations per second
-/// over all workers, until the last one stopped.
-async fn rate<S, F, Fut>(states: Vec<S>, op: F) -> anyhow::Result<f64>
-where
-    S: Send + 'static,
-    F: Fn(S) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = anyhow::Result<S>> + Send,
-{
-    let start = Instant::now();
-    let deadline = start + THROUGHPUT_WINDOW;
-    let mut set = JoinSet::new();
-    for mut state in states {
-        let op = op.clone();
-        set.spawn(async move {
-            let mut ops = 0u64;
-            while Instant::now() < deadline {
-                state = op(state).await?;
-                ops += 1;
-            }
-            anyhow::Ok((ops, Instant::now()))
-        });
-    }
-    let (mut ops, mut end) = (0, start);
-    while let Some(joined) = set.join_next().await {
-        let (n, stopped) = joined??;
-        ops += n;
-        end = end.max(stopped);
-    }
-    Ok(ops as f64 / end.duration_since(start).as_secs_f64())
-}
-
 async fn grpc_pushes(addr: SocketAddr, clients: usize) -> anyhow::Result<f64> {
     let mut states = Vec::new();
     for i in 0..clients {
@@ -433,13 +400,17 @@ async fn grpc_pushes(addr: SocketAddr, clients: usize) -> anyhow::Result<f64> {
         states.push((client, format!("bench-rate-{clients}-{i}"), 0));
     }
     let data = catalog();
-    rate(states, move |(mut client, cluster, version)| {
-        let data = data.clone();
-        async move {
-            let version = push(&mut client, &cluster, version, data).await?;
-            Ok((client, cluster, version))
-        }
-    })
+    common::rate(
+        THROUGHPUT_WINDOW,
+        states,
+        move |(mut client, cluster, version)| {
+            let data = data.clone();
+            async move {
+                let version = push(&mut client, &cluster, version, data).await?;
+                Ok((client, cluster, version))
+            }
+        },
+    )
     .await
 }
 
@@ -448,7 +419,7 @@ async fn store_pushes(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::Resu
     let states = (0..clients)
         .map(|i| (format!("bench-rate-{clients}-{i}"), 0))
         .collect();
-    rate(states, move |(cluster, version)| {
+    common::rate(THROUGHPUT_WINDOW, states, move |(cluster, version)| {
         let (store, data) = (store.clone(), data.clone());
         async move {
             match store
@@ -479,7 +450,7 @@ async fn grpc_heartbeats(addr: SocketAddr, clients: usize) -> anyhow::Result<f64
             .node_id;
         nodes.push((client, node_id));
     }
-    rate(nodes, move |(mut client, node_id)| {
+    common::rate(THROUGHPUT_WINDOW, nodes, move |(mut client, node_id)| {
         let cluster = cluster.clone();
         async move {
             client
@@ -510,7 +481,7 @@ async fn store_heartbeats(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::
             .await?;
     }
     let nodes = (0..clients).map(|i| format!("node-{i}")).collect();
-    rate(nodes, move |node_id| {
+    common::rate(THROUGHPUT_WINDOW, nodes, move |node_id| {
         let (store, cluster) = (store.clone(), cluster.clone());
         async move {
             if !store.heartbeat(&cluster, &node_id, now_ms(), None).await? {

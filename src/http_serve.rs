@@ -35,6 +35,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// streams stay open, peers that stop answering are dropped.
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one HTTP/2 connection may have open at once (hyper's default,
+/// stated because clients multiplexing watches depend on it): a client
+/// holding more watch streams opens more connections.
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 200;
 
 /// The address a request came from, put into every request's extensions.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +63,8 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS);
     let builder = Arc::new(builder);
     let mut accept_backoff = Backoff::new(ACCEPT_MIN_BACKOFF, ACCEPT_MAX_BACKOFF);
     loop {

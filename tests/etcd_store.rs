@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cflux::manager::hub::{Hub, Subscription};
+use cflux::manager::hub::{Announced, Hub, Subscription};
 use cflux::manager::store::etcd::{EtcdStore, CHUNK_SIZE, DEFAULT_PREFIX};
 use cflux::manager::store::{
     CasOutcome, ChangeNote, HistoryLimits, NodeRecord, Snapshot, Store, StoreError, StoreOptions,
@@ -93,7 +93,7 @@ async fn blob_keys(endpoints: &[String], cluster: &str) -> Vec<String> {
 }
 
 /// Waits until the subscription shows `version` (or a later one).
-async fn wait_for(sub: &mut Subscription, version: u64, what: &str) -> Arc<Snapshot> {
+async fn wait_for(sub: &mut Subscription, version: u64, what: &str) -> Arc<Announced> {
     let deadline = Duration::from_secs(15);
     tokio::time::timeout(deadline, async {
         let mut known = u64::MAX;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cflux::clock::now_ms;
-use cflux::manager::hub::{Hub, Subscription};
+use cflux::manager::hub::{Announced, Hub, Subscription};
 use cflux::manager::metrics::Metrics;
 use cflux::manager::plane::{CatalogPush, ControlPlane, Deletion, Layer, Limits};
 use cflux::manager::store::embedded::EmbeddedStore;
@@ -215,7 +215,7 @@ fn conflict(outcome: CasOutcome) -> Snapshot {
 }
 
 /// Waits until the subscription shows `version` or a later one.
-async fn wait_for(sub: &mut Subscription, version: u64, what: &str) -> Arc<Snapshot> {
+async fn wait_for(sub: &mut Subscription, version: u64, what: &str) -> Arc<Announced> {
     tokio::time::timeout(DEADLINE, async {
         let mut known = u64::MAX;
         loop {

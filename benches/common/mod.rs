@@ -9,7 +9,9 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
 
 /// Runs `bench` on a multi-threaded tokio runtime.
 pub fn run(bench: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -32,6 +34,41 @@ pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------
+// Throughput.
+
+/// Runs one worker per state in `states` for `window`, each repeating `op`
+/// on its state (which `op` hands back); operations per second over all
+/// workers, until the last one stopped.
+pub async fn rate<S, F, Fut>(window: Duration, states: Vec<S>, op: F) -> anyhow::Result<f64>
+where
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<S>> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + window;
+    let mut set = JoinSet::new();
+    for mut state in states {
+        let op = op.clone();
+        set.spawn(async move {
+            let mut ops = 0u64;
+            while Instant::now() < deadline {
+                state = op(state).await?;
+                ops += 1;
+            }
+            anyhow::Ok((ops, Instant::now()))
+        });
+    }
+    let (mut ops, mut end) = (0, start);
+    while let Some(joined) = set.join_next().await {
+        let (n, stopped) = joined??;
+        ops += n;
+        end = end.max(stopped);
+    }
+    Ok(ops as f64 / end.duration_since(start).as_secs_f64())
 }
 
 // ---------------------------------------------------------------------------

@@ -1,16 +1,16 @@
 //! The `clusterflux.v1.Clusterflux` gRPC service: a translation of
 //! [`ControlPlane`] calls to protobuf messages and status codes.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::Stream;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tower::{Layer, Service};
 
 use crate::http_serve::PeerAddr;
+#[cfg(doc)]
+use crate::manager::encoded;
 use crate::manager::metrics::Metrics;
 use crate::manager::plane::{
     self, CatalogPush, ControlPlane, Deletion, ListedNode, PlaneError, Registration,
@@ -166,7 +166,8 @@ fn node_message(n: ListedNode) -> proto::Node {
     }
 }
 
-fn snapshot_message(s: &Snapshot) -> proto::MetaSnapshot {
+/// A snapshot as its protobuf message.
+pub(crate) fn snapshot_message(s: &Snapshot) -> proto::MetaSnapshot {
     proto::MetaSnapshot {
         cluster: s.cluster.clone(),
         version: s.version,
@@ -195,17 +196,6 @@ fn change_message(e: HistoryEntry) -> proto::CatalogChange {
         summary: e.note.summary,
         size_bytes: e.size_bytes,
         restored_from: e.note.restored_from,
-    }
-}
-
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<proto::MetaSnapshot, Status>> + Send>>;
-
-/// Keeps the open-streams gauge right however a stream ends.
-struct StreamGauge(Arc<ControlPlane>);
-
-impl Drop for StreamGauge {
-    fn drop(&mut self) {
-        self.0.metrics.watch_streams.dec();
     }
 }
 
@@ -315,30 +305,17 @@ impl Clusterflux for GrpcService {
         answer(async { Ok(snapshot_message(&self.plane.get_meta(&r.cluster).await?)) }).await
     }
 
-    type WatchMetaStream = SnapshotStream;
+    type WatchMetaStream = futures::stream::Empty<Result<proto::MetaSnapshot, Status>>;
 
+    /// Not reached: [`encoded::WatchMeta`] answers `WatchMeta` in front of
+    /// this service, sending each snapshot encoded once for every stream.
     async fn watch_meta(
         &self,
-        request: Request<proto::WatchMetaRequest>,
+        _request: Request<proto::WatchMetaRequest>,
     ) -> Result<Response<Self::WatchMetaStream>, Status> {
-        let r = request.into_inner();
-        let plane = self.plane.clone();
-        answer(async move {
-            let sub = plane.watch(&r.cluster).await?;
-            plane.metrics.watch_streams.inc();
-            let gauge = StreamGauge(plane.clone());
-            tracing::debug!(cluster = %r.cluster, version = r.version, "watch opened");
-            let stream = futures::stream::unfold(
-                (sub, r.version, gauge),
-                |(mut sub, known, gauge)| async move {
-                    let snapshot = sub.next_different(known).await?;
-                    let version = snapshot.version;
-                    Some((Ok(snapshot_message(&snapshot)), (sub, version, gauge)))
-                },
-            );
-            Ok(Box::pin(stream) as SnapshotStream)
-        })
-        .await
+        Err(Status::internal(
+            "WatchMeta is answered by the shared-frame fan-out",
+        ))
     }
 
     async fn push_meta(

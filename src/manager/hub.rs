@@ -4,20 +4,57 @@
 //! manager's [`CatalogFeed`]: the control plane publishes its accepted
 //! compare-and-swaps, the etcd store's change feed what other managers wrote. Each cluster has one `tokio::sync::watch`
 //! channel, so a burst of changes coalesces to the latest for a slow reader,
-//! and the bytes travel once however many watchers there are.
+//! and the bytes travel once however many watchers there are: each announced
+//! snapshot is encoded as a `WatchMeta` message once, by the first stream
+//! that sends it, and every other stream sends that same buffer.
 //!
 //! Subscribe first, then read the store and publish what was read: a change
 //! made between the two is then either in the read or published to the
 //! subscription, never lost.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::manager::encoded;
 use crate::manager::store::{CatalogFeed, Snapshot};
 
-type Slot = Option<Arc<Snapshot>>;
+type Slot = Option<Arc<Announced>>;
+
+/// A snapshot as the hub hands it out, with its `WatchMeta` message encoded
+/// at most once for all the streams that send it.
+#[derive(Debug)]
+pub struct Announced {
+    snapshot: Snapshot,
+    grpc_frame: OnceLock<Bytes>,
+}
+
+impl Announced {
+    fn new(snapshot: Snapshot) -> Self {
+        Announced {
+            snapshot,
+            grpc_frame: OnceLock::new(),
+        }
+    }
+
+    /// The snapshot as one gRPC message frame (see [`encoded::grpc_frame`]),
+    /// shared: cloning it copies no bytes.
+    pub fn grpc_frame(&self) -> Bytes {
+        self.grpc_frame
+            .get_or_init(|| encoded::grpc_frame(&self.snapshot))
+            .clone()
+    }
+}
+
+impl std::ops::Deref for Announced {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
 
 /// Per-cluster channels of the latest known snapshot.
 #[derive(Default)]
@@ -56,51 +93,63 @@ impl Hub {
         }
     }
 
-    /// Announces a snapshot. Older or equal versions than the one already
-    /// announced are ignored, so publishing is idempotent and order-free
-    /// within one history; a snapshot of another history (a store that lost
-    /// its state counts versions from 1 again) replaces whatever was there.
+    /// Announces a snapshot to a watched cluster. Older or equal versions
+    /// than the one already announced are ignored, so publishing is
+    /// idempotent and order-free within one history; a snapshot of another
+    /// history (a store that lost its state counts versions from 1 again)
+    /// replaces whatever was there.
     pub fn publish(&self, snapshot: Snapshot) {
         let mut channels = self.lock();
         let Some(tx) = channels.get(&snapshot.cluster) else {
             return;
         };
-        if tx.receiver_count() == 0 {
+        if forgettable(tx) {
             channels.remove(&snapshot.cluster);
             return;
         }
-        let version = snapshot.version;
-        let history = snapshot.history_id.clone();
-        let newer = |slot: &Slot| {
-            slot.as_ref().is_none_or(|s| {
-                s.version < version
-                    || (!history.is_empty() && !s.history_id.is_empty() && s.history_id != history)
-            })
-        };
-        if newer(&tx.borrow()) {
-            let snapshot = Arc::new(snapshot);
-            tx.send_if_modified(|slot| {
-                if newer(slot) {
-                    *slot = Some(snapshot);
-                    true
-                } else {
-                    false
-                }
-            });
-        }
+        announce(tx, snapshot);
     }
 
-    /// The latest snapshot announced for a watched cluster. It may be
-    /// behind the store; a compare-and-swap against it is still exact.
-    pub fn latest(&self, cluster: &str) -> Option<Arc<Snapshot>> {
-        self.lock().get(cluster).and_then(|tx| tx.borrow().clone())
+    /// Announces a catalog this manager's own compare-and-swap accepted, and
+    /// keeps it while nobody watches the cluster too, so the next push to it
+    /// needs no store read ([`Self::last_known`]). At most one catalog per
+    /// written cluster is kept, until the cluster is deleted.
+    pub fn accepted(&self, snapshot: Snapshot) {
+        let mut channels = self.lock();
+        let tx = channels
+            .entry(snapshot.cluster.clone())
+            .or_insert_with(|| watch::channel(None).0);
+        announce(tx, snapshot);
+    }
+
+    /// The latest snapshot announced for a watched cluster (the etcd
+    /// store's feed keeps it current). It may be behind the store; a
+    /// compare-and-swap against it is still exact.
+    pub fn latest(&self, cluster: &str) -> Option<Snapshot> {
+        let channels = self.lock();
+        let tx = channels.get(cluster).filter(|tx| tx.receiver_count() > 0)?;
+        let slot = tx.borrow();
+        slot.as_ref().map(|a| a.snapshot.clone())
+    }
+
+    /// The latest snapshot this manager knows of a cluster, watched or not.
+    /// Unwatched, nothing keeps it current when other managers write: only
+    /// a compare-and-swap, which checks it, may rely on it.
+    pub fn last_known(&self, cluster: &str) -> Option<Snapshot> {
+        let channels = self.lock();
+        let slot = channels.get(cluster)?.borrow();
+        slot.as_ref().map(|a| a.snapshot.clone())
     }
 
     /// The clusters someone is subscribed to.
     pub fn watched_clusters(&self) -> Vec<String> {
         let mut channels = self.lock();
-        channels.retain(|_, tx| tx.receiver_count() > 0);
-        channels.keys().cloned().collect()
+        channels.retain(|_, tx| !forgettable(tx));
+        channels
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(cluster, _)| cluster.clone())
+            .collect()
     }
 
     /// Forgets a deleted cluster: its subscriptions end, so their holders
@@ -122,6 +171,35 @@ impl Hub {
     }
 }
 
+/// Whether a channel is worth nothing: nobody watches it and it holds no
+/// written catalog.
+fn forgettable(tx: &watch::Sender<Slot>) -> bool {
+    tx.receiver_count() == 0 && tx.borrow().as_ref().is_none_or(|s| s.version == 0)
+}
+
+/// Puts `snapshot` in the channel unless it is older (see [`Hub::publish`]).
+fn announce(tx: &watch::Sender<Slot>, snapshot: Snapshot) {
+    let version = snapshot.version;
+    let history = snapshot.history_id.clone();
+    let newer = |slot: &Slot| {
+        slot.as_ref().is_none_or(|s| {
+            s.version < version
+                || (!history.is_empty() && !s.history_id.is_empty() && s.history_id != history)
+        })
+    };
+    if newer(&tx.borrow()) {
+        let snapshot = Arc::new(Announced::new(snapshot));
+        tx.send_if_modified(|slot| {
+            if newer(slot) {
+                *slot = Some(snapshot);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
 impl CatalogFeed for Hub {
     fn publish(&self, snapshot: Snapshot) {
         Hub::publish(self, snapshot)
@@ -140,7 +218,7 @@ impl Subscription {
     /// The latest snapshot whose version differs from `known` (or whose
     /// history differs from the last one handed out), waiting for one if
     /// needed. `None` once the hub is closed (shutdown).
-    pub async fn next_different(&mut self, known: u64) -> Option<Arc<Snapshot>> {
+    pub async fn next_different(&mut self, known: u64) -> Option<Arc<Announced>> {
         loop {
             {
                 let slot = self.rx.borrow_and_update();
@@ -179,7 +257,7 @@ mod tests {
     }
 
     /// [`Subscription::next_different`], failing instead of waiting forever.
-    async fn next(sub: &mut Subscription, known: u64) -> Arc<Snapshot> {
+    async fn next(sub: &mut Subscription, known: u64) -> Arc<Announced> {
         tokio::time::timeout(std::time::Duration::from_secs(5), sub.next_different(known))
             .await
             .expect("a snapshot within 5 s")
@@ -256,5 +334,38 @@ mod tests {
         drop(hub.subscribe("c"));
         hub.publish(snap(1));
         assert!(hub.watched_clusters().is_empty());
+        assert!(hub.last_known("c").is_none());
+    }
+
+    #[test]
+    fn an_accepted_catalog_is_kept_unwatched_for_the_next_push_only() {
+        let hub = Hub::new();
+        hub.accepted(snap(4));
+        assert_eq!(hub.last_known("c").map(|s| s.version), Some(4));
+        // Not a watched cluster: listings must not take it as current.
+        assert!(hub.latest("c").is_none());
+        assert!(hub.watched_clusters().is_empty());
+        assert_eq!(hub.last_known("c").map(|s| s.version), Some(4));
+        // A watch of it starts from there and sees what follows.
+        let sub = hub.subscribe("c");
+        assert_eq!(hub.latest("c").map(|s| s.version), Some(4));
+        assert_eq!(hub.watched_clusters(), vec!["c".to_owned()]);
+        drop(sub);
+        hub.accepted(snap(3));
+        assert_eq!(hub.last_known("c").map(|s| s.version), Some(4));
+        hub.removed("c");
+        assert!(hub.last_known("c").is_none());
+    }
+
+    #[test]
+    fn the_frame_is_encoded_once_and_shared() {
+        let hub = Hub::new();
+        let mut sub = hub.subscribe("c");
+        hub.publish(snap(1));
+        let first = sub.rx.borrow_and_update().clone().expect("announced");
+        let again = hub.subscribe("c").rx.borrow().clone().expect("announced");
+        let (a, b) = (first.grpc_frame(), again.grpc_frame());
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer for every stream");
+        assert_eq!(a, encoded::grpc_frame(&snap(1)));
     }
 }

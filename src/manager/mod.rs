@@ -4,12 +4,14 @@
 //! - [`grpc`] and [`legacy`]: the two faces of the plane.
 //! - [`server`]: one port for gRPC, legacy HTTP and `/metrics`; TLS; shutdown.
 //! - [`console`]: the operator's web page at `/`, live through server-sent events.
-//! - [`store`]: where state lives (embedded redb or etcd); [`hub`]: change fan-out.
+//! - [`store`]: where state lives (embedded redb or etcd); [`hub`]: change
+//!   fan-out; [`encoded`]: `WatchMeta` sending each snapshot encoded once.
 //! - [`summary`]: the one-line description of a change the history keeps.
 //! - [`config`]: flags, environment and TOML.
 
 pub mod config;
 pub mod console;
+pub mod encoded;
 pub mod grpc;
 pub mod hub;
 pub mod legacy;

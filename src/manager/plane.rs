@@ -282,25 +282,21 @@ impl ControlPlane {
     /// read); only clusters with a reporting node are looked up.
     pub async fn list_nodes_with_lag(&self, cluster: &str) -> PlaneResult<Vec<ListedNode>> {
         let nodes = self.list_nodes(cluster).await?;
-        let mut current = HashMap::<String, Arc<Snapshot>>::new();
+        let mut current = HashMap::<String, Snapshot>::new();
         let mut out = Vec::with_capacity(nodes.len());
         for status in nodes {
             let lag = match &status.record.sync {
                 None => None,
                 Some(report) => {
                     let name = &status.record.cluster;
-                    let snapshot = match current.get(name) {
-                        Some(s) => s.clone(),
-                        None => {
-                            let s = match self.hub.latest(name) {
-                                Some(s) => s,
-                                None => Arc::new(self.call(self.store.get_meta(name)).await?),
-                            };
-                            current.insert(name.clone(), s.clone());
-                            s
-                        }
-                    };
-                    report.lag(&snapshot)
+                    if !current.contains_key(name) {
+                        let s = match self.hub.latest(name) {
+                            Some(s) => s,
+                            None => self.call(self.store.get_meta(name)).await?,
+                        };
+                        current.insert(name.clone(), s);
+                    }
+                    current.get(name).and_then(|s| report.lag(s))
                 }
             };
             out.push(ListedNode { status, lag });
@@ -364,23 +360,24 @@ impl ControlPlane {
     }
 
     /// The compare-and-swap of a valid catalog: the summary is computed
-    /// against the current snapshot, which the swap then requires. A watched
-    /// cluster's latest snapshot is in the hub already; the store is read
-    /// only when that one is not the version the push expects (the swap
-    /// refuses a stale one, so the summary is exact either way).
+    /// against the current snapshot, which the swap then requires. The hub
+    /// knows the latest snapshot of a watched cluster and the last one this
+    /// manager accepted; the store is read only when that one is not the
+    /// version the push expects (the swap refuses a stale one, so the
+    /// summary is exact either way).
     async fn publish_version(
         &self,
         push: CatalogPush,
         restored_from: u64,
     ) -> PlaneResult<CasOutcome> {
         let cluster = push.cluster.as_str();
-        let announced = self.hub.latest(cluster).filter(|s| {
+        let announced = self.hub.last_known(cluster).filter(|s| {
             s.version == push.expected_version
                 && !s.history_id.is_empty()
                 && (push.expected_history_id.is_empty() || push.expected_history_id == s.history_id)
         });
         let current = match announced {
-            Some(s) => Snapshot::clone(&s),
+            Some(s) => s,
             None => self.call(self.store.get_meta(cluster)).await?,
         };
         let history_differs =
@@ -429,8 +426,9 @@ impl ControlPlane {
                 } else {
                     current.history_id
                 };
-                // This manager's watchers need not wait for a store's feed.
-                self.hub.publish(Snapshot {
+                // This manager's watchers need not wait for a store's feed,
+                // and its next push needs no read.
+                self.hub.accepted(Snapshot {
                     cluster: cluster.to_owned(),
                     version: v,
                     data: push.data,

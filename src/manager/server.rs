@@ -20,6 +20,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, Tr
 use tracing::Level;
 
 use crate::manager::console;
+use crate::manager::encoded::WatchMeta;
 use crate::manager::grpc::{GrpcMetricsLayer, GrpcService};
 use crate::manager::legacy::{self, LegacyOptions};
 use crate::manager::plane::ControlPlane;
@@ -56,11 +57,13 @@ pub fn app(
         .build_v1alpha()?;
     // Room for a catalog of the full limit plus the request's other fields.
     let grpc_limit = opts.max_message_bytes + 64 * 1024;
-    let clusterflux = GrpcMetricsLayer::new(plane.metrics.clone()).layer(
+    let clusterflux = GrpcMetricsLayer::new(plane.metrics.clone()).layer(WatchMeta::new(
+        plane.clone(),
+        grpc_limit,
         ClusterfluxServer::new(GrpcService::new(plane.clone()))
             .max_decoding_message_size(grpc_limit)
             .max_encoding_message_size(grpc_limit),
-    );
+    ));
 
     let app = tonic::service::Routes::new(clusterflux)
         .add_service(health)

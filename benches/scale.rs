@@ -1,0 +1,974 @@
+//! `make bench` (`cargo bench --bench scale`): the figures of the scale issue
+//! — 10,000 nodes and 10,000 watchers — measured with this benchmark's own
+//! load generator against real `cflux-manager` processes (the binary built
+//! with it, `RUST_LOG=warn`) and, for the HA phases, a real 3-member etcd
+//! (`tests/support/etcd.rs`, data on tmpfs). Everything listens on 127.0.0.1.
+//!
+//! The generator shares the machine's CPUs with the manager and etcd, so
+//! every phase reports the CPU each process used over its window (cores =
+//! CPU seconds ÷ wall seconds, from `/proc/<pid>/stat`, the generator's own
+//! from `/proc/self/stat`) and the resident memory (`VmRSS`): a generator
+//! near a whole core per CPU is saturated, and its latencies are its own.
+//!
+//! - **(a) Heartbeats, one manager, embedded store**: 10,000 nodes register
+//!   (64 at a time) and each heartbeats every 5 s on its own slot of the
+//!   interval (2,000/s), over 32 gRPC connections; the latency of each call
+//!   over a 60 s window after one interval of warm-up, and every node ever
+//!   listed dead (`ListNodes` every 2.5 s; TTL 15 s).
+//! - **(b) The same on two managers sharing a 3-member etcd**, half of the
+//!   nodes on each; etcd's database size (the status API of every member)
+//!   growth per minute over the window and the live leases at its end. Then
+//!   one manager is killed (SIGKILL) under load: its nodes fail over to the
+//!   other (a failed call is tried again there at once, as `cflux::Client`
+//!   does), and the figure is how long until every node has heartbeaten
+//!   successfully after the kill, with the nodes listed dead meanwhile.
+//! - **(c) Push → last of 10,000 watchers**: 10,000 `WatchMeta` streams of
+//!   one cluster, one HTTP/2 connection each (hyper's bare HTTP/2 client, no
+//!   tonic channel per watcher, so the generator stays light), then pushes
+//!   one at a time, each timed from sending `PushMeta` to the last watcher
+//!   having the new version; the manager's RSS with every stream open and
+//!   its CPU per push.
+//! - **(d) Accepted pushes/s through the manager vs the store alone**, 1 and
+//!   4 clients, on the embedded store and on etcd: the same compare-and-swap
+//!   loop through gRPC and straight on an in-process store (a fresh
+//!   directory; on etcd, the same etcd under its own key prefix) in the same
+//!   run, each twice in the order via, alone, alone, via.
+//!
+//! Every phase is bounded in time; the whole run takes about six minutes.
+//! `CFLUX_SCALE_PHASES=c,d` runs only some phases. The open files this
+//! needs (10,000 connections in the generator, as many in the manager) come
+//! from raising the soft limit to the hard one; a hard limit too low fails at
+//! once, naming it. It prints markdown tables and asserts nothing.
+
+mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use cflux::manager::hub::Hub;
+use cflux::manager::store::embedded::EmbeddedStore;
+use cflux::manager::store::etcd::EtcdStore;
+use cflux::manager::store::{CasOutcome, ChangeNote, Store, StoreOptions};
+use cflux::proto::clusterflux_client::ClusterfluxClient;
+use cflux::proto::{self, push_meta_response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+use common::{mib, percentile};
+use support::etcd::EtcdCluster;
+use support::process::process_usage;
+use support::Manager;
+
+type Client = ClusterfluxClient<Channel>;
+
+/// Nodes in the heartbeat phases.
+const NODES: usize = 10_000;
+/// Their heartbeat interval, and the manager's TTL.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+const NODE_TTL: &str = "15s";
+const NODE_TTL_DURATION: Duration = Duration::from_secs(15);
+/// gRPC connections the heartbeat generator spreads its nodes over, per manager.
+const HEARTBEAT_CONNECTIONS: usize = 32;
+/// Registrations in flight at once.
+const REGISTRATIONS_IN_FLIGHT: usize = 64;
+/// The most registering every node may take.
+const REGISTRATION_CAP: Duration = Duration::from_secs(90);
+/// The measured heartbeat window (after one interval of warm-up).
+const HEARTBEAT_WINDOW: Duration = Duration::from_secs(60);
+/// The most one heartbeat may take before it counts as timed out.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the nodes are listed to find any listed dead.
+const LISTING_INTERVAL: Duration = Duration::from_millis(2500);
+/// The most the kill phase waits for every node to heartbeat again.
+const FAILOVER_CAP: Duration = Duration::from_secs(30);
+/// Watchers of the fan-out phase, one connection each.
+const WATCHERS: usize = 10_000;
+/// Connections opened at once while setting them up.
+const CONNECTS_IN_FLIGHT: usize = 100;
+/// Pushes timed in the fan-out phase.
+const FANOUT_PUSHES: usize = 100;
+/// The most opening every watch may take.
+const WATCH_SETUP_CAP: Duration = Duration::from_secs(120);
+/// The most one push may take to reach every watcher.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The size of every catalog pushed.
+const CATALOG_BYTES: usize = 4 * 1024;
+/// Concurrent pushers in the throughput phase, and how long each runs.
+const PUSH_CLIENTS: [usize; 2] = [1, 4];
+const PUSH_WINDOW: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    common::run(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let files = raise_open_files_limit()?;
+    let phases = std::env::var("CFLUX_SCALE_PHASES").unwrap_or_else(|_| "a,b,c,d".into());
+    let runs = |p: &str| phases.split(',').any(|x| x.trim() == p);
+    println!("# Scale benchmark\n");
+    println!(
+        "machine: {} CPUs (nproc), load average {} at start; open files limit {files}; the generator (this process, pid {}), the managers and etcd share the CPUs. `cores` = CPU seconds ÷ wall seconds over the phase's window.\n",
+        common::cpus(),
+        common::load_average(),
+        std::process::id()
+    );
+    let mut summary = Vec::new();
+    if runs("a") {
+        summary.extend(report("a", heartbeats_embedded().await));
+    }
+    if runs("b") {
+        summary.extend(report("b", heartbeats_etcd().await));
+    }
+    if runs("c") {
+        summary.extend(report("c", fanout().await));
+    }
+    if runs("d") {
+        summary.extend(report("d", pushes().await));
+    }
+    println!("## Summary\n");
+    println!("| figure | goal | measured | met |");
+    println!("|---|---|---|---|");
+    for f in summary {
+        println!(
+            "| {} | {} | {} | {} |",
+            f.name,
+            f.goal,
+            f.measured,
+            if f.met { "✓" } else { "✗" }
+        );
+    }
+    println!(
+        "\nTotal run time: {:.0} s. Figures only: nothing here is asserted.",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One line of the summary table.
+struct Figure {
+    name: String,
+    goal: &'static str,
+    measured: String,
+    met: bool,
+}
+
+fn report(phase: &str, result: anyhow::Result<Vec<Figure>>) -> Vec<Figure> {
+    result.unwrap_or_else(|e| {
+        println!("phase ({phase}) failed: {e:#}\n");
+        Vec::new()
+    })
+}
+
+/// Raises the soft limit of open files to the hard one; the limit now.
+fn raise_open_files_limit() -> anyhow::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        bail!("setrlimit: {}", std::io::Error::last_os_error());
+    }
+    // Each side of every watcher connection, plus the manager's own files.
+    let needed = (WATCHERS + 1_000) as u64;
+    if limit.rlim_cur < needed {
+        bail!(
+            "the open files limit is {} (hard); this benchmark needs {needed}: raise it (`ulimit -Hn`, /etc/security/limits.conf)",
+            limit.rlim_cur
+        );
+    }
+    Ok(limit.rlim_cur)
+}
+
+// ---------------------------------------------------------------------------
+// CPU and memory of the processes in a phase.
+
+/// CPU time of some processes from a start, for their cores over a window.
+struct Meter {
+    start: Instant,
+    processes: Vec<(String, u32, f64)>,
+}
+
+impl Meter {
+    /// Starts measuring the generator and `others` (name, pid).
+    fn start(others: &[(String, u32)]) -> Meter {
+        let mut processes = vec![("generator".to_owned(), std::process::id())];
+        processes.extend(others.iter().cloned());
+        Meter {
+            start: Instant::now(),
+            processes: processes
+                .into_iter()
+                .map(|(name, pid)| {
+                    let cpu = process_usage(pid).map_or(0.0, |u| u.cpu_seconds);
+                    (name, pid, cpu)
+                })
+                .collect(),
+        }
+    }
+
+    /// Each process's cores and RSS since the start, as one table cell.
+    fn usage(&self) -> String {
+        let wall = self.start.elapsed().as_secs_f64();
+        self.processes
+            .iter()
+            .map(|(name, pid, cpu)| match process_usage(*pid) {
+                Some(u) => format!(
+                    "{name} {:.2} cores, {}",
+                    (u.cpu_seconds - cpu) / wall,
+                    mib(u.rss_bytes / 1024)
+                ),
+                None => format!("{name} gone"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// CPU seconds of process `name` since the start.
+    fn cpu_seconds(&self, name: &str) -> Option<f64> {
+        let (_, pid, cpu) = self.processes.iter().find(|(n, _, _)| n == name)?;
+        Some(process_usage(*pid)?.cpu_seconds - cpu)
+    }
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+fn client(channel: Channel) -> Client {
+    // A listing of 10,000 nodes is a few MiB.
+    Client::new(channel).max_decoding_message_size(64 << 20)
+}
+
+fn ms(d: Option<Duration>) -> String {
+    common::ms(d, 1)
+}
+
+// ---------------------------------------------------------------------------
+// (a), (b): heartbeats.
+
+/// The nodes the generator plays, over one or more managers.
+struct Fleet {
+    cluster: String,
+    /// Per manager, the connections its nodes use.
+    managers: Vec<Vec<Client>>,
+    node_ids: Vec<String>,
+    /// The manager each node talks to now.
+    current: Vec<AtomicUsize>,
+    /// When each node last heartbeat successfully (ms since `epoch`).
+    last_ok_ms: Vec<AtomicU64>,
+    epoch: Instant,
+    /// (sent at, latency) of every successful heartbeat.
+    latencies: Mutex<Vec<(Instant, Duration)>>,
+    /// Failed heartbeats (timeouts and errors) and when.
+    failures: Mutex<Vec<Instant>>,
+}
+
+impl Fleet {
+    /// Registers `NODES` nodes, node `i` on manager `i % managers`.
+    async fn register(cluster: &str, addrs: &[SocketAddr]) -> anyhow::Result<(Arc<Fleet>, f64)> {
+        let mut managers = Vec::new();
+        for addr in addrs {
+            let mut pool = Vec::new();
+            for _ in 0..HEARTBEAT_CONNECTIONS {
+                pool.push(client(connect(*addr).await?));
+            }
+            managers.push(pool);
+        }
+        let started = Instant::now();
+        let gate = Arc::new(Semaphore::new(REGISTRATIONS_IN_FLIGHT));
+        let mut set = JoinSet::new();
+        for i in 0..NODES {
+            let mut c = managers[i % addrs.len()][i % HEARTBEAT_CONNECTIONS].clone();
+            let (gate, cluster) = (gate.clone(), cluster.to_owned());
+            set.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                let id = tokio::time::timeout(
+                    CALL_TIMEOUT * 2,
+                    c.register(proto::RegisterRequest {
+                        cluster,
+                        hostname: format!("scale-{i}"),
+                        ips: vec![format!("127.1.{}.{}", i / 256 % 256, i % 256)],
+                        version: "bench".into(),
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(|_| anyhow!("registration {i} timed out"))??
+                .into_inner()
+                .node_id;
+                anyhow::Ok((i, id))
+            });
+        }
+        let mut node_ids = vec![String::new(); NODES];
+        let deadline = tokio::time::Instant::now() + REGISTRATION_CAP;
+        while let Some(joined) = tokio::time::timeout_at(deadline, set.join_next())
+            .await
+            .map_err(|_| anyhow!("registering {NODES} nodes took over {REGISTRATION_CAP:?}"))?
+        {
+            let (i, id) = joined??;
+            node_ids[i] = id;
+        }
+        let per_second = NODES as f64 / started.elapsed().as_secs_f64();
+        let epoch = Instant::now();
+        let fleet = Fleet {
+            cluster: cluster.to_owned(),
+            current: (0..NODES)
+                .map(|i| AtomicUsize::new(i % addrs.len()))
+                .collect(),
+            last_ok_ms: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
+            managers,
+            node_ids,
+            epoch,
+            latencies: Mutex::new(Vec::new()),
+            failures: Mutex::new(Vec::new()),
+        };
+        Ok((Arc::new(fleet), per_second))
+    }
+
+    /// Heartbeats every node on its own slot of the interval until aborted.
+    fn run(self: &Arc<Self>) -> JoinSet<()> {
+        let mut set = JoinSet::new();
+        let start = tokio::time::Instant::now();
+        for i in 0..NODES {
+            let fleet = self.clone();
+            let offset = HEARTBEAT_INTERVAL.mul_f64(i as f64 / NODES as f64);
+            set.spawn(async move {
+                let mut due = start + offset;
+                loop {
+                    tokio::time::sleep_until(due).await;
+                    fleet.heartbeat(i).await;
+                    due += HEARTBEAT_INTERVAL;
+                }
+            });
+        }
+        set
+    }
+
+    /// One heartbeat of node `i`; a failed call is tried again at once on
+    /// the next manager, as `cflux::Client` fails over.
+    async fn heartbeat(&self, i: usize) {
+        for _ in 0..self.managers.len() {
+            let m = self.current[i].load(Ordering::Relaxed);
+            let mut c = self.managers[m][i % HEARTBEAT_CONNECTIONS].clone();
+            let sent = Instant::now();
+            let call = c.heartbeat(proto::HeartbeatRequest {
+                cluster: self.cluster.clone(),
+                node_id: self.node_ids[i].clone(),
+                sync: None,
+            });
+            match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(Ok(_)) => {
+                    self.latencies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((sent, sent.elapsed()));
+                    self.last_ok_ms[i]
+                        .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    return;
+                }
+                _ => {
+                    self.failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(sent);
+                    self.current[i].store((m + 1) % self.managers.len(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Latencies and failures of heartbeats sent in `[from, to)`.
+    fn window(&self, from: Instant, to: Instant) -> (Vec<Duration>, usize) {
+        let latencies = self
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .map(|(_, d)| *d)
+            .collect();
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|at| **at >= from && **at < to)
+            .count();
+        (latencies, failures)
+    }
+
+    /// Lists the nodes every `LISTING_INTERVAL` for `window` through the
+    /// first manager that answers; the nodes ever listed dead, and the
+    /// listings that failed.
+    async fn listed_dead(&self, window: Duration) -> (HashSet<String>, usize) {
+        let until = Instant::now() + window;
+        let (mut dead, mut failed) = (HashSet::new(), 0);
+        while Instant::now() < until {
+            let mut listed = false;
+            for pool in &self.managers {
+                let mut c = pool[0].clone();
+                let call = c.list_nodes(proto::ListNodesRequest {
+                    cluster: self.cluster.clone(),
+                });
+                if let Ok(Ok(answer)) = tokio::time::timeout(CALL_TIMEOUT, call).await {
+                    for n in answer.into_inner().nodes {
+                        if !n.alive {
+                            dead.insert(n.node_id);
+                        }
+                    }
+                    listed = true;
+                    break;
+                }
+            }
+            failed += usize::from(!listed);
+            tokio::time::sleep(
+                LISTING_INTERVAL.min(until.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+        (dead, failed)
+    }
+}
+
+/// The heartbeat figures of one window, printed as a table row.
+struct HeartbeatWindow {
+    p50: Option<Duration>,
+    p99: Option<Duration>,
+    per_second: f64,
+    failures: usize,
+    dead: usize,
+    failed_listings: usize,
+}
+
+/// Runs a warm-up interval, then measures the fleet for `HEARTBEAT_WINDOW`.
+async fn measure_heartbeats(fleet: &Arc<Fleet>) -> HeartbeatWindow {
+    tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+    let from = Instant::now();
+    let (dead, failed_listings) = fleet.listed_dead(HEARTBEAT_WINDOW).await;
+    let to = Instant::now();
+    let (latencies, failures) = fleet.window(from, to);
+    HeartbeatWindow {
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        per_second: latencies.len() as f64 / to.duration_since(from).as_secs_f64(),
+        failures,
+        dead: dead.len(),
+        failed_listings,
+    }
+}
+
+fn heartbeat_table_header() {
+    println!("| store | nodes | registered/s | heartbeats/s | p50 | p99 | failed | listed dead | failed listings | CPU and RSS over the window |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+}
+
+async fn heartbeats_embedded() -> anyhow::Result<Vec<Figure>> {
+    println!("## (a) Heartbeats, one manager, embedded store\n");
+    println!("{NODES} nodes, each every {HEARTBEAT_INTERVAL:?} on its own slot ({} per second), TTL {NODE_TTL}, over {HEARTBEAT_CONNECTIONS} connections; a {HEARTBEAT_WINDOW:?} window after one interval of warm-up.\n", NODES as u64 / HEARTBEAT_INTERVAL.as_secs());
+    let manager = Manager::start_with(&["--node-ttl", NODE_TTL]).await;
+    let (fleet, registered) = Fleet::register("scale-heartbeats", &[manager.addr]).await?;
+    let load = fleet.run();
+    let meter = Meter::start(&[("manager".into(), manager.pid())]);
+    let w = measure_heartbeats(&fleet).await;
+    let usage = meter.usage();
+    drop(load);
+    heartbeat_table_header();
+    print_heartbeats("embedded", registered, &w, &usage);
+    println!();
+    Ok(vec![Figure {
+        name: format!("(a) heartbeats, one manager, embedded store: {NODES} nodes at 5 s"),
+        goal: "p99 < 20 ms, none falsely dead",
+        measured: format!(
+            "p99 {}, {} listed dead, {} failed ({usage})",
+            ms(w.p99),
+            w.dead,
+            w.failures
+        ),
+        met: w.p99.is_some_and(|p| p < Duration::from_millis(20)) && w.dead == 0 && w.failures == 0,
+    }])
+}
+
+fn print_heartbeats(store: &str, registered: f64, w: &HeartbeatWindow, usage: &str) {
+    println!(
+        "| {store} | {NODES} | {registered:.0} | {:.0} | {} | {} | {} | {} | {} | {usage} |",
+        w.per_second,
+        ms(w.p50),
+        ms(w.p99),
+        w.failures,
+        w.dead,
+        w.failed_listings
+    );
+}
+
+/// etcd's database size (the largest member's) and its live leases.
+async fn etcd_state(etcd: &EtcdCluster) -> anyhow::Result<(i64, usize)> {
+    let mut size = 0;
+    for endpoint in etcd.endpoints() {
+        let mut c = etcd_client::Client::connect([endpoint], None).await?;
+        size = size.max(c.status().await?.db_size());
+    }
+    let mut c = etcd_client::Client::connect(etcd.endpoints(), None).await?;
+    let leases = c.leases().await?.leases().len();
+    Ok((size, leases))
+}
+
+fn etcd_processes(etcd: &EtcdCluster) -> Vec<(String, u32)> {
+    etcd.members
+        .iter()
+        .filter_map(|m| Some((format!("etcd {}", m.name), m.pid()?)))
+        .collect()
+}
+
+async fn heartbeats_etcd() -> anyhow::Result<Vec<Figure>> {
+    println!("## (b) Heartbeats, two managers on a 3-member etcd\n");
+    println!("As (a), half of the nodes on each manager. etcd's database size is the largest member's (status API); leases are etcd's live leases at the end of the window.\n");
+    let etcd = EtcdCluster::start(3).await;
+    let endpoints = etcd.endpoints().join(",");
+    let args = ["--node-ttl", NODE_TTL, "--etcd-endpoints", &endpoints];
+    let mut managers = [
+        Manager::start_with(&args).await,
+        Manager::start_with(&args).await,
+    ];
+    let addrs: Vec<SocketAddr> = managers.iter().map(|m| m.addr).collect();
+    let (fleet, registered) = Fleet::register("scale-heartbeats", &addrs).await?;
+    let load = fleet.run();
+    let mut processes: Vec<(String, u32)> = managers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("manager {}", i + 1), m.pid()))
+        .collect();
+    processes.extend(etcd_processes(&etcd));
+    let (size_before, _) = etcd_state(&etcd).await?;
+    let meter = Meter::start(&processes);
+    let window_start = Instant::now();
+    let w = measure_heartbeats(&fleet).await;
+    let (size_after, leases) = etcd_state(&etcd).await?;
+    let minutes = window_start.elapsed().as_secs_f64() / 60.0;
+    let growth = (size_after - size_before) as f64 / minutes / (1 << 20) as f64;
+    let usage = meter.usage();
+    heartbeat_table_header();
+    print_heartbeats("etcd", registered, &w, &usage);
+    println!("\netcd database: {:.1} MiB → {:.1} MiB over the window ({growth:+.1} MiB/min); {leases} live leases for {NODES} nodes.\n",
+        size_before as f64 / (1 << 20) as f64, size_after as f64 / (1 << 20) as f64);
+
+    // Kill one manager under load; its nodes move to the other.
+    let killed_at = fleet.epoch.elapsed().as_millis() as u64;
+    let kill = Instant::now();
+    managers[0].kill();
+    let listing = fleet.listed_dead(FAILOVER_CAP);
+    let recovered = async {
+        loop {
+            if fleet
+                .last_ok_ms
+                .iter()
+                .all(|t| t.load(Ordering::Relaxed) > killed_at)
+            {
+                return kill.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (recovered, dead_after) =
+        tokio::join!(tokio::time::timeout(FAILOVER_CAP, recovered), listing);
+    drop(load);
+    let recovered = recovered.ok();
+    println!(
+        "Manager 1 killed under load: every node heartbeat again through manager 2 after {}; {} nodes listed dead in the {FAILOVER_CAP:?} after the kill.\n",
+        recovered.map_or(format!("more than {FAILOVER_CAP:?}"), |d| format!("{:.1} s", d.as_secs_f64())),
+        dead_after.0.len()
+    );
+    Ok(vec![
+        Figure {
+            name: format!("(b) heartbeats, two managers on a 3-member etcd: {NODES} nodes at 5 s"),
+            goal: "p99 < 20 ms, none falsely dead",
+            measured: format!(
+                "p99 {}, {} listed dead, {} failed, {} failed listings ({usage})",
+                ms(w.p99),
+                w.dead,
+                w.failures,
+                w.failed_listings
+            ),
+            met: w.p99.is_some_and(|p| p < Duration::from_millis(20))
+                && w.dead == 0
+                && w.failures == 0,
+        },
+        Figure {
+            name: "(b) etcd database growth under steady heartbeats".into(),
+            goal: "flat",
+            measured: format!("{growth:+.1} MiB/min, {leases} live leases"),
+            met: growth < 0.5,
+        },
+        Figure {
+            name: "(b) one manager killed mid-load".into(),
+            goal: "every node alive again within one TTL",
+            measured: format!(
+                "every node heartbeat again after {}, {} listed dead",
+                recovered.map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+                dead_after.0.len()
+            ),
+            met: recovered.is_some_and(|d| d < NODE_TTL_DURATION) && dead_after.0.is_empty(),
+        },
+    ])
+}
+
+// ---------------------------------------------------------------------------
+// (c): watch fan-out.
+
+/// A gRPC message frame: no compression, the length, the message.
+fn grpc_frame(message: &impl Message) -> Bytes {
+    let mut buf = BytesMut::with_capacity(5 + message.encoded_len());
+    buf.put_u8(0);
+    buf.put_u32(message.encoded_len() as u32);
+    message
+        .encode(&mut buf)
+        .expect("a BytesMut grows as needed");
+    buf.freeze()
+}
+
+/// Opens one `WatchMeta` stream on its own HTTP/2 connection and reports
+/// (version, arrival) of every snapshot to `arrivals` until the stream ends.
+async fn watch_on_own_connection(
+    addr: SocketAddr,
+    cluster: String,
+    arrivals: mpsc::UnboundedSender<(u64, Instant)>,
+) -> anyhow::Result<()> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await?;
+    tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "http://{addr}/clusterflux.v1.Clusterflux/WatchMeta"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Full::new(grpc_frame(&proto::WatchMetaRequest {
+        cluster,
+        version: 0,
+    })))?;
+    let response = sender.send_request(request).await?;
+    if response.status() != http::StatusCode::OK {
+        bail!("WatchMeta answered {}", response.status());
+    }
+    let mut body = response.into_body();
+    let mut pending = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // the trailers
+        };
+        pending.extend_from_slice(&data);
+        while pending.len() >= 5 {
+            let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+            if pending.len() < 5 + len {
+                break;
+            }
+            pending.advance(5);
+            let snapshot = proto::MetaSnapshot::decode(pending.split_to(len).freeze())?;
+            if arrivals.send((snapshot.version, Instant::now())).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `n` watchers report `version`; the last arrival.
+async fn last_arrival(
+    rx: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    version: u64,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (mut seen, mut last) = (0, None::<Instant>);
+    while seen < n {
+        let (v, at) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| {
+                anyhow!("only {seen} of {n} watchers had version {version} after {timeout:?}")
+            })?
+            .ok_or_else(|| anyhow!("watch streams ended ({seen} of {n} had version {version})"))?;
+        if v == version {
+            seen += 1;
+            last = Some(last.map_or(at, |l| l.max(at)));
+        }
+    }
+    last.ok_or_else(|| anyhow!("no watchers"))
+}
+
+/// A valid `meta.Data` (the manager refuses anything else) of about
+/// `CATALOG_BYTES`, different for each `round`.
+fn catalog(round: usize) -> Bytes {
+    let tag: Vec<u8> = (0..CATALOG_BYTES).map(|i| (i + round) as u8).collect();
+    Bytes::from(support::meta(&tag))
+}
+
+/// One compare-and-swap push that must be accepted; the new version.
+async fn push(
+    client: &mut Client,
+    cluster: &str,
+    expected: u64,
+    data: Bytes,
+) -> anyhow::Result<u64> {
+    let answer = client
+        .push_meta(proto::PushMetaRequest {
+            cluster: cluster.to_owned(),
+            expected_version: expected,
+            data,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    match answer.result {
+        Some(push_meta_response::Result::AcceptedVersion(v)) => Ok(v),
+        Some(push_meta_response::Result::Conflict(s)) => {
+            bail!(
+                "push to {cluster} at {expected} conflicted with version {}",
+                s.version
+            )
+        }
+        None => bail!("push to {cluster}: empty answer"),
+    }
+}
+
+async fn fanout() -> anyhow::Result<Vec<Figure>> {
+    println!("## (c) Push → last of {WATCHERS} watchers, one connection per watcher\n");
+    let manager = Manager::start().await;
+    let cluster = "scale-fanout";
+    let mut pusher = client(connect(manager.addr).await?);
+    let mut version = push(&mut pusher, cluster, 0, catalog(0)).await?;
+    let rss_idle = process_usage(manager.pid()).map_or(0, |u| u.rss_bytes);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
+    let mut watchers = JoinSet::new();
+    let opening = Instant::now();
+    for _ in 0..WATCHERS {
+        let (tx, gate) = (tx.clone(), gate.clone());
+        let cluster = cluster.to_owned();
+        let addr = manager.addr;
+        watchers.spawn(async move {
+            // Held until the stream is open: the first snapshot has arrived.
+            let permit = gate.acquire_owned().await?;
+            let (first_tx, mut first_rx) = mpsc::unbounded_channel();
+            let forward = async {
+                if let Some(first) = first_rx.recv().await {
+                    drop(permit);
+                    let _ = tx.send(first);
+                    while let Some(next) = first_rx.recv().await {
+                        if tx.send(next).is_err() {
+                            break;
+                        }
+                    }
+                }
+            };
+            let (watched, ()) =
+                tokio::join!(watch_on_own_connection(addr, cluster, first_tx), forward);
+            watched
+        });
+    }
+    drop(tx);
+    let result = async {
+        last_arrival(&mut rx, version, WATCHERS, WATCH_SETUP_CAP)
+            .await
+            .context("opening the watch streams")?;
+        let opened = opening.elapsed();
+        let rss_open = process_usage(manager.pid()).map_or(0, |u| u.rss_bytes);
+        let meter = Meter::start(&[("manager".into(), manager.pid())]);
+        let mut last = Vec::new();
+        for round in 1..=FANOUT_PUSHES {
+            let sent = Instant::now();
+            version = push(&mut pusher, cluster, version, catalog(round)).await?;
+            let at = last_arrival(&mut rx, version, WATCHERS, ROUND_TIMEOUT)
+                .await
+                .with_context(|| format!("waiting for version {version}"))?;
+            last.push(at.saturating_duration_since(sent));
+        }
+        let per_push = meter
+            .cpu_seconds("manager")
+            .map_or("–".into(), |s| format!("{:.0} ms", s * 1e3 / FANOUT_PUSHES as f64));
+        let rss_end = process_usage(manager.pid()).map_or(0, |u| u.rss_bytes);
+        let usage = meter.usage();
+        println!("| watchers | connections | opened in | pushes | last woken p50 | p99 | max | manager CPU per push | manager RSS idle / all open / end | CPU and RSS over the pushes |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+        println!(
+            "| {WATCHERS} | {WATCHERS} | {:.1} s | {} | {} | {} | {} | {per_push} | {} / {} / {} | {usage} |\n",
+            opened.as_secs_f64(),
+            last.len(),
+            ms(percentile(&last, 0.5)),
+            ms(percentile(&last, 0.99)),
+            ms(percentile(&last, 1.0)),
+            mib(rss_idle / 1024),
+            mib(rss_open / 1024),
+            mib(rss_end / 1024)
+        );
+        let p99 = percentile(&last, 0.99);
+        let rss = rss_open.max(rss_end);
+        anyhow::Ok(vec![
+            Figure {
+                name: format!("(c) push → last of {WATCHERS} watchers, one manager"),
+                goal: "p99 < 100 ms",
+                measured: format!("p99 {}, manager CPU {per_push} per push ({usage})", ms(p99)),
+                met: p99.is_some_and(|p| p < Duration::from_millis(100)),
+            },
+            Figure {
+                name: format!("(c) manager RSS with {WATCHERS} watch streams, one connection each"),
+                goal: "< 300 MB",
+                measured: format!("{:.0} MB", rss as f64 / 1e6),
+                met: rss < 300_000_000,
+            },
+        ])
+    }
+    .await;
+    watchers.abort_all();
+    while watchers.join_next().await.is_some() {}
+    result
+}
+
+// ---------------------------------------------------------------------------
+// (d): push throughput.
+
+fn store_options() -> StoreOptions {
+    StoreOptions {
+        node_ttl: NODE_TTL_DURATION,
+        advertise: "bench".into(),
+        history: Default::default(),
+        etcd_compaction_interval: Duration::ZERO,
+    }
+}
+
+async fn manager_pushes(addr: SocketAddr, clients: usize, tag: &str) -> anyhow::Result<f64> {
+    let mut states = Vec::new();
+    for i in 0..clients {
+        states.push((
+            client(connect(addr).await?),
+            format!("scale-rate-{tag}-{clients}-{i}"),
+            0,
+        ));
+    }
+    let data = catalog(0);
+    common::rate(PUSH_WINDOW, states, move |(mut c, cluster, version)| {
+        let data = data.clone();
+        async move {
+            let version = push(&mut c, &cluster, version, data).await?;
+            Ok((c, cluster, version))
+        }
+    })
+    .await
+}
+
+async fn store_pushes(store: Arc<dyn Store>, clients: usize, tag: &str) -> anyhow::Result<f64> {
+    let data = catalog(0);
+    let states = (0..clients)
+        .map(|i| (format!("scale-rate-{tag}-{clients}-{i}"), 0))
+        .collect();
+    common::rate(PUSH_WINDOW, states, move |(cluster, version)| {
+        let (store, data) = (store.clone(), data.clone());
+        async move {
+            match store
+                .cas_meta(&cluster, version, "", data, ChangeNote::default())
+                .await?
+            {
+                CasOutcome::Accepted(v) => Ok((cluster, v)),
+                CasOutcome::Conflict(s) => bail!("store CAS conflicted at {}", s.version),
+            }
+        }
+    })
+    .await
+}
+
+/// Pushes/s through `manager` and straight on `store`, per client count:
+/// table rows and the lowest ratio. Each side runs twice, in the order via,
+/// alone, alone, via, so a machine getting busier or quieter during the
+/// phase weighs on both alike.
+async fn compare_pushes(
+    name: &str,
+    manager: &Manager,
+    store: Arc<dyn Store>,
+    others: &[(String, u32)],
+) -> anyhow::Result<Option<f64>> {
+    let mut lowest = None::<f64>;
+    let mut with_manager = vec![("manager".to_owned(), manager.pid())];
+    with_manager.extend(others.iter().cloned());
+    for clients in PUSH_CLIENTS {
+        let (mut via, mut direct) = (0.0, 0.0);
+        let (mut via_usage, mut direct_usage) = (String::new(), String::new());
+        for round in 0..4 {
+            let tag = format!("{name}-{round}");
+            if round % 3 == 0 {
+                let meter = Meter::start(&with_manager);
+                via += manager_pushes(manager.addr, clients, &tag).await? / 2.0;
+                via_usage = meter.usage();
+            } else {
+                let meter = Meter::start(others);
+                direct += store_pushes(store.clone(), clients, &tag).await? / 2.0;
+                direct_usage = meter.usage();
+            }
+        }
+        let ratio = via / direct;
+        lowest = Some(lowest.map_or(ratio, |l| l.min(ratio)));
+        println!("| {name} | {clients} | {via:.0} /s | {direct:.0} /s | {ratio:.2} | {via_usage} | {direct_usage} |");
+    }
+    Ok(lowest)
+}
+
+async fn pushes() -> anyhow::Result<Vec<Figure>> {
+    println!("## (d) Accepted pushes/s through the manager vs the store alone\n");
+    println!("Each side runs twice for {PUSH_WINDOW:?} (via, alone, alone, via; the mean of the two; CPU over the last of each); every client pushes a 4 KiB catalog to its own cluster, one compare-and-swap after another. The store alone runs in the generator's process.\n");
+    println!("| store | clients | via manager (gRPC) | store alone | manager ÷ store | CPU via manager | CPU store alone |");
+    println!("|---|---:|---:|---:|---:|---|---|");
+    let mut figures = Vec::new();
+
+    let manager = Manager::start().await;
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = EmbeddedStore::open(&dir.path().join("store"), store_options())
+        .await
+        .context("cannot open the embedded store")?;
+    let embedded = compare_pushes("embedded", &manager, store, &[]).await?;
+    drop(manager);
+
+    let etcd = EtcdCluster::start(3).await;
+    let manager = Manager::start_with(&["--etcd-endpoints", &etcd.endpoints().join(",")]).await;
+    let store: Arc<dyn Store> = EtcdStore::connect_with_prefix(
+        &etcd.endpoints(),
+        "scale-bench-direct/",
+        store_options(),
+        Hub::new(),
+    )
+    .await
+    .context("cannot connect the etcd store")?;
+    let on_etcd = compare_pushes("etcd", &manager, store, &etcd_processes(&etcd)).await?;
+    println!();
+    for (name, ratio) in [("embedded", embedded), ("etcd", on_etcd)] {
+        figures.push(Figure {
+            name: format!("(d) accepted pushes/s through the manager vs the store alone, {name}"),
+            goal: "≥ 0.7",
+            measured: ratio.map_or("–".into(), |r| {
+                format!("{r:.2} (lowest of 1 and 4 clients)")
+            }),
+            met: ratio.is_some_and(|r| r >= 0.7),
+        });
+    }
+    Ok(figures)
+}
