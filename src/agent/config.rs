@@ -143,6 +143,76 @@ pub struct AgentArgs {
         requires = "frontdoor_tls_cert"
     )]
     pub frontdoor_tls_key: Option<PathBuf>,
+
+    /// Replicate every write taken at the front door to every node of the cluster, with durable hinted handoff (needs --frontdoor-listen and --replication-secret-file).
+    #[arg(long, env = "CFLUX_REPLICATE", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub replicate: Option<bool>,
+
+    /// File holding the credential only the cluster's nodes share (the same file on every node); replication requests are signed with it.
+    #[arg(long, env = "CFLUX_REPLICATION_SECRET_FILE", value_name = "FILE")]
+    pub replication_secret_file: Option<PathBuf>,
+
+    /// Largest hinted-handoff queue per peer, in bytes (suffixes KiB, MiB, GiB); writes that do not fit are dropped for that peer and counted [default: 10GiB].
+    #[arg(long, env = "CFLUX_HH_MAX_SIZE", value_parser = parse_size, value_name = "BYTES")]
+    #[serde(default, deserialize_with = "size_option")]
+    pub hh_max_size: Option<u64>,
+
+    /// Oldest write a peer's hinted-handoff queue keeps; older ones are dropped and counted [default: 168h].
+    #[arg(long, env = "CFLUX_HH_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde::option")]
+    pub hh_max_age: Option<Duration>,
+}
+
+/// Default `--hh-max-size`: InfluxDB Enterprise's hinted-handoff `max-size`.
+pub const DEFAULT_HH_MAX_SIZE: u64 = 10 << 30;
+/// Default `--hh-max-age`: Enterprise's `max-age`, 7 days.
+pub const DEFAULT_HH_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `1048576`, `512MiB`, `10GiB`, `1GB`: a size in bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 10GiB)"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(format!("unknown size unit in {s:?} (use KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A TOML size: a number of bytes or a string with a unit.
+fn size_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Bytes(b)) => Ok(Some(b)),
+        Some(Size::Text(t)) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Replicated writes (see [`crate::agent::frontdoor::replication`]).
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// The members' credential, from `--replication-secret-file`.
+    pub secret: Vec<u8>,
+    pub max_size: u64,
+    pub max_age: Duration,
 }
 
 /// The node's front door (see [`crate::agent::frontdoor`]).
@@ -183,6 +253,8 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     /// Off unless `--frontdoor-listen` is set.
     pub frontdoor: Option<FrontDoorConfig>,
+    /// Off unless `--replicate`.
+    pub replication: Option<ReplicationConfig>,
 }
 
 impl AgentArgs {
@@ -267,6 +339,46 @@ impl AgentArgs {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "localhost".into()),
         };
+        let replication = match (
+            a.replicate.or(f.replicate).unwrap_or(false),
+            a.replication_secret_file.or(f.replication_secret_file),
+        ) {
+            (false, _) => None,
+            (true, None) => bail!("--replicate needs --replication-secret-file"),
+            (true, Some(file)) => {
+                match &frontdoor {
+                    None => bail!("--replicate needs --frontdoor-listen"),
+                    Some(fd) if fd.tls.is_some() => {
+                        bail!("--replicate does not work with --frontdoor-tls-cert yet: peers speak plain HTTP to each other")
+                    }
+                    Some(_) => {}
+                }
+                let secret = std::fs::read(&file).with_context(|| {
+                    format!("cannot read --replication-secret-file {}", file.display())
+                })?;
+                let secret = secret.trim_ascii().to_vec();
+                if secret.is_empty() {
+                    bail!("--replication-secret-file {} is empty", file.display());
+                }
+                Some(ReplicationConfig {
+                    secret,
+                    max_size: a
+                        .hh_max_size
+                        .or(f.hh_max_size)
+                        .unwrap_or(DEFAULT_HH_MAX_SIZE),
+                    max_age: a.hh_max_age.or(f.hh_max_age).unwrap_or(DEFAULT_HH_MAX_AGE),
+                })
+            }
+        };
+        // With a front door, that is where other nodes (and their clients) reach this one.
+        let http_addr = match (a.http_addr.or(f.http_addr), &frontdoor) {
+            (Some(addr), _) => addr,
+            (None, Some(fd)) if fd.listen.ip().is_unspecified() => {
+                format!("{hostname}:{}", fd.listen.port())
+            }
+            (None, Some(fd)) => fd.listen.to_string(),
+            (None, None) => authority,
+        };
         Ok(AgentConfig {
             manager: ManagerSettings {
                 endpoints,
@@ -280,7 +392,7 @@ impl AgentArgs {
                 retry: RetrySettings::default(),
             },
             cluster,
-            http_addr: a.http_addr.or(f.http_addr).unwrap_or(authority),
+            http_addr,
             influxdb_url,
             meta_dir: a
                 .meta_dir
@@ -301,6 +413,7 @@ impl AgentArgs {
                 .or(f.resync_interval)
                 .unwrap_or(Duration::from_secs(2)),
             frontdoor,
+            replication,
         })
     }
 }
@@ -382,6 +495,90 @@ mod tests {
             "/c"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn replication_needs_a_front_door_and_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("replication.secret");
+        std::fs::write(&secret, "members-only\n").unwrap();
+        let secret = secret.to_str().unwrap();
+        let door = [
+            "--influxdb-url",
+            "http://127.0.0.1:18086",
+            "--frontdoor-listen",
+        ];
+        let c = parse(
+            &[
+                &door[..],
+                &[
+                    "0.0.0.0:8086",
+                    "--replicate",
+                    "--replication-secret-file",
+                    secret,
+                    "--hostname",
+                    "db1",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let r = c.replication.unwrap();
+        assert_eq!(r.secret, b"members-only");
+        assert_eq!(
+            (r.max_size, r.max_age),
+            (DEFAULT_HH_MAX_SIZE, DEFAULT_HH_MAX_AGE)
+        );
+        // The front door is the node's address for the others.
+        assert_eq!(c.http_addr, "db1:8086");
+        let c = parse(
+            &[
+                &door[..],
+                &[
+                    "127.0.0.1:9086",
+                    "--replicate=true",
+                    "--replication-secret-file",
+                    secret,
+                    "--hh-max-size",
+                    "512MiB",
+                    "--hh-max-age",
+                    "1h",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:9086");
+        let r = c.replication.unwrap();
+        assert_eq!(
+            (r.max_size, r.max_age),
+            (512 << 20, Duration::from_secs(3600))
+        );
+        assert!(
+            parse(&[&door[..], &["127.0.0.1:9086", "--replicate=false"]].concat())
+                .unwrap()
+                .replication
+                .is_none()
+        );
+        // No secret, no front door, a bad size.
+        assert!(parse(&[&door[..], &["127.0.0.1:9086", "--replicate"]].concat()).is_err());
+        assert!(parse(&["--replicate", "--replication-secret-file", secret]).is_err());
+        assert!(parse(
+            &[
+                &door[..],
+                &[
+                    "127.0.0.1:9086",
+                    "--replicate",
+                    "--replication-secret-file",
+                    secret,
+                    "--hh-max-size",
+                    "lots"
+                ]
+            ]
+            .concat()
+        )
+        .is_err());
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
     }
 
     #[test]

@@ -18,6 +18,8 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::config::{AgentConfig, InfluxAuth};
+use crate::agent::frontdoor::handoff::Limits;
+use crate::agent::frontdoor::replication::{Members, ReplicationSettings};
 use crate::agent::frontdoor::{FrontDoor, FrontDoorSettings};
 use crate::agent::influxd::InfluxdMeta;
 use crate::agent::influxql::Influxd;
@@ -56,6 +58,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let client = Client::new(settings, &config.manager, Arc::new(meta))
         .context("cannot start the node client")?;
+    let mut replication = None;
     let frontdoor = match &config.frontdoor {
         Some(fd) => {
             let tls = match &fd.tls {
@@ -75,16 +78,41 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             if !frontdoor::is_private_upstream(&config.influxdb_url) {
                 tracing::warn!(influxdb = %config.influxdb_url, "influxd is not on a loopback address: make sure clients cannot reach it around the front door");
             }
-            let door = Arc::new(FrontDoor::new(
+            let has_shared_secret = shared_secret.is_some();
+            let mut door = FrontDoor::new(
                 FrontDoorSettings {
                     upstream: config.influxdb_url.clone(),
                     shared_secret,
                     tls: tls.is_some(),
                 },
                 client.observed_catalog(),
-            ));
+            );
+            if let Some(r) = &config.replication {
+                if !has_shared_secret {
+                    tracing::warn!("--replicate without --shared-secret: peers write replicated points without a user, which an auth-enabled influxd refuses");
+                }
+                let mut own = fd.listen;
+                if own.ip().is_unspecified() {
+                    own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                let settings = ReplicationSettings {
+                    secret: r.secret.clone(),
+                    dir: config.state_dir.join("handoff"),
+                    limits: Limits {
+                        max_bytes: r.max_size,
+                        max_age: r.max_age,
+                    },
+                    own_address: own.to_string(),
+                };
+                replication = Some(
+                    door.start_replication(settings, shutdown.clone())
+                        .await
+                        .context("cannot open the hinted-handoff queues")?,
+                );
+                tracing::info!(max_size = r.max_size, max_age = ?r.max_age, "replicating writes to the cluster's nodes");
+            }
             tracing::info!(listen = %fd.listen, tls = tls.is_some(), "front door open");
-            Some((door, listener, tls))
+            Some((Arc::new(door), listener, tls))
         }
         None => None,
     };
@@ -111,14 +139,45 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             door.serve(listener, tls, shutdown.clone()).await;
         }
     };
-    let (served, (), ()) = tokio::join!(
+    let follow = async {
+        if let Some(r) = replication {
+            let client = &state.client;
+            r.follow(|| peers(client), || client.heartbeat_interval())
+                .await;
+        }
+    };
+    let (served, (), (), ()) = tokio::join!(
         async { server.await },
         state.client.run(shutdown.clone()),
-        front
+        front,
+        follow
     );
     served.context("the health and metrics server failed")?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The other nodes of the cluster and their front doors, as the manager
+/// lists them (`None` before this node registered, or when no manager
+/// answers: the peers known stay as they are).
+async fn peers(client: &Client<InfluxdMeta>) -> Option<Members> {
+    let own = client.node_id()?;
+    match client.cluster_nodes().await {
+        Ok(nodes) => Some(Members {
+            peers: nodes
+                .into_iter()
+                .filter(|n| n.node_id != own && !n.http_addr.is_empty())
+                .map(|n| (n.node_id, n.http_addr))
+                .collect(),
+        }),
+        Err(e) => {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot list the cluster's nodes for replication"
+            );
+            None
+        }
+    }
 }
 
 /// The host's IPv4 addresses, as the original node reported them.

@@ -11,6 +11,7 @@
 //! and the base on disk plus the node's own durable metadata mean no local
 //! change is forgotten.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ use crate::client::state::StateDir;
 use crate::client::sync::SyncTask;
 use crate::influx::catalog::Catalog;
 use crate::proto;
+
+/// The heartbeat interval until the manager hands one out.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// What the node says about itself, and where it keeps its state.
 #[derive(Clone, Debug)]
@@ -69,6 +73,8 @@ pub struct Client<M> {
     /// Read from the state directory once (when the client starts running),
     /// then kept here.
     node_id: watch::Sender<Option<String>>,
+    /// The heartbeat interval the manager last handed out, in ms.
+    heartbeat_ms: AtomicU64,
 }
 
 impl<M: MetaClient> Client<M> {
@@ -96,6 +102,7 @@ impl<M: MetaClient> Client<M> {
             observed: watch::channel(None).0,
             sync_state: watch::channel(None).0,
             node_id: watch::channel(None).0,
+            heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
         })
     }
 
@@ -158,6 +165,16 @@ impl<M: MetaClient> Client<M> {
         self.node_id.borrow().clone()
     }
 
+    /// The nodes of this node's cluster, as the manager lists them.
+    pub async fn cluster_nodes(&self) -> Result<Vec<proto::Node>, CallError> {
+        self.manager.list_nodes(&self.settings.cluster).await
+    }
+
+    /// The heartbeat interval the manager handed out (5 s until it has).
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+
     /// Runs membership and sync until `shutdown` is cancelled, in a span
     /// that carries the cluster and, once known, the node ID.
     #[tracing::instrument(name = "node", skip_all, fields(cluster = %self.settings.cluster, node = tracing::field::Empty))]
@@ -184,7 +201,7 @@ impl<M: MetaClient> Client<M> {
 
     /// Registration and heartbeats; `node_span` learns the node ID.
     async fn membership(&self, shutdown: CancellationToken, node_span: &tracing::Span) {
-        let mut interval = Duration::from_secs(5);
+        let mut interval = DEFAULT_HEARTBEAT;
         // A failed call is tried again sooner than the next heartbeat would
         // be, but never later.
         let mut failed = membership_backoff(interval);
@@ -195,6 +212,8 @@ impl<M: MetaClient> Client<M> {
                     node_span.record("node", id.as_str());
                     tracing::info!("registered");
                     interval = every;
+                    self.heartbeat_ms
+                        .store(every.as_millis() as u64, Ordering::Relaxed);
                     failed = membership_backoff(every);
                     node_id = Some(id);
                 }),

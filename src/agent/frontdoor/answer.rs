@@ -69,8 +69,11 @@ impl InfluxdIdentity {
 
     /// The answer to a refused request.
     pub fn answer(&self, refusal: &Refusal) -> Response {
-        let status = refusal.status();
-        let message = refusal.to_string();
+        self.error(refusal.status(), &refusal.to_string())
+    }
+
+    /// An error of the front door's own, `{"error": message}` with `status`.
+    pub fn error(&self, status: StatusCode, message: &str) -> Response {
         let body = format!("{}\n", serde_json::json!({ "error": message }));
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
@@ -94,7 +97,7 @@ impl InfluxdIdentity {
         }
         if status == StatusCode::UNAUTHORIZED {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
-        } else if let Ok(v) = HeaderValue::from_str(&message) {
+        } else if let Ok(v) = HeaderValue::from_str(message) {
             h.insert("x-influxdb-error", v);
         }
         response

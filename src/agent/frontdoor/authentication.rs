@@ -22,6 +22,7 @@ use crate::agent::frontdoor::answer::{InfluxdIdentity, Refusal};
 use crate::agent::frontdoor::authenticator::{Authenticator, Verdict};
 use crate::agent::frontdoor::credentials::{self, Presented, Source};
 use crate::agent::frontdoor::metrics::Auth;
+use crate::agent::frontdoor::replication::Writer;
 use crate::agent::influxql::sign_jwt;
 use crate::http_serve::PeerAddr;
 use crate::telemetry::with_causes;
@@ -57,9 +58,16 @@ impl Authentication {
     async fn admit(&self, request: Request) -> Result<(Auth, Request), Refusal> {
         let (mut parts, body) = request.into_parts();
         let (presented, body) = presented(&mut parts, body).await?;
+        let mut writer = Writer::default();
         let auth = match presented {
             Presented::Nothing => Auth::None,
-            Presented::Bearer => Auth::Bearer,
+            Presented::Bearer => {
+                writer.user = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(credentials::bearer_username);
+                Auth::Bearer
+            }
             Presented::Password {
                 username,
                 password,
@@ -92,9 +100,14 @@ impl Authentication {
                 };
                 parts.headers.insert(header::AUTHORIZATION, authorization);
                 parts.uri = without_credential_params(&parts.uri).map_err(Refusal::InvalidUri)?;
+                writer = Writer {
+                    user: Some(username),
+                    vouched: matches!(auth, Auth::Verified | Auth::Cached),
+                };
                 auth
             }
         };
+        parts.extensions.insert(writer);
         Ok((auth, Request::from_parts(parts, body)))
     }
 }

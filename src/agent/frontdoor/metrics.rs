@@ -1,15 +1,23 @@
 //! The front door's Prometheus metrics and the layer that counts every
 //! request by how it was authenticated (an [`Auth`] the authentication layer
 //! leaves in the response's extensions) and every answer influxd could not
-//! give ([`UpstreamUnreachable`], left by the proxy).
+//! give ([`UpstreamUnreachable`], left by the proxy); and replication's
+//! ([`ReplicationMetrics`]).
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use std::collections::BTreeMap;
 
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::agent::frontdoor::consistency::Consistency;
+use crate::agent::frontdoor::handoff::QueueStats;
 use crate::telemetry::register;
 
 /// How a request was authenticated, as counted in the metrics.
@@ -99,4 +107,176 @@ pub async fn count(
         metrics.upstream_errors.inc();
     }
     response
+}
+
+/// Replication's figures (`--replicate`): each peer's queue (read from the
+/// queues at every scrape), what was delivered and dropped, delivery
+/// errors, how long a write took to reach a peer, and how writes were
+/// answered.
+pub struct ReplicationMetrics {
+    registry: Registry,
+    queue_bytes: IntGaugeVec,
+    queue_points: IntGaugeVec,
+    queue_writes: IntGaugeVec,
+    oldest_age: GaugeVec,
+    delivered: IntCounterVec,
+    dropped: IntCounterVec,
+    errors: IntCounterVec,
+    latency: HistogramVec,
+    writes: IntCounterVec,
+    forged: IntCounter,
+    peers: IntGauge,
+}
+
+impl Default for ReplicationMetrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let peer_gauge = |name: &str, help: &str| {
+            register(&r, IntGaugeVec::new(Opts::new(name, help), &["peer"]))
+        };
+        ReplicationMetrics {
+            queue_bytes: peer_gauge(
+                "cflux_handoff_queue_bytes",
+                "Bytes of writes queued for the peer (hinted handoff).",
+            ),
+            queue_points: peer_gauge(
+                "cflux_handoff_queue_points",
+                "Points queued for the peer (lines of line protocol; compressed writes count 0).",
+            ),
+            queue_writes: peer_gauge(
+                "cflux_handoff_queue_writes",
+                "Writes (requests) queued for the peer.",
+            ),
+            oldest_age: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "cflux_handoff_oldest_age_seconds",
+                        "Age of the oldest write queued for the peer (0 when empty).",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            delivered: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_replication_delivered_points_total",
+                        "Points the peer wrote from this node's queue.",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            dropped: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_replication_dropped_points_total",
+                        "Points dropped for the peer: full (--hh-max-size), expired (--hh-max-age), refused (a client error there).",
+                    ),
+                    &["peer", "reason"],
+                ),
+            ),
+            errors: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_replication_errors_total",
+                        "Failed deliveries to the peer (unreachable, timing out, 5xx); the writes stay queued.",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            latency: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "cflux_replication_latency_seconds",
+                        "From a write's queueing to the peer writing it.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+                        300.0, 3600.0,
+                    ]),
+                    &["peer"],
+                ),
+            ),
+            writes: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_replication_writes_total",
+                        "Replicated client writes by consistency and answer (ok, partial write, timeout, write failed, queue_failed).",
+                    ),
+                    &["consistency", "result"],
+                ),
+            ),
+            forged: register(
+                &r,
+                IntCounter::new(
+                    "cflux_replication_refused_requests_total",
+                    "Replication requests refused for a missing or wrong credential.",
+                ),
+            ),
+            peers: register(
+                &r,
+                IntGauge::new(
+                    "cflux_replication_peers",
+                    "The cluster's other nodes new writes are queued for, as the manager last listed them.",
+                ),
+            ),
+            registry: r,
+        }
+    }
+}
+
+impl ReplicationMetrics {
+    /// The metrics, the queue gauges set from `queues` first.
+    pub fn render(&self, queues: &BTreeMap<String, QueueStats>, now_ms: u64) -> String {
+        for (peer, q) in queues {
+            let gauge = |g: &IntGaugeVec, v: u64| {
+                g.with_label_values(&[peer])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            };
+            gauge(&self.queue_bytes, q.bytes);
+            gauge(&self.queue_points, q.points);
+            gauge(&self.queue_writes, q.entries);
+            let age = q.oldest_ms.map_or(0, |o| now_ms.saturating_sub(o));
+            self.oldest_age
+                .with_label_values(&[peer])
+                .set(age as f64 / 1000.0);
+        }
+        crate::telemetry::render(&self.registry)
+    }
+
+    pub fn delivered(&self, peer: &str, points: u64, latency_ms: u64) {
+        self.delivered.with_label_values(&[peer]).inc_by(points);
+        self.latency
+            .with_label_values(&[peer])
+            .observe(latency_ms as f64 / 1000.0);
+    }
+
+    pub fn dropped(&self, peer: &str, reason: &str, points: u64) {
+        self.dropped
+            .with_label_values(&[peer, reason])
+            .inc_by(points);
+    }
+
+    pub fn error(&self, peer: &str) {
+        self.errors.with_label_values(&[peer]).inc();
+    }
+
+    pub fn write_answered(&self, consistency: Consistency, result: &str) {
+        self.writes
+            .with_label_values(&[consistency.label(), result])
+            .inc();
+    }
+
+    pub fn forged(&self) {
+        self.forged.inc();
+    }
+
+    pub fn set_peers(&self, n: usize) {
+        self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }

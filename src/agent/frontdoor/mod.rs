@@ -47,10 +47,13 @@
 pub mod answer;
 pub mod authentication;
 pub mod authenticator;
+pub mod consistency;
 pub mod credentials;
 pub mod forwarding;
+pub mod handoff;
 pub mod metrics;
 pub mod proxy;
+pub mod replication;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +75,9 @@ use crate::agent::frontdoor::authentication::Authentication;
 use crate::agent::frontdoor::authenticator::Authenticator;
 use crate::agent::frontdoor::metrics::FrontDoorMetrics;
 use crate::agent::frontdoor::proxy::Upstream;
+use crate::agent::frontdoor::replication::{
+    Replication, ReplicationError, ReplicationSettings, REPLICATE_PATH,
+};
 use crate::influx::catalog::Catalog;
 
 /// How long in-flight requests may run on after shutdown.
@@ -93,8 +99,11 @@ pub struct FrontDoor {
     /// How clients come in, for `X-Forwarded-Proto`.
     scheme: &'static str,
     upstream: Arc<Upstream>,
+    identity: Arc<InfluxdIdentity>,
+    shared_secret: Option<String>,
     authentication: Arc<Authentication>,
     metrics: Arc<FrontDoorMetrics>,
+    replication: Option<Arc<Replication>>,
 }
 
 impl FrontDoor {
@@ -108,18 +117,44 @@ impl FrontDoor {
         FrontDoor {
             scheme: if settings.tls { "https" } else { "http" },
             upstream: Arc::new(Upstream::new(&settings.upstream, identity.clone())),
+            shared_secret: settings.shared_secret.clone(),
             authentication: Arc::new(Authentication::new(
                 settings.shared_secret,
                 Authenticator::new(catalog),
-                identity,
+                identity.clone(),
             )),
+            identity,
             metrics: Arc::new(FrontDoorMetrics::default()),
+            replication: None,
         }
+    }
+
+    /// Turns on replicated writes (see [`replication`]): opens the queues
+    /// and starts delivering what they hold.
+    pub async fn start_replication(
+        &mut self,
+        settings: ReplicationSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Replication>, ReplicationError> {
+        let replication = Replication::start(
+            settings,
+            self.shared_secret.clone(),
+            self.upstream.clone(),
+            self.identity.clone(),
+            shutdown,
+        )
+        .await?;
+        self.replication = Some(replication.clone());
+        Ok(replication)
     }
 
     /// The front door's Prometheus metrics, in the text format.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render()
+        let mut text = self.metrics.render();
+        if let Some(r) = &self.replication {
+            text.push_str(&r.render_metrics());
+        }
+        text
     }
 
     /// The whole front door as one service: the layers around the proxy.
@@ -151,11 +186,22 @@ impl FrontDoor {
                 self.authentication.clone(),
                 authentication::authenticate,
             ))
+            .option_layer(self.replication.clone().map(|r| {
+                axum::middleware::from_fn_with_state(r, replication::replicate)
+            }))
             .layer(MapRequestLayer::new(forwarding::strip_request))
             .layer(MapResponseLayer::new(forwarding::strip_response))
             .layer(MapRequestLayer::new(forwarding::add_forwarded(self.scheme)))
             .service(proxy);
-        axum::Router::new().fallback_service(stack)
+        let router = axum::Router::new().fallback_service(stack);
+        match &self.replication {
+            // Peers' writes, signed: no user credentials to check here.
+            Some(r) => router.route(
+                REPLICATE_PATH,
+                axum::routing::post(replication::receive).with_state(r.clone()),
+            ),
+            None => router,
+        }
     }
 
     /// Serves on `listener` (HTTP/1.1 and HTTP/2, TLS when `tls` is given)

@@ -1,0 +1,850 @@
+//! Replicated writes (`--replicate`): every node of a cluster holds all of
+//! the cluster's points.
+//!
+//! A client's write (`POST /write`, `/api/v2/write`) goes to the local
+//! influxd first, as the user who sent it. What influxd took is then queued
+//! durably, in one group commit, for every other node of the cluster
+//! ([`super::handoff`]), before the client hears 204: an acknowledged write
+//! is on disk here twice — in influxd and in the queues — so a SIGKILL right
+//! after the answer loses nothing. One delivery task per peer sends its
+//! queue in order, many writes per request, to the peer's front door
+//! ([`REPLICATE_PATH`]), and removes what the peer answered for; what it
+//! could not take waits there, tried again with backoff. `consistency=`
+//! decides how many nodes must have written a write before its 204
+//! ([`super::consistency`]).
+//!
+//! A write whose local influxd is down is queued for this node too (the
+//! `(local)` queue, delivered through this front door's own replication
+//! endpoint), but only when the front door verified the user itself: a
+//! user only influxd could have checked cannot be vouched for.
+//!
+//! Replication requests carry an HMAC-SHA256 over a timestamp and the body
+//! under `--replication-secret-file`, which only the cluster's nodes hold.
+//! The receiver writes them to its own influxd only (never forwarding them
+//! again), as the user who wrote them — a JWT for that user, so influxd
+//! enforces the user's privileges exactly as for a direct write.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use hmac::{Hmac, Mac};
+use http::header;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use prost::Message;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::frontdoor::answer::InfluxdIdentity;
+use crate::agent::frontdoor::authentication::JWT_LIFETIME;
+use crate::agent::frontdoor::consistency::{self, Consistency, Outcomes, Pending, Tally};
+use crate::agent::frontdoor::handoff::{Append, Committer, Handoff, HandoffError, Limits};
+use crate::agent::frontdoor::metrics::{ReplicationMetrics, UpstreamUnreachable};
+use crate::agent::frontdoor::proxy::Upstream;
+use crate::agent::influxql::sign_jwt;
+use crate::backoff::Backoff;
+use crate::clock::now_ms;
+use crate::telemetry::with_causes;
+
+/// Where a front door takes replicated writes from its peers.
+pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
+/// The queue of writes this node's own influxd could not take.
+pub const LOCAL: &str = "(local)";
+/// The largest write body the front door buffers (influxd's own limit is 25 MB).
+pub const MAX_WRITE_BYTES: usize = 32 << 20;
+/// How long a write waits for its consistency (Enterprise's write-timeout).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far a replication request's timestamp may be from the receiver's clock.
+const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+/// One delivery request takes at most this many writes, or this many bytes.
+const BATCH_ENTRIES: usize = 512;
+const BATCH_BYTES: usize = 8 << 20;
+/// How long one delivery request may take.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
+/// A peer that does not know a write's database yet (its catalog is behind)
+/// is asked again for this long after the write was queued; then the write
+/// is dropped for it and counted.
+const CATALOG_CATCH_UP: Duration = Duration::from_secs(60);
+/// How often the queues are checked for entries past `--hh-max-age` (at
+/// least twice per max age).
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
+const SIGNATURE_HEADER: &str = "x-cflux-signature";
+const TIMESTAMP_HEADER: &str = "x-cflux-timestamp";
+
+/// One write as it travels to a peer and waits in a queue.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hint {
+    /// `/write?db=…` or `/api/v2/write?bucket=…`, without credentials.
+    #[prost(string, tag = "1")]
+    pub path_and_query: String,
+    /// Who wrote it; none for a write without credentials.
+    #[prost(string, optional, tag = "2")]
+    pub user: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    pub content_encoding: Option<String>,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub body: Bytes,
+    #[prost(uint64, tag = "5")]
+    pub queued_at_ms: u64,
+}
+
+/// A delivery request: writes in queue order.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Batch {
+    #[prost(message, repeated, tag = "1")]
+    pub hints: Vec<Hint>,
+}
+
+/// What the receiver did with each write of a batch, in order; fewer than
+/// the batch's writes when it had to stop (the rest stays queued).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    /// `true` written, `false` refused for good (a client error).
+    pub outcomes: Vec<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What replication needs to know.
+#[derive(Clone, Debug)]
+pub struct ReplicationSettings {
+    /// The members' credential (`--replication-secret-file`).
+    pub secret: Vec<u8>,
+    /// Where the queues live (under the agent's state directory).
+    pub dir: std::path::PathBuf,
+    pub limits: Limits,
+    /// This front door, as its own `(local)` queue reaches it.
+    pub own_address: String,
+}
+
+/// The cluster's other nodes as the manager lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    /// Node ID → front-door address (`http_addr`).
+    pub peers: BTreeMap<String, String>,
+}
+
+/// A delivery task's wake-up call.
+struct Courier {
+    wake: Arc<Notify>,
+}
+
+/// Replication of one node.
+pub struct Replication {
+    secret: Vec<u8>,
+    /// influxd's shared secret: replicated writes act as their user.
+    jwt_secret: Option<String>,
+    own_address: String,
+    handoff: Arc<Handoff>,
+    committer: Committer<Tally>,
+    pending: Arc<Pending>,
+    /// Node ID → address: who new writes are queued for.
+    members: RwLock<BTreeMap<String, String>>,
+    /// Every queue with an address, members or not.
+    addresses: RwLock<BTreeMap<String, String>>,
+    couriers: std::sync::Mutex<HashMap<String, Courier>>,
+    /// Woken after a failed delivery: ask the manager again.
+    refresh: Notify,
+    upstream: Arc<Upstream>,
+    identity: Arc<InfluxdIdentity>,
+    http: Client<HttpConnector, Full<Bytes>>,
+    pub metrics: Arc<ReplicationMetrics>,
+    /// How often queues are checked for entries past `--hh-max-age`.
+    expiry_interval: Duration,
+    shutdown: CancellationToken,
+}
+
+/// Why replication cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("the hinted-handoff queues")]
+    Handoff(#[from] HandoffError),
+}
+
+impl Replication {
+    /// Opens the queues (off the async workers) and starts delivering
+    /// what they hold to the peers remembered from the last run.
+    pub async fn start(
+        settings: ReplicationSettings,
+        jwt_secret: Option<String>,
+        upstream: Arc<Upstream>,
+        identity: Arc<InfluxdIdentity>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Replication>, ReplicationError> {
+        let dir = settings.dir.clone();
+        let limits = settings.limits;
+        let handoff = tokio::task::spawn_blocking(move || Handoff::open(&dir, limits))
+            .await
+            .map_err(|_| HandoffError::Stopped)??;
+        let handoff = Arc::new(handoff);
+        let known = handoff.known_peers()?;
+        let pending = Arc::new(Pending::default());
+        let committer = Committer::start(handoff.clone(), {
+            let pending = pending.clone();
+            move |seq, tally: &Tally| pending.register(seq, tally.clone())
+        });
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let replication = Arc::new(Replication {
+            secret: settings.secret,
+            jwt_secret: jwt_secret.filter(|s| !s.is_empty()),
+            own_address: settings.own_address,
+            handoff,
+            committer,
+            pending,
+            members: RwLock::new(known.clone()),
+            addresses: RwLock::new(BTreeMap::new()),
+            couriers: std::sync::Mutex::new(HashMap::new()),
+            refresh: Notify::new(),
+            upstream,
+            identity,
+            http,
+            metrics: Arc::new(ReplicationMetrics::default()),
+            expiry_interval: EXPIRY_INTERVAL
+                .min(limits.max_age / 2)
+                .max(Duration::from_millis(100)),
+            shutdown,
+        });
+        replication.metrics.set_peers(known.len());
+        let mut addresses = known;
+        addresses.insert(LOCAL.to_owned(), replication.own_address.clone());
+        replication.set_addresses(addresses);
+        tokio::spawn(replication.clone().expire_loop());
+        Ok(replication)
+    }
+
+    /// Keeps the membership current: asks `members` every `interval()` (the
+    /// heartbeat interval) and right after a failed delivery, until shutdown.
+    pub async fn follow<F, Fut>(self: Arc<Self>, mut members: F, interval: impl Fn() -> Duration)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<Members>>,
+    {
+        loop {
+            let wait = match members().await {
+                Some(m) => {
+                    self.set_members(m).await;
+                    interval()
+                }
+                // Not registered yet, or no manager answered: soon again.
+                None => interval().min(Duration::from_secs(1)),
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.refresh.notified() => {
+                    // A burst of failures asks once.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn set_members(self: &Arc<Self>, m: Members) {
+        let changed = *self.members.read().unwrap_or_else(|e| e.into_inner()) != m.peers;
+        if !changed {
+            return;
+        }
+        tracing::info!(peers = ?m.peers, "replicating to these peers");
+        self.metrics.set_peers(m.peers.len());
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = m.peers.clone();
+        let mut addresses = self
+            .addresses
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        addresses.extend(m.peers.clone());
+        self.set_addresses(addresses);
+        let handoff = self.handoff.clone();
+        let remembered =
+            tokio::task::spawn_blocking(move || handoff.remember_peers(&m.peers)).await;
+        if let Ok(Err(e)) = remembered {
+            tracing::warn!(error = %with_causes(&e), "cannot remember the peers");
+        }
+    }
+
+    /// New addresses, and a delivery task for each queue that has none yet.
+    fn set_addresses(self: &Arc<Self>, addresses: BTreeMap<String, String>) {
+        *self.addresses.write().unwrap_or_else(|e| e.into_inner()) = addresses.clone();
+        let mut couriers = self.couriers.lock().unwrap_or_else(|e| e.into_inner());
+        for peer in addresses.keys() {
+            let courier = couriers.entry(peer.clone()).or_insert_with(|| {
+                let wake = Arc::new(Notify::new());
+                tokio::spawn(self.clone().deliver(peer.clone(), wake.clone()));
+                Courier { wake }
+            });
+            // A new address may reach a peer the old one did not.
+            courier.wake.notify_one();
+        }
+    }
+
+    fn wake(&self, peers: &[String]) {
+        let couriers = self.couriers.lock().unwrap_or_else(|e| e.into_inner());
+        for p in peers {
+            if let Some(c) = couriers.get(p) {
+                c.wake.notify_one();
+            }
+        }
+    }
+
+    /// The queues' figures, for `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.handoff.stats(), now_ms())
+    }
+
+    /// A client's write: written here, queued for the peers, answered when
+    /// its consistency is reached.
+    async fn write(&self, request: Request, next: Next) -> Response {
+        let consistency = match Consistency::from_query(request.uri().query()) {
+            Ok(c) => c,
+            Err(e) => return self.identity.error(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let writer = request
+            .extensions()
+            .get::<Writer>()
+            .cloned()
+            .unwrap_or_default();
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_WRITE_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return self
+                    .identity
+                    .error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            }
+            Err(_) => {
+                return self
+                    .identity
+                    .error(StatusCode::BAD_REQUEST, "cannot read the request body")
+            }
+        };
+        let hint = Hint {
+            path_and_query: without_param(&parts.uri, "consistency"),
+            user: writer.user.clone(),
+            content_encoding: parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: body.clone(),
+            queued_at_ms: now_ms(),
+        };
+        let local = next.run(Request::from_parts(parts, Body::from(body))).await;
+        let status = local.status();
+        let unreachable = local.extensions().get::<UpstreamUnreachable>().is_some();
+        let (local, written_here) = if status.is_success() {
+            (local, true)
+        } else if status == StatusCode::BAD_REQUEST {
+            // influxd writes the valid points of a partial write: so do the peers.
+            let (local, partial) = is_partial_write(local).await;
+            if !partial {
+                return local;
+            }
+            (local, true)
+        } else if (unreachable || status.is_server_error()) && writer.vouched {
+            (local, false)
+        } else {
+            return local;
+        };
+        let mut targets: Vec<String> = self
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let nodes = targets.len() + 1;
+        if !written_here {
+            targets.push(LOCAL.to_owned());
+        }
+        if targets.is_empty() {
+            return local;
+        }
+        let points = count_points(&hint);
+        let append = Append {
+            hint: hint.encode_to_vec(),
+            points,
+            queued_at_ms: hint.queued_at_ms,
+            peers: targets,
+        };
+        let tally = Tally::new(Outcomes::default());
+        let appended = match self.committer.append(append, tally.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %with_causes(e.as_ref()), "cannot queue a write for the peers");
+                self.metrics.write_answered(consistency, "queue_failed");
+                return self.error(if written_here {
+                    "partial write"
+                } else {
+                    "write failed"
+                });
+            }
+        };
+        for peer in &appended.full {
+            self.metrics.dropped(peer, "full", points);
+            tracing::warn!(%peer, points, "the peer's hinted-handoff queue is full (--hh-max-size): the write is not queued for it");
+        }
+        self.wake(&appended.queued);
+        if status == StatusCode::BAD_REQUEST {
+            self.pending.forget(appended.seq);
+            return local;
+        }
+        let queued: BTreeSet<String> = appended.queued.iter().cloned().collect();
+        let verdict = consistency::settle(
+            &tally,
+            consistency,
+            nodes,
+            written_here,
+            &queued,
+            WRITE_TIMEOUT,
+        )
+        .await;
+        self.pending.forget(appended.seq);
+        self.metrics
+            .write_answered(consistency, verdict.error().unwrap_or("ok"));
+        match verdict.error() {
+            None if written_here => local,
+            None => StatusCode::NO_CONTENT.into_response(),
+            Some(error) => self.error(error),
+        }
+    }
+
+    /// Enterprise's answer to a write that fell short: 500 `{"error":…}`.
+    fn error(&self, message: &str) -> Response {
+        self.identity
+            .error(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// A peer's batch, written to the local influxd only.
+    async fn receive(&self, request: Request) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, BATCH_BYTES + MAX_WRITE_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return self
+                    .identity
+                    .error(StatusCode::BAD_REQUEST, "cannot read the batch")
+            }
+        };
+        let timestamp = parts
+            .headers
+            .get(TIMESTAMP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let signature = parts
+            .headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| hex::decode(v).ok());
+        let trusted = match (timestamp, signature) {
+            (Some(ts), Some(sig)) => {
+                now_ms().abs_diff(ts) <= MAX_CLOCK_SKEW_MS && verify(&self.secret, ts, &body, &sig)
+            }
+            _ => false,
+        };
+        if !trusted {
+            self.metrics.forged();
+            let peer = parts
+                .extensions
+                .get::<crate::http_serve::PeerAddr>()
+                .map(|p| p.0.to_string());
+            tracing::warn!(
+                peer = peer.as_deref().unwrap_or("-"),
+                "refused a replication request without a valid credential"
+            );
+            return self
+                .identity
+                .error(StatusCode::FORBIDDEN, "replication credential refused");
+        }
+        let batch = match Batch::decode(body) {
+            Ok(b) => b,
+            Err(_) => {
+                return self
+                    .identity
+                    .error(StatusCode::BAD_REQUEST, "not a replication batch")
+            }
+        };
+        let receipt = self.write_locally(batch.hints).await;
+        axum::Json(receipt).into_response()
+    }
+
+    /// Writes `hints` in order (runs of the same target and user as one
+    /// request); stops at the first influxd cannot take now.
+    async fn write_locally(&self, hints: Vec<Hint>) -> Receipt {
+        let mut receipt = Receipt::default();
+        let mut i = 0;
+        while i < hints.len() {
+            let first = &hints[i];
+            let mut end = i + 1;
+            if first.content_encoding.is_none() {
+                while end < hints.len()
+                    && hints[end].content_encoding.is_none()
+                    && hints[end].path_and_query == first.path_and_query
+                    && hints[end].user == first.user
+                {
+                    end += 1;
+                }
+            }
+            let run = &hints[i..end];
+            match self.write_run(run).await {
+                Ok(written) => receipt
+                    .outcomes
+                    .extend(std::iter::repeat_n(written, run.len())),
+                Err(error) => {
+                    receipt.error = Some(error);
+                    break;
+                }
+            }
+            i = end;
+        }
+        receipt
+    }
+
+    /// `Ok(true)` written, `Ok(false)` refused for good, `Err` not now.
+    async fn write_run(&self, run: &[Hint]) -> Result<bool, String> {
+        let first = &run[0];
+        let path = first.path_and_query.split('?').next().unwrap_or_default();
+        if !is_write_path(path) {
+            return Ok(false);
+        }
+        let body = if run.len() == 1 {
+            first.body.clone()
+        } else {
+            let mut joined = BytesMut::new();
+            for h in run {
+                joined.extend_from_slice(&h.body);
+                if !h.body.ends_with(b"\n") {
+                    joined.extend_from_slice(b"\n");
+                }
+            }
+            joined.freeze()
+        };
+        let mut request = Request::post(&first.path_and_query);
+        if let Some(encoding) = &first.content_encoding {
+            request = request.header(header::CONTENT_ENCODING, encoding);
+        }
+        if let (Some(user), Some(secret)) = (&first.user, &self.jwt_secret) {
+            let jwt = sign_jwt(secret, user, JWT_LIFETIME);
+            request = request.header(header::AUTHORIZATION, format!("Bearer {jwt}"));
+        }
+        let Ok(request) = request.body(Body::from(body)) else {
+            return Ok(false);
+        };
+        let response = self.upstream.send(request).await;
+        let status = response.status();
+        if response.extensions().get::<UpstreamUnreachable>().is_some() {
+            return Err("influxd cannot be reached".to_owned());
+        }
+        if status.is_success() {
+            return Ok(true);
+        }
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        let young = now_ms().saturating_sub(first.queued_at_ms)
+            < u64::try_from(CATALOG_CATCH_UP.as_millis()).unwrap_or(u64::MAX);
+        match status {
+            StatusCode::NOT_FOUND if young => Err(format!("influxd: {status} {}", text.trim())),
+            s if s.is_client_error() => {
+                tracing::warn!(user = first.user.as_deref().unwrap_or("-"), path, %status, answer = %text.trim(), "influxd refused a replicated write");
+                Ok(false)
+            }
+            _ => Err(format!("influxd: {status} {}", text.trim())),
+        }
+    }
+
+    /// One peer's delivery task: sends its queue in order whenever woken
+    /// (a new write, a new address) and after failures with backoff.
+    async fn deliver(self: Arc<Self>, peer: String, wake: Arc<Notify>) {
+        let mut backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter(0.5);
+        loop {
+            let wait = match self.deliver_queue(&peer).await {
+                Ok(()) => {
+                    backoff.reset();
+                    None
+                }
+                Err(e) => {
+                    self.metrics.error(&peer);
+                    let wait = backoff.next_wait();
+                    tracing::debug!(%peer, error = %e, ?wait, "cannot deliver to the peer; trying again");
+                    self.refresh.notify_one();
+                    Some(wait)
+                }
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = wake.notified(), if wait.is_none() => {}
+                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            }
+        }
+    }
+
+    /// Sends `peer`'s queue until it is empty, or fails.
+    async fn deliver_queue(&self, peer: &str) -> Result<(), String> {
+        loop {
+            let handoff = self.handoff.clone();
+            let p = peer.to_owned();
+            let batch =
+                tokio::task::spawn_blocking(move || handoff.peek(&p, BATCH_ENTRIES, BATCH_BYTES))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| with_causes(&e))?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let Some(address) = self
+                .addresses
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(peer)
+                .cloned()
+            else {
+                return Err("no address known".to_owned());
+            };
+            let mut hints = Vec::with_capacity(batch.len());
+            for q in &batch {
+                hints.push(Hint::decode(&q.hint[..]).map_err(|e| e.to_string())?);
+            }
+            let receipt = self.send(&address, Batch { hints }).await;
+            let receipt = match receipt {
+                Ok(r) => r,
+                Err(e) => {
+                    for q in &batch {
+                        self.pending.record(q.seq, peer, false);
+                    }
+                    return Err(e);
+                }
+            };
+            let done = receipt.outcomes.len().min(batch.len());
+            let now = now_ms();
+            for (q, written) in batch.iter().zip(&receipt.outcomes) {
+                self.pending.record(q.seq, peer, *written);
+                if *written {
+                    self.metrics
+                        .delivered(peer, q.points, now.saturating_sub(q.queued_at_ms));
+                } else {
+                    self.metrics.dropped(peer, "refused", q.points);
+                }
+            }
+            if done > 0 {
+                let last = batch[done - 1].seq;
+                let handoff = self.handoff.clone();
+                let p = peer.to_owned();
+                tokio::task::spawn_blocking(move || handoff.remove_through(&p, last))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| with_causes(&e))?;
+            }
+            if done < batch.len() {
+                for q in &batch[done..] {
+                    self.pending.record(q.seq, peer, false);
+                }
+                return Err(receipt
+                    .error
+                    .unwrap_or_else(|| "the peer stopped".to_owned()));
+            }
+        }
+    }
+
+    /// One signed delivery request.
+    async fn send(&self, address: &str, batch: Batch) -> Result<Receipt, String> {
+        let body = Bytes::from(batch.encode_to_vec());
+        let ts = now_ms();
+        let signature = hex::encode(sign(&self.secret, ts, &body));
+        let request = hyper::Request::post(format!("http://{address}{REPLICATE_PATH}"))
+            .header(TIMESTAMP_HEADER, ts.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(DELIVERY_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| with_causes(&e))?;
+        let status = response.status();
+        let bytes = tokio::time::timeout(DELIVERY_TIMEOUT, response.into_body().collect())
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "{status} {}",
+                String::from_utf8_lossy(&bytes).trim()
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("unreadable receipt: {e}"))
+    }
+
+    /// Drops what waited past `--hh-max-age`, counted and logged.
+    async fn expire_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.expiry_interval) => {}
+            }
+            let handoff = self.handoff.clone();
+            match tokio::task::spawn_blocking(move || handoff.expire(now_ms())).await {
+                Ok(Ok(expired)) => {
+                    for e in expired {
+                        self.metrics.dropped(&e.peer, "expired", e.points);
+                        tracing::warn!(peer = %e.peer, writes = e.entries, points = e.points, "dropped writes queued for the peer longer than --hh-max-age");
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %with_causes(&e), "cannot expire old queue entries")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Who wrote a request, as the authentication layer found them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Writer {
+    pub user: Option<String>,
+    /// The front door checked the password itself (not only influxd).
+    pub vouched: bool,
+}
+
+/// The write layer (`axum::middleware::from_fn_with_state`), below the
+/// authentication: client writes are replicated, the rest passes.
+pub async fn replicate(
+    State(replication): State<Arc<Replication>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == Method::POST && is_write_path(request.uri().path()) {
+        replication.write(request, next).await
+    } else {
+        next.run(request).await
+    }
+}
+
+/// The receiving end of [`REPLICATE_PATH`].
+pub async fn receive(State(replication): State<Arc<Replication>>, request: Request) -> Response {
+    replication.receive(request).await
+}
+
+fn is_write_path(path: &str) -> bool {
+    path == "/write" || path == "/api/v2/write"
+}
+
+/// HMAC-SHA256 over the timestamp and the body.
+fn sign(secret: &[u8], ts: u64, body: &[u8]) -> Vec<u8> {
+    mac(secret, ts, body).finalize().into_bytes().to_vec()
+}
+
+fn verify(secret: &[u8], ts: u64, body: &[u8], signature: &[u8]) -> bool {
+    mac(secret, ts, body).verify_slice(signature).is_ok()
+}
+
+fn mac(secret: &[u8], ts: u64, body: &[u8]) -> Hmac<sha2::Sha256> {
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(&ts.to_be_bytes());
+    mac.update(body);
+    mac
+}
+
+/// The lines of line protocol a write carries (0 when compressed).
+fn count_points(hint: &Hint) -> u64 {
+    if hint.content_encoding.is_some() {
+        return 0;
+    }
+    hint.body
+        .split(|b| *b == b'\n')
+        .filter(|l| {
+            let l = l.trim_ascii();
+            !l.is_empty() && !l.starts_with(b"#")
+        })
+        .count() as u64
+}
+
+/// `uri`'s path and query without the parameter `name`.
+fn without_param(uri: &http::Uri, name: &str) -> String {
+    let query: Vec<&str> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some(name))
+        .collect();
+    if query.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), query.join("&"))
+    }
+}
+
+/// Whether a 400 of influxd's is a partial write (the valid points were
+/// written); the answer is given back whole.
+async fn is_partial_write(response: Response) -> (Response, bool) {
+    let (parts, body) = response.into_parts();
+    let bytes = match Limited::new(body, 1 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let partial = String::from_utf8_lossy(&bytes).contains("partial write");
+    (Response::from_parts(parts, Body::from(bytes)), partial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_bind_secret_time_and_body() {
+        let sig = sign(b"s3cret", 42, b"cpu v=1");
+        assert!(verify(b"s3cret", 42, b"cpu v=1", &sig));
+        assert!(!verify(b"other", 42, b"cpu v=1", &sig));
+        assert!(!verify(b"s3cret", 43, b"cpu v=1", &sig));
+        assert!(!verify(b"s3cret", 42, b"cpu v=2", &sig));
+    }
+
+    #[test]
+    fn points_and_params() {
+        let hint = Hint {
+            body: Bytes::from_static(b"cpu v=1 1\n\n# comment\n  mem v=2 2\ndisk v=3"),
+            ..Hint::default()
+        };
+        assert_eq!(count_points(&hint), 3);
+        let uri: http::Uri = "/write?db=x&consistency=all&rp=r".parse().unwrap();
+        assert_eq!(without_param(&uri, "consistency"), "/write?db=x&rp=r");
+        let uri: http::Uri = "/write?consistency=all".parse().unwrap();
+        assert_eq!(without_param(&uri, "consistency"), "/write");
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let batch = Batch {
+            hints: vec![Hint {
+                path_and_query: "/write?db=x".into(),
+                user: Some("bob".into()),
+                content_encoding: None,
+                body: Bytes::from_static(b"cpu v=1"),
+                queued_at_ms: 7,
+            }],
+        };
+        assert_eq!(Batch::decode(&batch.encode_to_vec()[..]).unwrap(), batch);
+    }
+}

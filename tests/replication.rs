@@ -1,0 +1,434 @@
+//! Replicated writes through the front doors (`--replicate`), against real
+//! processes: a manager and three `auth-enabled` influxd servers, each
+//! behind its `cflux-agent`; clients talk only to the front doors, and the
+//! counts are read from each influxd directly.
+//!
+//! - Points written at A appear on B and C; a READ-only user cannot write
+//!   through replication; a forged replication request is refused.
+//! - C's influxd down for a few seconds while A and B take writes:
+//!   `consistency=all` answers a partial write, `any` succeeds, and C
+//!   catches up from the queues once it is back.
+//! - A's agent killed with SIGKILL in the middle of a write stream, then
+//!   restarted: every acknowledged batch is whole on every node.
+//! - The queue limits drop and count.
+//!
+//! Conditions are awaited with deadlines, never fixed sleeps.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use support::agent::start_nodes_with;
+use support::influxd::{eventually, AgentOptions, InfluxApi, InfluxdOptions};
+use support::process::free_ports;
+use support::{metric, Manager};
+
+const SECRET: &str = "replication-test-shared-secret";
+const CLUSTER: &str = "replicated";
+const ADMIN_PW: &str = "admin-pw";
+const DB: &str = "metrics";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Node {
+    door: String,
+    node: support::influxd::Node,
+}
+
+impl Node {
+    fn api(&self) -> InfluxApi {
+        InfluxApi::new(&self.door)
+    }
+
+    /// Points of `measurement` stored in this node's influxd (asked directly).
+    async fn count(&self, measurement: &str) -> u64 {
+        self.node
+            .influxd
+            .api()
+            .jwt(SECRET, "admin")
+            .select_number(DB, &format!("SELECT count(v) FROM {measurement}"))
+            .await
+            .map_or(0, |n| n as u64)
+    }
+
+    async fn metrics(&self) -> String {
+        self.node.agent.metrics().await
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    _manager: Manager,
+    _secret_dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A manager (1 s heartbeats) and `n` replicating nodes; `extra(i)` adds
+    /// flags to node `i`'s agent.
+    async fn start(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
+        let manager = Manager::start_with(&["--heartbeat-interval", "1s"]).await;
+        let secret_dir = tempfile::tempdir().expect("a temp dir");
+        let secret = secret_dir.path().join("replication.secret");
+        std::fs::write(&secret, "members-only-credential\n").expect("write the secret");
+        let ports = free_ports(n);
+        let nodes = start_nodes_with(n, &InfluxdOptions::auth(SECRET), |i| {
+            let mut options = AgentOptions::new(&manager.url(), CLUSTER);
+            options.args = vec![
+                "--frontdoor-listen".into(),
+                format!("127.0.0.1:{}", ports[i]),
+                "--replicate".into(),
+                "--replication-secret-file".into(),
+                secret.display().to_string(),
+            ];
+            options.args.extend(extra(i));
+            options
+        })
+        .await;
+        let nodes: Vec<Node> = nodes
+            .into_iter()
+            .zip(ports)
+            .map(|(node, port)| Node {
+                door: format!("http://127.0.0.1:{port}"),
+                node,
+            })
+            .collect();
+        let c = Cluster {
+            nodes,
+            _manager: manager,
+            _secret_dir: secret_dir,
+        };
+        c.bootstrap().await;
+        c
+    }
+
+    /// The first admin, the database and the users, known on every node,
+    /// and every node knowing its peers.
+    async fn bootstrap(&self) {
+        let a = &self.nodes[0];
+        let (status, body) = a
+            .api()
+            .raw_query(
+                &format!("CREATE USER admin WITH PASSWORD '{ADMIN_PW}' WITH ALL PRIVILEGES"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "the first admin: {body}");
+        let admin = a.api().login("admin", ADMIN_PW);
+        admin.exec(&format!("CREATE DATABASE {DB}")).await;
+        admin.exec("CREATE USER writer WITH PASSWORD 'w-pw'").await;
+        admin.exec(&format!("GRANT WRITE ON {DB} TO writer")).await;
+        admin.exec("CREATE USER reader WITH PASSWORD 'r-pw'").await;
+        admin.exec(&format!("GRANT READ ON {DB} TO reader")).await;
+        let peers = self.nodes.len() - 1;
+        for n in &self.nodes {
+            eventually(DEADLINE, &format!("{} is set up", n.door), || async {
+                let dbs = n.node.influxd.api().jwt(SECRET, "admin").databases().await;
+                let grants = n
+                    .node
+                    .influxd
+                    .api()
+                    .jwt(SECRET, "admin")
+                    .grants("reader")
+                    .await?;
+                let known = metric(&n.metrics().await, "cflux_replication_peers");
+                if dbs.contains(DB) && grants.contains_key(DB) && known == Some(peers as f64) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "databases {dbs:?}, reader {grants:?}, peers {known:?}"
+                    ))
+                }
+            })
+            .await;
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `count` points of `measurement` from timestamp `from` (seconds), tagged
+/// with `batch`.
+fn lines(measurement: &str, batch: u64, from: u64, count: u64) -> String {
+    (from..from + count)
+        .map(|t| format!("{measurement},batch={batch} v={t} {t}\n"))
+        .collect()
+}
+
+/// A write through `door` as `user`: the status and the body.
+async fn write(door: &str, user: (&str, &str), query: &str, body: String) -> (StatusCode, String) {
+    let r = http()
+        .post(format!("{door}/write?db={DB}&precision=s{query}"))
+        .basic_auth(user.0, Some(user.1))
+        .body(body)
+        .send()
+        .await
+        .expect("the front door answers");
+    let status = r.status();
+    (status, r.text().await.unwrap_or_default())
+}
+
+const WRITER: (&str, &str) = ("writer", "w-pw");
+
+async fn wait_counts(nodes: &[&Node], measurement: &str, want: u64) {
+    for n in nodes {
+        eventually(
+            DEADLINE,
+            &format!("{want} points of {measurement} on {}", n.door),
+            || async {
+                let have = n.count(measurement).await;
+                if have == want {
+                    Ok(())
+                } else {
+                    Err(format!("{have} points"))
+                }
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_every_node_through_outages_and_only_from_members() {
+    let mut c = Cluster::start(3, |_| Vec::new()).await;
+    let [a, b, cc] = [&c.nodes[0], &c.nodes[1], &c.nodes[2]];
+
+    // Points written at A appear on B and C.
+    let (status, body) = write(&a.door, WRITER, "", lines("cpu", 0, 1, 500)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = write(&b.door, WRITER, "", lines("cpu", 1, 501, 500)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    wait_counts(&[a, b, cc], "cpu", 1000).await;
+
+    // A READ-only user writes through no node: refused here, nothing sent on.
+    for n in [a, b] {
+        let (status, body) =
+            write(&n.door, ("reader", "r-pw"), "", lines("denied", 0, 1, 10)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    // A forged replication request (no credential, a wrong one) is refused.
+    let forged = http()
+        .post(format!("{}/cflux/v1/replicate", cc.door))
+        .body("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let forged = http()
+        .post(format!("{}/cflux/v1/replicate", cc.door))
+        .header("x-cflux-timestamp", cflux::clock::now_ms().to_string())
+        .header("x-cflux-signature", "00".repeat(32))
+        .body("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        metric(
+            &cc.metrics().await,
+            "cflux_replication_refused_requests_total"
+        ),
+        Some(2.0)
+    );
+
+    // C's influxd down: consistency=all is a partial write, any and one
+    // succeed, and every write is delivered to C once it is back.
+    c.nodes[2].node.influxd.kill();
+    let [a, b] = [&c.nodes[0], &c.nodes[1]];
+    let (status, body) = write(
+        &a.door,
+        WRITER,
+        "&consistency=all",
+        lines("cpu", 2, 1001, 100),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.contains("partial write"), "{body}");
+    let (status, body) = write(
+        &a.door,
+        WRITER,
+        "&consistency=quorum",
+        lines("cpu", 3, 1101, 100),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "quorum is A and B: {body}");
+    let (status, body) = write(
+        &b.door,
+        WRITER,
+        "&consistency=any",
+        lines("cpu", 4, 1201, 100),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    for i in 0..10 {
+        let from = 1301 + i * 100;
+        let door = if i % 2 == 0 { &a.door } else { &b.door };
+        let (status, body) = write(door, WRITER, "", lines("cpu", 5 + i, from, 100)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    wait_counts(&[a, b], "cpu", 2300).await;
+    let queued = metric(
+        &a.metrics().await,
+        &format!(
+            "cflux_handoff_queue_points{{peer=\"{}\"}}",
+            c.nodes[2].node.agent.node_id().await.unwrap()
+        ),
+    );
+    assert!(
+        queued.is_some_and(|q| q > 0.0),
+        "A queues for C: {queued:?}"
+    );
+    c.nodes[2].node.influxd.start_again().await;
+    let all: Vec<&Node> = c.nodes.iter().collect();
+    wait_counts(&all, "cpu", 2300).await;
+    // Nothing was refused or dropped on the way.
+    for n in &c.nodes {
+        let text = n.metrics().await;
+        assert!(
+            !text.contains("cflux_replication_dropped_points_total{"),
+            "{}: {text}",
+            n.door
+        );
+    }
+    wait_counts(&all, "denied", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_stream_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, |_| Vec::new()).await;
+    let door = c.nodes[0].door.clone();
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<u64>();
+    let stream = tokio::spawn(async move {
+        // Batches until the front door stops answering, then a few more once
+        // it is back.
+        let mut batch = 0u64;
+        let mut failures = 0;
+        while failures < 200 && batch < 400 {
+            let r = http()
+                .post(format!("{door}/write?db={DB}&precision=s"))
+                .basic_auth(WRITER.0, Some(WRITER.1))
+                .body(lines("stream", batch, batch * 100 + 1, 100))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == StatusCode::NO_CONTENT => {
+                    let _ = acked_tx.send(batch);
+                    failures = 0;
+                }
+                _ => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+            batch += 1;
+        }
+    });
+    // Kill A's agent once some batches went through.
+    eventually(DEADLINE, "writes go through A", || async {
+        let n = c.nodes[1].count("stream").await;
+        if n >= 1000 {
+            Ok(())
+        } else {
+            Err(format!("{n} points on B"))
+        }
+    })
+    .await;
+    c.nodes[0].node.agent.kill();
+    c.nodes[0].node.agent.start_again().await;
+    stream.await.expect("the writer");
+    let acked: Vec<u64> = acked_rx.try_iter().collect();
+    assert!(acked.len() > 10, "acknowledged batches: {}", acked.len());
+    for n in &c.nodes {
+        eventually(
+            DEADLINE,
+            &format!("every acknowledged batch on {}", n.door),
+            || async {
+                let series = n
+                    .node
+                    .influxd
+                    .api()
+                    .jwt(SECRET, "admin")
+                    .try_query_db("SELECT v FROM stream", Some(DB))
+                    .await?;
+                let stored: std::collections::BTreeSet<u64> = series
+                    .iter()
+                    .flat_map(|s| s.values.iter())
+                    .filter_map(|row| row.get(1)?.as_f64())
+                    .map(|v| v as u64)
+                    .collect();
+                let missing: Vec<u64> = acked
+                    .iter()
+                    .copied()
+                    .filter(|b| !(b * 100 + 1..=b * 100 + 100).all(|t| stored.contains(&t)))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("batches not whole: {missing:?}"))
+                }
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_limits_drop_and_count() {
+    let mut c = Cluster::start(2, |i| {
+        if i == 0 {
+            vec![
+                "--hh-max-size".into(),
+                "4KiB".into(),
+                "--hh-max-age".into(),
+                "3s".into(),
+            ]
+        } else {
+            Vec::new()
+        }
+    })
+    .await;
+    let b_id = c.nodes[1].node.agent.node_id().await.expect("B's node ID");
+    c.nodes[1].node.agent.kill();
+    let a = &c.nodes[0];
+    // About 1,500 bytes a write: two fit in 4 KiB, the third does not.
+    for i in 0..3 {
+        let (status, body) = write(&a.door, WRITER, "", lines("lim", i, i * 70 + 1, 70)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "written at A: {body}");
+    }
+    let series = |reason: &str| {
+        format!("cflux_replication_dropped_points_total{{peer=\"{b_id}\",reason=\"{reason}\"}}")
+    };
+    let text = a.metrics().await;
+    assert_eq!(metric(&text, &series("full")), Some(70.0), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            &format!("cflux_handoff_queue_points{{peer=\"{b_id}\"}}")
+        ),
+        Some(140.0)
+    );
+    // Past --hh-max-age the queued ones go too, counted.
+    eventually(DEADLINE, "queued writes expire", || async {
+        let text = a.metrics().await;
+        match metric(&text, &series("expired")) {
+            Some(140.0) => Ok(()),
+            other => Err(format!("expired {other:?}")),
+        }
+    })
+    .await;
+    let text = a.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("cflux_handoff_queue_points{{peer=\"{b_id}\"}}")
+        ),
+        Some(0.0)
+    );
+    assert!(a.node.agent.log().contains("--hh-max-age"));
+    assert!(a.node.agent.log().contains("--hh-max-size"));
+}
