@@ -40,7 +40,9 @@
 //!
 //! Each concern is one tower layer around the proxy, outermost first:
 //! request tracing, the metrics ([`metrics`]), authentication
-//! ([`authentication`]), hop-by-hop headers and `X-Forwarded-*`
+//! ([`authentication`]), with `--replicate` replicated writes and read
+//! failover ([`replication`], its queues in [`handoff`], its answers in
+//! [`consistency`]), hop-by-hop headers and `X-Forwarded-*`
 //! ([`forwarding`]), and influxd itself ([`proxy`]); the front door's own
 //! answers are shaped in [`answer`].
 
