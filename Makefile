@@ -31,6 +31,7 @@ bench: setup
 	$(CARGO) bench --bench manager
 	$(CARGO) bench --bench frontdoor
 	$(CARGO) bench --bench propagation
+	$(CARGO) bench --bench replication
 
 # The Debian package, from the release binaries, into target/debian/.
 deb: build

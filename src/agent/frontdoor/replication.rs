@@ -364,7 +364,7 @@ impl Replication {
                     .error(StatusCode::BAD_REQUEST, "cannot read the request body")
             }
         };
-        let hint = Hint {
+        let mut hint = Hint {
             path_and_query: without_param(&parts.uri, "consistency"),
             user: writer.user.clone(),
             content_encoding: parts
@@ -406,6 +406,8 @@ impl Replication {
         if targets.is_empty() {
             return local;
         }
+        // Replication lag counts from the moment this node holds the write.
+        hint.queued_at_ms = now_ms();
         let points = count_points(&hint);
         let append = Append {
             hint: hint.encode_to_vec(),
