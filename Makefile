@@ -32,6 +32,7 @@ bench: setup
 	$(CARGO) bench --bench frontdoor
 	$(CARGO) bench --bench propagation
 	$(CARGO) bench --bench scale
+	$(CARGO) bench --bench replication
 
 # The Debian package, from the release binaries, into target/debian/.
 deb: build

@@ -10,6 +10,8 @@
 //!   catches up from the queues once it is back.
 //! - A's agent killed with SIGKILL in the middle of a write stream, then
 //!   restarted: every acknowledged batch is whole on every node.
+//! - A query at a node whose influxd is down is answered by a peer, and
+//!   every answer names the node that served it.
 //! - The queue limits drop and count.
 //!
 //! Conditions are awaited with deadlines, never fixed sleeps.
@@ -235,9 +237,43 @@ async fn writes_reach_every_node_through_outages_and_only_from_members() {
         Some(2.0)
     );
 
+    // Every query answer says which node served it.
+    let ids: Vec<String> = futures::future::join_all(
+        c.nodes
+            .iter()
+            .map(|n| async { n.node.agent.node_id().await.expect("a node ID") }),
+    )
+    .await;
+    let count_through = |door: &str| {
+        http()
+            .get(format!("{door}/query"))
+            .query(&[("db", DB), ("q", "SELECT count(v) FROM cpu")])
+            .basic_auth("admin", Some(ADMIN_PW))
+            .send()
+    };
+    let r = count_through(&cc.door).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-cflux-served-by"], ids[2].as_str());
+
     // C's influxd down: consistency=all is a partial write, any and one
     // succeed, and every write is delivered to C once it is back.
     c.nodes[2].node.influxd.kill();
+    // Meanwhile C's front door answers queries from a peer.
+    let r = count_through(&c.nodes[2].door).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let served_by = r.headers()["x-cflux-served-by"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        served_by == ids[0] || served_by == ids[1],
+        "served by {served_by}"
+    );
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["results"][0]["series"][0]["values"][0][1], 1000,
+        "{answer}"
+    );
     let [a, b] = [&c.nodes[0], &c.nodes[1]];
     let (status, body) = write(
         &a.door,

@@ -163,13 +163,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 async fn peers(client: &Client<InfluxdMeta>) -> Option<Members> {
     let own = client.node_id()?;
     match client.cluster_nodes().await {
-        Ok(nodes) => Some(Members {
-            peers: nodes
+        Ok(nodes) => {
+            let others: Vec<_> = nodes
                 .into_iter()
                 .filter(|n| n.node_id != own && !n.http_addr.is_empty())
-                .map(|n| (n.node_id, n.http_addr))
-                .collect(),
-        }),
+                .collect();
+            Some(Members {
+                alive: others
+                    .iter()
+                    .filter(|n| n.alive)
+                    .map(|n| n.node_id.clone())
+                    .collect(),
+                peers: others
+                    .into_iter()
+                    .map(|n| (n.node_id, n.http_addr))
+                    .collect(),
+                node_id: own,
+            })
+        }
         Err(e) => {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,

@@ -3,7 +3,9 @@
 //! the request on as influxd should see it — with a JWT for a verified user,
 //! with the credentials in a `Basic` header for a user only influxd knows,
 //! untouched without credentials — or refuses a wrong password itself. The
-//! client's `u`/`p` never reach influxd next to a JWT.
+//! client's `u`/`p` never reach influxd next to a JWT. Every request it
+//! passes carries a [`Writer`]: who sent it, and whether the front door
+//! vouched for them (replication acts as that user).
 
 use std::sync::Arc;
 use std::time::Duration;

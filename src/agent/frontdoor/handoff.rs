@@ -154,8 +154,11 @@ impl Handoff {
         appends: &[Append],
         mut assigned: impl FnMut(usize, u64),
     ) -> Result<Vec<Appended>, HandoffError> {
+        // Held across the commit, so a concurrent removal's figures are not
+        // overwritten by this write's older copy.
+        let mut shown = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let txn = self.db.begin_write().store()?;
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut stats = shown.clone();
         let mut results = Vec::with_capacity(appends.len());
         {
             let mut counters = txn.open_table(COUNTERS).store()?;
@@ -191,7 +194,7 @@ impl Handoff {
             counters.insert(NEXT_SEQ, next).store()?;
         }
         txn.commit().store()?;
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        *shown = stats;
         Ok(results)
     }
 
@@ -263,6 +266,7 @@ impl Handoff {
         seq: u64,
         mut drop: impl FnMut(u64, u64) -> bool,
     ) -> Result<(u64, u64), HandoffError> {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = self.db.begin_write().store()?;
         // A removal lost in a crash is a write delivered twice, stored once.
         txn.set_durability(Durability::None).store()?;
@@ -288,7 +292,6 @@ impl Handoff {
             }
         }
         txn.commit().store()?;
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = stats.get_mut(peer) {
             s.entries = s.entries.saturating_sub(entries);
             s.points = s.points.saturating_sub(points);

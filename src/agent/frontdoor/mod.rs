@@ -40,7 +40,9 @@
 //!
 //! Each concern is one tower layer around the proxy, outermost first:
 //! request tracing, the metrics ([`metrics`]), authentication
-//! ([`authentication`]), hop-by-hop headers and `X-Forwarded-*`
+//! ([`authentication`]), with `--replicate` replicated writes and read
+//! failover ([`replication`], its queues in [`handoff`], its answers in
+//! [`consistency`]), hop-by-hop headers and `X-Forwarded-*`
 //! ([`forwarding`]), and influxd itself ([`proxy`]); the front door's own
 //! answers are shaped in [`answer`].
 
@@ -76,7 +78,7 @@ use crate::agent::frontdoor::authenticator::Authenticator;
 use crate::agent::frontdoor::metrics::FrontDoorMetrics;
 use crate::agent::frontdoor::proxy::Upstream;
 use crate::agent::frontdoor::replication::{
-    Replication, ReplicationError, ReplicationSettings, REPLICATE_PATH,
+    Replication, ReplicationError, ReplicationSettings, QUERY_PATH, REPLICATE_PATH,
 };
 use crate::influx::catalog::Catalog;
 
@@ -196,10 +198,15 @@ impl FrontDoor {
         let router = axum::Router::new().fallback_service(stack);
         match &self.replication {
             // Peers' writes, signed: no user credentials to check here.
-            Some(r) => router.route(
-                REPLICATE_PATH,
-                axum::routing::post(replication::receive).with_state(r.clone()),
-            ),
+            Some(r) => router
+                .route(
+                    REPLICATE_PATH,
+                    axum::routing::post(replication::receive).with_state(r.clone()),
+                )
+                .route(
+                    QUERY_PATH,
+                    axum::routing::post(replication::answer_query).with_state(r.clone()),
+                ),
             None => router,
         }
     }

@@ -34,7 +34,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -44,7 +44,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::frontdoor::answer::InfluxdIdentity;
-use crate::agent::frontdoor::authentication::JWT_LIFETIME;
+use crate::agent::frontdoor::authentication::{JWT_LIFETIME, MAX_FORM_BYTES};
 use crate::agent::frontdoor::consistency::{self, Consistency, Outcomes, Pending, Tally};
 use crate::agent::frontdoor::handoff::{Append, Committer, Handoff, HandoffError, Limits};
 use crate::agent::frontdoor::metrics::{ReplicationMetrics, UpstreamUnreachable};
@@ -56,6 +56,10 @@ use crate::telemetry::with_causes;
 
 /// Where a front door takes replicated writes from its peers.
 pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
+/// Where a front door answers queries for a peer whose influxd is down.
+pub const QUERY_PATH: &str = "/cflux/v1/query";
+/// The node whose influxd answered a query.
+pub const SERVED_BY_HEADER: &str = "x-cflux-served-by";
 /// The queue of writes this node's own influxd could not take.
 pub const LOCAL: &str = "(local)";
 /// The largest write body the front door buffers (influxd's own limit is 25 MB).
@@ -128,8 +132,29 @@ pub struct ReplicationSettings {
 /// The cluster's other nodes as the manager lists them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Members {
+    /// This node's ID.
+    pub node_id: String,
     /// Node ID → front-door address (`http_addr`).
     pub peers: BTreeMap<String, String>,
+    /// The peers listed alive, which reads fail over to.
+    pub alive: BTreeSet<String>,
+}
+
+/// A query a front door whose influxd is down hands to a peer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryCall {
+    #[prost(string, tag = "1")]
+    pub method: String,
+    /// `/query?…`, without credentials.
+    #[prost(string, tag = "2")]
+    pub path_and_query: String,
+    #[prost(string, optional, tag = "3")]
+    pub content_type: Option<String>,
+    /// Who asks; none for a query without credentials.
+    #[prost(string, optional, tag = "4")]
+    pub user: Option<String>,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub body: Bytes,
 }
 
 /// A delivery task's wake-up call.
@@ -148,6 +173,10 @@ pub struct Replication {
     pending: Arc<Pending>,
     /// Node ID → address: who new writes are queued for.
     members: RwLock<BTreeMap<String, String>>,
+    /// This node's ID as a header value, once registered.
+    own_id: RwLock<Option<HeaderValue>>,
+    /// The peers listed alive.
+    alive: RwLock<BTreeSet<String>>,
     /// Every queue with an address, members or not.
     addresses: RwLock<BTreeMap<String, String>>,
     couriers: std::sync::Mutex<HashMap<String, Courier>>,
@@ -205,6 +234,8 @@ impl Replication {
             committer,
             pending,
             members: RwLock::new(known.clone()),
+            own_id: RwLock::new(None),
+            alive: RwLock::new(BTreeSet::new()),
             addresses: RwLock::new(BTreeMap::new()),
             couriers: std::sync::Mutex::new(HashMap::new()),
             refresh: Notify::new(),
@@ -253,6 +284,9 @@ impl Replication {
     }
 
     async fn set_members(self: &Arc<Self>, m: Members) {
+        *self.own_id.write().unwrap_or_else(|e| e.into_inner()) =
+            HeaderValue::from_str(&m.node_id).ok();
+        *self.alive.write().unwrap_or_else(|e| e.into_inner()) = m.alive.clone();
         let changed = *self.members.read().unwrap_or_else(|e| e.into_inner()) != m.peers;
         if !changed {
             return;
@@ -330,7 +364,7 @@ impl Replication {
                     .error(StatusCode::BAD_REQUEST, "cannot read the request body")
             }
         };
-        let hint = Hint {
+        let mut hint = Hint {
             path_and_query: without_param(&parts.uri, "consistency"),
             user: writer.user.clone(),
             content_encoding: parts
@@ -372,6 +406,8 @@ impl Replication {
         if targets.is_empty() {
             return local;
         }
+        // Replication lag counts from the moment this node holds the write.
+        hint.queued_at_ms = now_ms();
         let points = count_points(&hint);
         let append = Append {
             hint: hint.encode_to_vec(),
@@ -441,6 +477,23 @@ impl Replication {
                     .error(StatusCode::BAD_REQUEST, "cannot read the batch")
             }
         };
+        if let Some(refused) = self.refuse_unsigned(&parts, &body) {
+            return refused;
+        }
+        let batch = match Batch::decode(body) {
+            Ok(b) => b,
+            Err(_) => {
+                return self
+                    .identity
+                    .error(StatusCode::BAD_REQUEST, "not a replication batch")
+            }
+        };
+        let receipt = self.write_locally(batch.hints).await;
+        axum::Json(receipt).into_response()
+    }
+
+    /// The refusal of a request that does not carry the members' credential.
+    fn refuse_unsigned(&self, parts: &http::request::Parts, body: &[u8]) -> Option<Response> {
         let timestamp = parts
             .headers
             .get(TIMESTAMP_HEADER)
@@ -453,34 +506,145 @@ impl Replication {
             .and_then(|v| hex::decode(v).ok());
         let trusted = match (timestamp, signature) {
             (Some(ts), Some(sig)) => {
-                now_ms().abs_diff(ts) <= MAX_CLOCK_SKEW_MS && verify(&self.secret, ts, &body, &sig)
+                now_ms().abs_diff(ts) <= MAX_CLOCK_SKEW_MS && verify(&self.secret, ts, body, &sig)
             }
             _ => false,
         };
-        if !trusted {
-            self.metrics.forged();
-            let peer = parts
-                .extensions
-                .get::<crate::http_serve::PeerAddr>()
-                .map(|p| p.0.to_string());
-            tracing::warn!(
-                peer = peer.as_deref().unwrap_or("-"),
-                "refused a replication request without a valid credential"
-            );
-            return self
-                .identity
-                .error(StatusCode::FORBIDDEN, "replication credential refused");
+        if trusted {
+            return None;
         }
-        let batch = match Batch::decode(body) {
-            Ok(b) => b,
+        self.metrics.forged();
+        let peer = parts
+            .extensions
+            .get::<crate::http_serve::PeerAddr>()
+            .map(|p| p.0.to_string());
+        tracing::warn!(
+            peer = peer.as_deref().unwrap_or("-"),
+            path = parts.uri.path(),
+            "refused a replication request without a valid credential"
+        );
+        Some(
+            self.identity
+                .error(StatusCode::FORBIDDEN, "replication credential refused"),
+        )
+    }
+
+    /// A query: answered by the local influxd, or by an alive peer when it
+    /// cannot be reached (only for a user the front door verified, or a
+    /// query without credentials); the answer names the node that served it.
+    async fn query(&self, request: Request, next: Next) -> Response {
+        let writer = request
+            .extensions()
+            .get::<Writer>()
+            .cloned()
+            .unwrap_or_default();
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_FORM_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
             Err(_) => {
                 return self
                     .identity
-                    .error(StatusCode::BAD_REQUEST, "not a replication batch")
+                    .error(StatusCode::BAD_REQUEST, "cannot read the request body")
             }
         };
-        let receipt = self.write_locally(batch.hints).await;
-        axum::Json(receipt).into_response()
+        let call = QueryCall {
+            method: parts.method.to_string(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/query".to_owned(), |p| p.to_string()),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            user: writer.user.clone(),
+            body: body.clone(),
+        };
+        let local = next.run(Request::from_parts(parts, Body::from(body))).await;
+        let down = local.extensions().get::<UpstreamUnreachable>().is_some();
+        if down && (writer.vouched || writer.user.is_none()) {
+            let alive: Vec<String> = {
+                let alive = self.alive.read().unwrap_or_else(|e| e.into_inner());
+                let addresses = self.addresses.read().unwrap_or_else(|e| e.into_inner());
+                alive
+                    .iter()
+                    .filter_map(|p| addresses.get(p).cloned())
+                    .collect()
+            };
+            let signed = Bytes::from(call.encode_to_vec());
+            for address in alive {
+                match self.ask_peer(&address, signed.clone()).await {
+                    Ok(answer) => return answer,
+                    Err(e) => {
+                        tracing::debug!(peer = %address, error = %e, "a peer could not answer a query")
+                    }
+                }
+            }
+        }
+        self.served_here(local)
+    }
+
+    fn served_here(&self, mut response: Response) -> Response {
+        if let Some(id) = self
+            .own_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            response.headers_mut().insert(SERVED_BY_HEADER, id);
+        }
+        response
+    }
+
+    /// A peer's answer to a query, streamed; `Err` when it has none (its
+    /// influxd is down too, or it cannot be reached).
+    async fn ask_peer(&self, address: &str, call: Bytes) -> Result<Response, String> {
+        let response = self.signed_post(address, QUERY_PATH, call).await?;
+        if response.status() == StatusCode::BAD_GATEWAY
+            || response.status() == StatusCode::FORBIDDEN
+        {
+            return Err(format!("{}", response.status()));
+        }
+        Ok(response.map(Body::new))
+    }
+
+    /// A peer's query, run on the local influxd as its user.
+    async fn answer_query(&self, request: Request) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_FORM_BYTES + 4096).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return self
+                    .identity
+                    .error(StatusCode::BAD_REQUEST, "cannot read the query")
+            }
+        };
+        if let Some(refused) = self.refuse_unsigned(&parts, &body) {
+            return refused;
+        }
+        let Ok(call) = QueryCall::decode(body) else {
+            return self
+                .identity
+                .error(StatusCode::BAD_REQUEST, "not a query call");
+        };
+        if call.path_and_query.split('?').next() != Some("/query") {
+            return self.identity.error(StatusCode::BAD_REQUEST, "not a query");
+        }
+        let mut request = Request::builder()
+            .method(call.method.as_str())
+            .uri(&call.path_and_query);
+        if let Some(ct) = &call.content_type {
+            request = request.header(header::CONTENT_TYPE, ct);
+        }
+        if let (Some(user), Some(secret)) = (&call.user, &self.jwt_secret) {
+            let jwt = sign_jwt(secret, user, JWT_LIFETIME);
+            request = request.header(header::AUTHORIZATION, format!("Bearer {jwt}"));
+        }
+        let Ok(request) = request.body(Body::from(call.body)) else {
+            return self.identity.error(StatusCode::BAD_REQUEST, "not a query");
+        };
+        self.served_here(self.upstream.send(request).await)
     }
 
     /// Writes `hints` in order (runs of the same target and user as one
@@ -665,21 +829,31 @@ impl Replication {
         }
     }
 
-    /// One signed delivery request.
-    async fn send(&self, address: &str, batch: Batch) -> Result<Receipt, String> {
-        let body = Bytes::from(batch.encode_to_vec());
+    /// A request to a peer carrying the members' credential.
+    async fn signed_post(
+        &self,
+        address: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
         let ts = now_ms();
         let signature = hex::encode(sign(&self.secret, ts, &body));
-        let request = hyper::Request::post(format!("http://{address}{REPLICATE_PATH}"))
+        let request = hyper::Request::post(format!("http://{address}{path}"))
             .header(TIMESTAMP_HEADER, ts.to_string())
             .header(SIGNATURE_HEADER, signature)
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(DELIVERY_TIMEOUT, self.http.request(request))
+        tokio::time::timeout(DELIVERY_TIMEOUT, self.http.request(request))
             .await
             .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| with_causes(&e))?;
+            .map_err(|e| with_causes(&e))
+    }
+
+    /// One signed delivery request.
+    async fn send(&self, address: &str, batch: Batch) -> Result<Receipt, String> {
+        let body = Bytes::from(batch.encode_to_vec());
+        let response = self.signed_post(address, REPLICATE_PATH, body).await?;
         let status = response.status();
         let bytes = tokio::time::timeout(DELIVERY_TIMEOUT, response.into_body().collect())
             .await
@@ -727,18 +901,30 @@ pub struct Writer {
     pub vouched: bool,
 }
 
-/// The write layer (`axum::middleware::from_fn_with_state`), below the
-/// authentication: client writes are replicated, the rest passes.
+/// The replication layer (`axum::middleware::from_fn_with_state`), below
+/// the authentication: client writes are replicated, queries may fail over,
+/// the rest passes.
 pub async fn replicate(
     State(replication): State<Arc<Replication>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() == Method::POST && is_write_path(request.uri().path()) {
+    let path = request.uri().path();
+    if request.method() == Method::POST && is_write_path(path) {
         replication.write(request, next).await
+    } else if path == "/query" {
+        replication.query(request, next).await
     } else {
         next.run(request).await
     }
+}
+
+/// The receiving end of [`QUERY_PATH`].
+pub async fn answer_query(
+    State(replication): State<Arc<Replication>>,
+    request: Request,
+) -> Response {
+    replication.answer_query(request).await
 }
 
 /// The receiving end of [`REPLICATE_PATH`].
