@@ -38,8 +38,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 
 use super::{
-    classify, parse_node, to_json, Inner, KeepAliveEnd, HEALTHY_WATCH, HEARTBEAT_RETRIES,
-    MAX_BACKOFF, MIN_BACKOFF,
+    classify, parse_node, to_json, Inner, KeepAliveEnd, HEARTBEAT_RETRIES, MAX_BACKOFF, MIN_BACKOFF,
 };
 use crate::manager::store::{NodeRecord, StoreError, StoreResult, SyncReport};
 
@@ -571,23 +570,8 @@ impl Inner {
     /// Follows `alive/` so this manager learns when a key it bound was bound
     /// elsewhere or deleted; reads everything again after a break.
     pub(super) async fn alive_watch_loop(self: Arc<Self>) {
-        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
-        loop {
-            let started = Instant::now();
-            let ended = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                e = self.alive_watch_once() => e,
-            };
-            if started.elapsed() >= HEALTHY_WATCH {
-                backoff.reset();
-            }
-            let wait = backoff.next_wait();
-            tracing::debug!("liveness watch interrupted: {ended}; reading again in {wait:?}");
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
+        self.watch_rounds("liveness watch", || self.alive_watch_once())
+            .await
     }
 
     async fn alive_watch_once(&self) -> StoreError {

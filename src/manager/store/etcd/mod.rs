@@ -1284,18 +1284,30 @@ impl Inner {
 
     /// Reads, publishes and watches until the store closes.
     async fn feed_loop(self: Arc<Self>) {
+        self.watch_rounds("catalog watch", || self.feed_once())
+            .await
+    }
+
+    /// Runs read-then-watch `round`s until the store closes, backing off
+    /// between them while etcd stays unreachable; `what` names the watch in
+    /// logs.
+    async fn watch_rounds<F, Fut>(&self, what: &str, round: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = StoreError>,
+    {
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             let started = Instant::now();
             let ended = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                e = self.feed_once() => e,
+                e = round() => e,
             };
             if started.elapsed() >= HEALTHY_WATCH {
                 backoff.reset();
             }
             let wait = backoff.next_wait();
-            tracing::debug!("catalog watch interrupted: {ended}; reading again in {wait:?}");
+            tracing::debug!("{what} interrupted: {ended}; reading again in {wait:?}");
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
