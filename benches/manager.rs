@@ -39,13 +39,13 @@ use bytes::Bytes;
 use cflux::clock::now_ms;
 use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::{CasOutcome, ChangeNote, NodeRecord, Store, StoreOptions};
+use cflux::proto;
 use cflux::proto::clusterflux_client::ClusterfluxClient;
-use cflux::proto::{self, push_meta_response};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-use common::percentile;
+use common::{percentile, push};
 use support::Manager;
 
 type Client = ClusterfluxClient<Channel>;
@@ -151,34 +151,6 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
 fn catalog() -> Bytes {
     let tag: Vec<u8> = (0..CATALOG_BYTES).map(|i| i as u8).collect();
     Bytes::from(support::meta(&tag))
-}
-
-/// One compare-and-swap push that must be accepted; returns the new version.
-async fn push(
-    client: &mut Client,
-    cluster: &str,
-    expected: u64,
-    data: Bytes,
-) -> anyhow::Result<u64> {
-    let answer = client
-        .push_meta(proto::PushMetaRequest {
-            cluster: cluster.to_owned(),
-            expected_version: expected,
-            data,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    match answer.result {
-        Some(push_meta_response::Result::AcceptedVersion(v)) => Ok(v),
-        Some(push_meta_response::Result::Conflict(s)) => {
-            bail!(
-                "push to {cluster} at {expected} conflicted with version {}",
-                s.version
-            )
-        }
-        None => bail!("push to {cluster}: empty answer"),
-    }
 }
 
 // ---------------------------------------------------------------------------

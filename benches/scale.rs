@@ -58,8 +58,8 @@ use cflux::manager::hub::Hub;
 use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::etcd::EtcdStore;
 use cflux::manager::store::{CasOutcome, ChangeNote, Store, StoreOptions};
+use cflux::proto;
 use cflux::proto::clusterflux_client::ClusterfluxClient;
-use cflux::proto::{self, push_meta_response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
@@ -67,7 +67,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-use common::{mib, percentile};
+use common::{mib, percentile, push};
 use support::etcd::EtcdCluster;
 use support::process::process_usage;
 use support::Manager;
@@ -730,34 +730,6 @@ async fn last_arrival(
 fn catalog(round: usize) -> Bytes {
     let tag: Vec<u8> = (0..CATALOG_BYTES).map(|i| (i + round) as u8).collect();
     Bytes::from(support::meta(&tag))
-}
-
-/// One compare-and-swap push that must be accepted; the new version.
-async fn push(
-    client: &mut Client,
-    cluster: &str,
-    expected: u64,
-    data: Bytes,
-) -> anyhow::Result<u64> {
-    let answer = client
-        .push_meta(proto::PushMetaRequest {
-            cluster: cluster.to_owned(),
-            expected_version: expected,
-            data,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    match answer.result {
-        Some(push_meta_response::Result::AcceptedVersion(v)) => Ok(v),
-        Some(push_meta_response::Result::Conflict(s)) => {
-            bail!(
-                "push to {cluster} at {expected} conflicted with version {}",
-                s.version
-            )
-        }
-        None => bail!("push to {cluster}: empty answer"),
-    }
 }
 
 async fn fanout() -> anyhow::Result<Vec<Figure>> {

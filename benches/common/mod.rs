@@ -11,7 +11,12 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
+use bytes::Bytes;
+use cflux::proto::clusterflux_client::ClusterfluxClient;
+use cflux::proto::{self, push_meta_response};
 use tokio::task::JoinSet;
+use tonic::transport::Channel;
 
 /// Runs `bench` on a multi-threaded tokio runtime.
 pub fn run(bench: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -100,4 +105,32 @@ pub fn us(d: Option<Duration>) -> String {
 /// KiB as MiB with one decimal.
 pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// One compare-and-swap push that must be accepted; returns the new version.
+pub async fn push(
+    client: &mut ClusterfluxClient<Channel>,
+    cluster: &str,
+    expected: u64,
+    data: Bytes,
+) -> anyhow::Result<u64> {
+    let answer = client
+        .push_meta(proto::PushMetaRequest {
+            cluster: cluster.to_owned(),
+            expected_version: expected,
+            data,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    match answer.result {
+        Some(push_meta_response::Result::AcceptedVersion(v)) => Ok(v),
+        Some(push_meta_response::Result::Conflict(s)) => {
+            bail!(
+                "push to {cluster} at {expected} conflicted with version {}",
+                s.version
+            )
+        }
+        None => bail!("push to {cluster}: empty answer"),
+    }
 }
