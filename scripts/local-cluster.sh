@@ -2,8 +2,9 @@
 # A whole local cluster on embedded defaults: one manager and three stock
 # influxd servers, each behind its cflux-agent's front door (auth on, one
 # shared secret generated into $RUN_DIR, so a password set through one node
-# works on all). A first admin is created on the first run, its generated
-# password kept in $RUN_DIR/admin-password. Everything lives under $RUN_DIR;
+# works on all; writes at any front door replicate to every node). A first
+# admin is created on the first run, its generated password kept in
+# $RUN_DIR/admin-password. Everything lives under $RUN_DIR;
 # Ctrl-C (or SIGTERM) stops every process. Ports:
 #   manager 127.0.0.1:8000 (gRPC, legacy HTTP, /metrics)
 #   node N  front door 127.0.0.1:1808N (connect here), influxd (private)
@@ -25,6 +26,7 @@ new_secret() { # file
   (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$1")
 }
 new_secret "$RUN_DIR/shared-secret"
+new_secret "$RUN_DIR/replication-secret"
 first_run=false
 [ -s "$RUN_DIR/admin-password" ] || first_run=true
 new_secret "$RUN_DIR/admin-password"
@@ -70,7 +72,8 @@ for n in $(seq 1 "$NODES"); do
   CFLUX_ENDPOINT="http://$MANAGER_ADDR" CLUSTER="$CLUSTER" \
     "$BIN/cflux-agent" --influxdb-url "http://127.0.0.1:1807$n" --meta-dir "$d/meta" \
     --state-dir "$d/agent" --listen "127.0.0.1:1809$n" \
-    --frontdoor-listen "127.0.0.1:1808$n" --http-addr "127.0.0.1:1808$n" 2>"$d/agent.log" &
+    --frontdoor-listen "127.0.0.1:1808$n" --http-addr "127.0.0.1:1808$n" \
+    --replicate --replication-secret-file "$RUN_DIR/replication-secret" 2>"$d/agent.log" &
   pids+=($!)
 done
 for n in $(seq 1 "$NODES"); do wait_http "http://127.0.0.1:1808$n/ping" "the front door of node $n"; done
@@ -98,6 +101,7 @@ $(for n in $(seq 1 "$NODES"); do echo "  node $n   front door http://127.0.0.1:1
 The first admin is 'admin', its password in $RUN_DIR/admin-password. Connect through any front door:
 $(for n in $(seq 1 "$NODES"); do echo "  influx -host 127.0.0.1 -port 1808$n -username admin -password $ADMIN_PASSWORD"; done)
 Try:  CREATE USER alice WITH PASSWORD 'pw1' on node 1, then log in as alice on node 2.
+      Writes replicate: INSERT on node 1, SELECT the same points on node 3.
 Writes are not replicated between nodes yet: each node keeps the points written to it.
 Ctrl-C stops everything.
 MSG
