@@ -35,11 +35,7 @@ use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpRe
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
-
-use super::{
-    classify, parse_node, to_json, Inner, KeepAliveEnd, HEARTBEAT_RETRIES, MAX_BACKOFF, MIN_BACKOFF,
-};
+use super::{classify, parse_node, to_json, Inner, HEARTBEAT_RETRIES};
 use crate::manager::store::{NodeRecord, StoreError, StoreResult, SyncReport};
 
 /// Binds (or sweeps) written in one transaction at most; etcd refuses
@@ -524,38 +520,15 @@ impl Inner {
     /// expired (the nodes bound to the old one bind again with their next
     /// heartbeat), until the store closes.
     pub(super) async fn liveness_lease_loop(self: Arc<Self>) {
-        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
-        loop {
-            let lease = self.liveness.lease.load(Ordering::SeqCst);
-            let outcome = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                r = async {
-                    if lease == 0 {
-                        self.grant_liveness_lease().await
-                    } else {
-                        let period = LEASE_REFRESH.min(Duration::from_millis(self.node_ttl_secs as u64 * 1000 / 3));
-                        match self.keep_alive(lease, period, || self.liveness.confirm()).await {
-                            KeepAliveEnd::Expired => {
-                                tracing::warn!("liveness lease expired; nodes bind again with their next heartbeat");
-                                self.liveness.lease.store(0, Ordering::SeqCst);
-                                Ok(())
-                            }
-                            KeepAliveEnd::Broken(e) => Err(e),
-                        }
-                    }
-                } => r,
-            };
-            match outcome {
-                Ok(()) => backoff.reset(),
-                Err(e) => {
-                    tracing::warn!(error = %crate::telemetry::with_causes(&e), "liveness lease keep-alive failed");
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return,
-                        _ = backoff.wait() => {}
-                    }
-                }
-            }
-        }
+        let period = LEASE_REFRESH.min(Duration::from_millis(self.node_ttl_secs as u64 * 1000 / 3));
+        self.lease_loop(
+            "liveness lease",
+            &self.liveness.lease,
+            period,
+            || self.grant_liveness_lease(),
+            || self.liveness.confirm(),
+        )
+        .await
     }
 
     pub(super) async fn grant_liveness_lease(&self) -> StoreResult<()> {

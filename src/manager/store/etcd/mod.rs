@@ -1164,19 +1164,44 @@ impl Inner {
     /// Keeps this manager's lease alive (re-registering after it expired)
     /// until the store closes.
     async fn manager_loop(self: Arc<Self>) {
+        self.lease_loop(
+            "manager lease",
+            &self.manager_lease,
+            MANAGER_REFRESH,
+            || async { self.register_manager().await.map(|_| ()) },
+            || {},
+        )
+        .await
+    }
+
+    /// Keeps the lease in `slot` alive every `period` (calling `refreshed`
+    /// after each answer that kept it), `acquire`s a new one when there is
+    /// none or it expired, and backs off while etcd stays unreachable, until
+    /// the store closes.
+    async fn lease_loop<A, Fut>(
+        &self,
+        what: &str,
+        slot: &AtomicI64,
+        period: Duration,
+        acquire: A,
+        refreshed: impl Fn(),
+    ) where
+        A: Fn() -> Fut,
+        Fut: Future<Output = StoreResult<()>>,
+    {
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
-            let lease = self.manager_lease.load(Ordering::SeqCst);
+            let lease = slot.load(Ordering::SeqCst);
             let outcome = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 r = async {
                     if lease == 0 {
-                        self.register_manager().await.map(|_| ())
+                        acquire().await
                     } else {
-                        match self.keep_alive(lease, MANAGER_REFRESH, || {}).await {
+                        match self.keep_alive(lease, period, &refreshed).await {
                             KeepAliveEnd::Expired => {
-                                tracing::warn!("manager lease expired; registering again");
-                                self.manager_lease.store(0, Ordering::SeqCst);
+                                tracing::warn!("{what} expired; acquiring a new one");
+                                slot.store(0, Ordering::SeqCst);
                                 Ok(())
                             }
                             KeepAliveEnd::Broken(e) => Err(e),
@@ -1187,7 +1212,7 @@ impl Inner {
             match outcome {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
-                    tracing::warn!(error = %crate::telemetry::with_causes(&e), "manager registration failed");
+                    tracing::warn!(error = %crate::telemetry::with_causes(&e), "{what} keep-alive failed");
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
                         _ = backoff.wait() => {}
