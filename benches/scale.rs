@@ -30,6 +30,12 @@
 //!   one at a time, each timed from sending `PushMeta` to the last watcher
 //!   having the new version; the manager's RSS with every stream open and
 //!   its CPU per push.
+//!   Beside it, in the same run, the **bare TCP floor**: this binary
+//!   re-executed as a plain writer process (tokio, one task per connection
+//!   fed by a broadcast channel, as the manager's hub feeds its streams, but
+//!   no HTTP/2 and no gRPC) sends a frame of the same size to 10,000 plain
+//!   TCP connections, which the generator reads and times the same way: the
+//!   least any server on this machine could take for the same fan-out.
 //! - **(d) Accepted pushes/s through the manager vs the store alone**, 1 and
 //!   4 clients, on the embedded store and on etcd: the same compare-and-swap
 //!   loop through gRPC and straight on an in-process store (a fresh
@@ -48,6 +54,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +70,8 @@ use cflux::proto::clusterflux_client::ClusterfluxClient;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
+use std::io::{BufRead, Write};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -102,7 +111,10 @@ const CONNECTS_IN_FLIGHT: usize = 100;
 const FANOUT_PUSHES: usize = 100;
 /// The most opening every watch may take.
 const WATCH_SETUP_CAP: Duration = Duration::from_secs(120);
-/// The most one push may take to reach every watcher.
+/// Set (to the frame's size in bytes) when this binary runs as the floor's
+/// writer process.
+const FLOOR_WRITER_ENV: &str = "CFLUX_SCALE_FLOOR_WRITER";
+/// The most one push (manager or floor) may take to reach every watcher.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The size of every catalog pushed.
 const CATALOG_BYTES: usize = 4 * 1024;
@@ -111,7 +123,10 @@ const PUSH_CLIENTS: [usize; 2] = [1, 4];
 const PUSH_WINDOW: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
-    common::run(bench())
+    match std::env::var(FLOOR_WRITER_ENV) {
+        Ok(frame_bytes) => common::run(floor_writer(frame_bytes.parse()?)),
+        Err(_) => common::run(bench()),
+    }
 }
 
 async fn bench() -> anyhow::Result<()> {
@@ -785,15 +800,13 @@ async fn fanout() -> anyhow::Result<Vec<Figure>> {
                 .with_context(|| format!("waiting for version {version}"))?;
             last.push(at.saturating_duration_since(sent));
         }
-        let per_push = meter
-            .cpu_seconds("manager")
-            .map_or("–".into(), |s| format!("{:.0} ms", s * 1e3 / FANOUT_PUSHES as f64));
+        let per_push = cpu_per_push(&meter, "manager");
         let rss_end = process_usage(manager.pid()).map_or(0, |u| u.rss_bytes);
         let usage = meter.usage();
-        println!("| watchers | connections | opened in | pushes | last woken p50 | p99 | max | manager CPU per push | manager RSS idle / all open / end | CPU and RSS over the pushes |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+        println!("| server | watchers | connections | opened in | pushes | last woken p50 | p99 | max | server CPU per push | manager RSS idle / all open / end | CPU and RSS over the pushes |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
         println!(
-            "| {WATCHERS} | {WATCHERS} | {:.1} s | {} | {} | {} | {} | {per_push} | {} / {} / {} | {usage} |\n",
+            "| manager (gRPC) | {WATCHERS} | {WATCHERS} | {:.1} s | {} | {} | {} | {} | {per_push} | {} / {} / {} | {usage} |",
             opened.as_secs_f64(),
             last.len(),
             ms(percentile(&last, 0.5)),
@@ -803,27 +816,200 @@ async fn fanout() -> anyhow::Result<Vec<Figure>> {
             mib(rss_open / 1024),
             mib(rss_end / 1024)
         );
-        let p99 = percentile(&last, 0.99);
-        let rss = rss_open.max(rss_end);
-        anyhow::Ok(vec![
-            Figure {
-                name: format!("(c) push → last of {WATCHERS} watchers, one manager"),
-                goal: "p99 < 100 ms",
-                measured: format!("p99 {}, manager CPU {per_push} per push ({usage})", ms(p99)),
-                met: p99.is_some_and(|p| p < Duration::from_millis(100)),
-            },
-            Figure {
-                name: format!("(c) manager RSS with {WATCHERS} watch streams, one connection each"),
-                goal: "< 300 MB",
-                measured: format!("{:.0} MB", rss as f64 / 1e6),
-                met: rss < 300_000_000,
-            },
-        ])
+        anyhow::Ok((last, per_push, usage, rss_open.max(rss_end)))
     }
     .await;
     watchers.abort_all();
     while watchers.join_next().await.is_some() {}
-    result
+    drop(manager);
+    let (last, per_push, usage, rss) = result?;
+
+    // The floor runs after every watcher is closed: the generator's open
+    // files hold one side of each phase's connections, not both.
+    let floor_frame = grpc_frame(&proto::MetaSnapshot {
+        cluster: cluster.to_owned(),
+        version: FANOUT_PUSHES as u64,
+        data: catalog(1),
+        history_id: "0".repeat(36),
+    })
+    .len();
+    let floor = bare_tcp_floor(floor_frame).await;
+    let p99 = percentile(&last, 0.99);
+    let floor_text = match &floor {
+        Ok((floor_last, floor_cpu)) => {
+            let floor_p99 = percentile(floor_last, 0.99);
+            println!(
+                "| bare TCP floor | {WATCHERS} | {WATCHERS} | – | {} | {} | {} | {} | {floor_cpu} | – | – |\n",
+                floor_last.len(),
+                ms(percentile(floor_last, 0.5)),
+                ms(floor_p99),
+                ms(percentile(floor_last, 1.0)),
+            );
+            let ratio = p99.zip(floor_p99).map_or("–".into(), |(m, f)| {
+                format!("{:.1}", m.as_secs_f64() / f.as_secs_f64())
+            });
+            format!("; bare TCP floor in the same run p99 {}, writer CPU {floor_cpu} per push; manager ÷ floor {ratio}", ms(floor_p99))
+        }
+        Err(e) => {
+            println!("\nthe bare TCP floor failed: {e:#}\n");
+            String::new()
+        }
+    };
+    Ok(vec![
+        Figure {
+            name: format!("(c) push → last of {WATCHERS} watchers, one manager"),
+            goal: "p99 < 100 ms",
+            measured: format!(
+                "p99 {}, manager CPU {per_push} per push ({usage}){floor_text}",
+                ms(p99)
+            ),
+            met: p99.is_some_and(|p| p < Duration::from_millis(100)),
+        },
+        Figure {
+            name: format!("(c) manager RSS with {WATCHERS} watch streams, one connection each"),
+            goal: "< 300 MB",
+            measured: format!("{:.0} MB", rss as f64 / 1e6),
+            met: rss < 300_000_000,
+        },
+    ])
+}
+
+/// CPU milliseconds of process `name` per fan-out push since `meter` started.
+fn cpu_per_push(meter: &Meter, name: &str) -> String {
+    meter.cpu_seconds(name).map_or("–".into(), |s| {
+        format!("{:.0} ms", s * 1e3 / FANOUT_PUSHES as f64)
+    })
+}
+
+/// The same fan-out with no HTTP/2 and no gRPC: the floor's writer process
+/// (this binary, [`floor_writer`]) sends frames of `frame_bytes` to
+/// [`WATCHERS`] plain TCP connections. The last arrival of each push and
+/// the writer's CPU per push.
+async fn bare_tcp_floor(frame_bytes: usize) -> anyhow::Result<(Vec<Duration>, String)> {
+    let mut writer = FloorWriter(
+        std::process::Command::new(std::env::current_exe()?)
+            .env(FLOOR_WRITER_ENV, frame_bytes.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start the floor's writer")?,
+    );
+    let pid = writer.0.id();
+    let stdout = writer
+        .0
+        .stdout
+        .take()
+        .context("the floor's writer has no stdout")?;
+    let mut addr = String::new();
+    // One short line, written at once: blocking the runtime for it is fine.
+    std::io::BufReader::new(stdout).read_line(&mut addr)?;
+    let addr: SocketAddr = addr
+        .trim()
+        .parse()
+        .with_context(|| format!("the floor's writer said {addr:?}, not its address"))?;
+    let mut control = writer
+        .0
+        .stdin
+        .take()
+        .context("the floor's writer has no stdin")?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut readers = JoinSet::new();
+    for _ in 0..WATCHERS {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let tx = tx.clone();
+        readers.spawn(async move {
+            let mut frame = vec![0; frame_bytes];
+            while tcp.read_exact(&mut frame).await.is_ok() {
+                let round = frame[..8].try_into().map_or(0, u64::from_be_bytes);
+                if tx.send((round, Instant::now())).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    // A few bytes into a pipe nobody else writes: it does not block.
+    let mut send = |round: usize| writeln!(control, "{round}");
+    // Round 0 is the warm-up: every connection has been accepted once it
+    // arrived everywhere.
+    send(0)?;
+    last_arrival(&mut rx, 0, WATCHERS, WATCH_SETUP_CAP)
+        .await
+        .context("the floor's warm-up round")?;
+    let meter = Meter::start(&[("writer".into(), pid)]);
+    let mut last = Vec::new();
+    for round in 1..=FANOUT_PUSHES {
+        let sent = Instant::now();
+        send(round)?;
+        let at = last_arrival(&mut rx, round as u64, WATCHERS, ROUND_TIMEOUT)
+            .await
+            .with_context(|| format!("the floor's round {round}"))?;
+        last.push(at.saturating_duration_since(sent));
+    }
+    let per_push = cpu_per_push(&meter, "writer");
+    readers.abort_all();
+    while readers.join_next().await.is_some() {}
+    Ok((last, per_push))
+}
+
+/// Accepts the floor's connections, each fed every frame by its own task.
+async fn feed_floor_connections(
+    listener: tokio::net::TcpListener,
+    frames: tokio::sync::broadcast::Sender<Bytes>,
+) -> anyhow::Result<()> {
+    loop {
+        let (mut tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let mut rx = frames.subscribe();
+        tokio::spawn(async move {
+            while let Ok(frame) = rx.recv().await {
+                if tcp.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// The floor's writer process, killed when dropped.
+struct FloorWriter(std::process::Child);
+
+impl Drop for FloorWriter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The floor's writer process: prints the address it listens on, then
+/// sends one frame of `frame_bytes` (the round number first) to every
+/// accepted connection for each round number read from stdin, until stdin
+/// closes. One task per connection fed by a broadcast channel.
+async fn floor_writer(frame_bytes: usize) -> anyhow::Result<()> {
+    if frame_bytes < 8 {
+        bail!("a floor frame needs at least 8 bytes, not {frame_bytes}");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("{}", listener.local_addr()?);
+    let (frames, _) = tokio::sync::broadcast::channel::<Bytes>(16);
+    let accepting = tokio::spawn(feed_floor_connections(listener, frames.clone()));
+    let (rounds_tx, mut rounds) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if rounds_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = rounds.recv().await {
+        let round: u64 = line.trim().parse().context("a round number")?;
+        let mut frame = BytesMut::zeroed(frame_bytes);
+        frame[..8].copy_from_slice(&round.to_be_bytes());
+        let _ = frames.send(frame.freeze());
+    }
+    accepting.abort();
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
