@@ -20,6 +20,7 @@
 //! - **(b) The same on two managers sharing a 3-member etcd**, half of the
 //!   nodes on each; etcd's database size (the status API of every member)
 //!   growth per minute over the window and the live leases at its end. Then
+//!   etcd's leader is killed (SIGKILL) under load and restarted, and then
 //!   one manager is killed (SIGKILL) under load: its nodes fail over to the
 //!   other (a failed call is tried again there at once, as `cflux::Client`
 //!   does), and the figure is how long until every node has heartbeaten
@@ -479,6 +480,65 @@ impl Fleet {
     }
 }
 
+/// What the fleet went through after a process was killed under load.
+struct AfterKill {
+    /// Until every node had heartbeaten successfully after the kill.
+    recovered: Option<Duration>,
+    /// Nodes listed dead in the [`FAILOVER_CAP`] after the kill.
+    dead: usize,
+    /// Heartbeat calls that failed meanwhile (each failover counts).
+    failed_calls: usize,
+}
+
+impl AfterKill {
+    fn describe(&self) -> String {
+        format!(
+            "every node heartbeat again after {}; {} listed dead in the {FAILOVER_CAP:?} after the kill; {} failed calls meanwhile",
+            self.recovered.map_or(format!("more than {FAILOVER_CAP:?}"), |d| format!(
+                "{:.1} s",
+                d.as_secs_f64()
+            )),
+            self.dead,
+            self.failed_calls
+        )
+    }
+
+    fn met(&self) -> bool {
+        self.recovered.is_some_and(|d| d < NODE_TTL_DURATION) && self.dead == 0
+    }
+}
+
+impl Fleet {
+    /// Runs `kill` under load, then watches the listings for
+    /// [`FAILOVER_CAP`] while waiting for every node to heartbeat again.
+    async fn after_kill(&self, kill: impl FnOnce()) -> AfterKill {
+        let killed_at = self.epoch.elapsed().as_millis() as u64;
+        let started = Instant::now();
+        kill();
+        let listing = self.listed_dead(FAILOVER_CAP);
+        let recovered = async {
+            loop {
+                if self
+                    .last_ok_ms
+                    .iter()
+                    .all(|t| t.load(Ordering::Relaxed) > killed_at)
+                {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let (recovered, (dead, _)) =
+            tokio::join!(tokio::time::timeout(FAILOVER_CAP, recovered), listing);
+        let (_, failed_calls, _) = self.window(started, Instant::now());
+        AfterKill {
+            recovered: recovered.ok(),
+            dead: dead.len(),
+            failed_calls,
+        }
+    }
+}
+
 /// The heartbeat figures of one window, printed as a table row.
 struct HeartbeatWindow {
     p50: Option<Duration>,
@@ -574,7 +634,7 @@ fn etcd_processes(etcd: &EtcdCluster) -> Vec<(String, u32)> {
 async fn heartbeats_etcd() -> anyhow::Result<Vec<Figure>> {
     println!("## (b) Heartbeats, two managers on a 3-member etcd\n");
     println!("As (a), half of the nodes on each manager. etcd's database size is the largest member's (status API); leases are etcd's live leases at the end of the window.\n");
-    let etcd = EtcdCluster::start(3).await;
+    let mut etcd = EtcdCluster::start(3).await;
     let endpoints = etcd.endpoints().join(",");
     let args = ["--node-ttl", NODE_TTL, "--etcd-endpoints", &endpoints];
     let mut managers = [
@@ -603,31 +663,25 @@ async fn heartbeats_etcd() -> anyhow::Result<Vec<Figure>> {
     println!("\netcd database: {:.1} MiB → {:.1} MiB over the window ({growth:+.1} MiB/min); {leases} live leases for {NODES} nodes.\n",
         size_before as f64 / (1 << 20) as f64, size_after as f64 / (1 << 20) as f64);
 
-    // Kill one manager under load; its nodes move to the other.
-    let killed_at = fleet.epoch.elapsed().as_millis() as u64;
-    let kill = Instant::now();
-    managers[0].kill();
-    let listing = fleet.listed_dead(FAILOVER_CAP);
-    let recovered = async {
-        loop {
-            if fleet
-                .last_ok_ms
-                .iter()
-                .all(|t| t.load(Ordering::Relaxed) > killed_at)
-            {
-                return kill.elapsed();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let (recovered, dead_after) =
-        tokio::join!(tokio::time::timeout(FAILOVER_CAP, recovered), listing);
-    drop(load);
-    let recovered = recovered.ok();
+    // Kill etcd's leader under load, then bring it back.
+    let leader = etcd.leader().await.context("etcd has no leader")?;
+    let member_kill = fleet.after_kill(|| etcd.kill(leader)).await;
     println!(
-        "Manager 1 killed under load: every node heartbeat again through manager 2 after {}; {} nodes listed dead in the {FAILOVER_CAP:?} after the kill.\n",
-        recovered.map_or(format!("more than {FAILOVER_CAP:?}"), |d| format!("{:.1} s", d.as_secs_f64())),
-        dead_after.0.len()
+        "etcd's leader ({}) killed under load: {}.\n",
+        etcd.members[leader].name,
+        member_kill.describe()
+    );
+    etcd.restart(leader).map_err(|e| anyhow!("{e}"))?;
+    etcd.wait_healthy(Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+
+    // Kill one manager under load; its nodes move to the other.
+    let manager_kill = fleet.after_kill(|| managers[0].kill()).await;
+    drop(load);
+    println!(
+        "Manager 1 killed under load: {}.\n",
+        manager_kill.describe()
     );
     Ok(vec![
         Figure {
@@ -652,14 +706,16 @@ async fn heartbeats_etcd() -> anyhow::Result<Vec<Figure>> {
             met: growth < 0.5,
         },
         Figure {
+            name: "(b) etcd's leader killed mid-load".into(),
+            goal: "every node alive again within one TTL",
+            measured: member_kill.describe(),
+            met: member_kill.met(),
+        },
+        Figure {
             name: "(b) one manager killed mid-load".into(),
             goal: "every node alive again within one TTL",
-            measured: format!(
-                "every node heartbeat again after {}, {} listed dead",
-                recovered.map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64())),
-                dead_after.0.len()
-            ),
-            met: recovered.is_some_and(|d| d < NODE_TTL_DURATION) && dead_after.0.is_empty(),
+            measured: manager_kill.describe(),
+            met: manager_kill.met(),
         },
     ])
 }
