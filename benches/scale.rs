@@ -47,7 +47,8 @@
 //!   the pairs' ratios.
 //!
 //! Every phase is bounded in time; the whole run takes about six minutes.
-//! `CFLUX_SCALE_PHASES=c,d` runs only some phases. The open files this
+//! `CFLUX_SCALE_PHASES=c,d` runs only some phases; `CFLUX_SCALE_WINDOW=15m`
+//! lengthens the heartbeat window of (a) and (b) into a soak. The open files this
 //! needs (10,000 connections in the generator, as many in the manager) come
 //! from raising the soft limit to the hard one; a hard limit too low fails at
 //! once, naming it. It prints markdown tables and asserts nothing.
@@ -101,6 +102,8 @@ const REGISTRATIONS_IN_FLIGHT: usize = 64;
 const REGISTRATION_CAP: Duration = Duration::from_secs(90);
 /// The measured heartbeat window (after one interval of warm-up).
 const HEARTBEAT_WINDOW: Duration = Duration::from_secs(60);
+/// Overrides [`HEARTBEAT_WINDOW`] (a duration such as `15m`), for a soak.
+const WINDOW_ENV: &str = "CFLUX_SCALE_WINDOW";
 /// The most one heartbeat may take before it counts as timed out.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the nodes are listed to find any listed dead.
@@ -550,11 +553,19 @@ struct HeartbeatWindow {
     failed_listings: usize,
 }
 
-/// Runs a warm-up interval, then measures the fleet for `HEARTBEAT_WINDOW`.
-async fn measure_heartbeats(fleet: &Arc<Fleet>) -> HeartbeatWindow {
+/// The heartbeat phases' window: [`WINDOW_ENV`] or [`HEARTBEAT_WINDOW`].
+fn heartbeat_window() -> anyhow::Result<Duration> {
+    match std::env::var(WINDOW_ENV) {
+        Ok(w) => humantime::parse_duration(&w).with_context(|| format!("{WINDOW_ENV}={w}")),
+        Err(_) => Ok(HEARTBEAT_WINDOW),
+    }
+}
+
+/// Runs a warm-up interval, then measures the fleet for the window.
+async fn measure_heartbeats(fleet: &Arc<Fleet>, window: Duration) -> HeartbeatWindow {
     tokio::time::sleep(HEARTBEAT_INTERVAL).await;
     let from = Instant::now();
-    let (dead, failed_listings) = fleet.listed_dead(HEARTBEAT_WINDOW).await;
+    let (dead, failed_listings) = fleet.listed_dead(window).await;
     let to = Instant::now();
     let (latencies, failures, timeouts) = fleet.window(from, to);
     HeartbeatWindow {
@@ -575,12 +586,12 @@ fn heartbeat_table_header() {
 
 async fn heartbeats_embedded() -> anyhow::Result<Vec<Figure>> {
     println!("## (a) Heartbeats, one manager, embedded store\n");
-    println!("{NODES} nodes, each every {HEARTBEAT_INTERVAL:?} on its own slot ({} per second), TTL {NODE_TTL}, over {HEARTBEAT_CONNECTIONS} connections; a {HEARTBEAT_WINDOW:?} window after one interval of warm-up.\n", NODES as u64 / HEARTBEAT_INTERVAL.as_secs());
+    println!("{NODES} nodes, each every {HEARTBEAT_INTERVAL:?} on its own slot ({} per second), TTL {NODE_TTL}, over {HEARTBEAT_CONNECTIONS} connections; a {:?} window after one interval of warm-up.\n", NODES as u64 / HEARTBEAT_INTERVAL.as_secs(), heartbeat_window()?);
     let manager = Manager::start_with(&["--node-ttl", NODE_TTL]).await;
     let (fleet, registered) = Fleet::register("scale-heartbeats", &[manager.addr]).await?;
     let load = fleet.run();
     let meter = Meter::start(&[("manager".into(), manager.pid())]);
-    let w = measure_heartbeats(&fleet).await;
+    let w = measure_heartbeats(&fleet, heartbeat_window()?).await;
     let usage = meter.usage();
     drop(load);
     heartbeat_table_header();
@@ -653,7 +664,7 @@ async fn heartbeats_etcd() -> anyhow::Result<Vec<Figure>> {
     let (size_before, _) = etcd_state(&etcd).await?;
     let meter = Meter::start(&processes);
     let window_start = Instant::now();
-    let w = measure_heartbeats(&fleet).await;
+    let w = measure_heartbeats(&fleet, heartbeat_window()?).await;
     let (size_after, leases) = etcd_state(&etcd).await?;
     let minutes = window_start.elapsed().as_secs_f64() / 60.0;
     let growth = (size_after - size_before) as f64 / minutes / (1 << 20) as f64;
