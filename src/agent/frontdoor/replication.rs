@@ -73,10 +73,6 @@ const BATCH_ENTRIES: usize = 512;
 const BATCH_BYTES: usize = 8 << 20;
 /// How long one delivery request may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
-/// A peer that does not know a write's database yet (its catalog is behind)
-/// is asked again for this long after the write was queued; then the write
-/// is dropped for it and counted.
-const CATALOG_CATCH_UP: Duration = Duration::from_secs(60);
 /// How often the queues are checked for entries past `--hh-max-age` (at
 /// least twice per max age).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
@@ -125,6 +121,10 @@ pub struct ReplicationSettings {
     /// Where the queues live (under the agent's state directory).
     pub dir: std::path::PathBuf,
     pub limits: Limits,
+    /// How long a peer's write to a database this node's influxd does not
+    /// have is answered "not yet" (the catalog may be behind) rather than
+    /// refused for good (`--hh-missing-database-wait`).
+    pub missing_database_wait: Duration,
     /// This front door, as its own `(local)` queue reaches it.
     pub own_address: String,
 }
@@ -188,6 +188,7 @@ pub struct Replication {
     pub metrics: Arc<ReplicationMetrics>,
     /// How often queues are checked for entries past `--hh-max-age`.
     expiry_interval: Duration,
+    missing_database_wait: Duration,
     shutdown: CancellationToken,
 }
 
@@ -246,6 +247,7 @@ impl Replication {
             expiry_interval: EXPIRY_INTERVAL
                 .min(limits.max_age / 2)
                 .max(Duration::from_millis(100)),
+            missing_database_wait: settings.missing_database_wait,
             shutdown,
         });
         replication.metrics.set_peers(known.len());
@@ -723,15 +725,12 @@ impl Replication {
             .await
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
-        let young = now_ms().saturating_sub(first.queued_at_ms)
-            < u64::try_from(CATALOG_CATCH_UP.as_millis()).unwrap_or(u64::MAX);
-        match status {
-            StatusCode::NOT_FOUND if young => Err(format!("influxd: {status} {}", text.trim())),
-            s if s.is_client_error() => {
-                tracing::warn!(user = first.user.as_deref().unwrap_or("-"), path, %status, answer = %text.trim(), "influxd refused a replicated write");
-                Ok(false)
-            }
-            _ => Err(format!("influxd: {status} {}", text.trim())),
+        let age = Duration::from_millis(now_ms().saturating_sub(first.queued_at_ms));
+        if refused_for_good(status, age, self.missing_database_wait) {
+            tracing::warn!(user = first.user.as_deref().unwrap_or("-"), path, %status, answer = %text.trim(), "influxd refused a replicated write");
+            Ok(false)
+        } else {
+            Err(format!("influxd: {status} {}", text.trim()))
         }
     }
 
@@ -800,6 +799,7 @@ impl Replication {
             };
             let done = receipt.outcomes.len().min(batch.len());
             let now = now_ms();
+            let (mut refused, mut refused_points) = (0, 0);
             for (q, written) in batch.iter().zip(&receipt.outcomes) {
                 self.pending.record(q.seq, peer, *written);
                 if *written {
@@ -807,7 +807,12 @@ impl Replication {
                         .delivered(peer, q.points, now.saturating_sub(q.queued_at_ms));
                 } else {
                     self.metrics.dropped(peer, "refused", q.points);
+                    refused += 1;
+                    refused_points += q.points;
                 }
+            }
+            if refused > 0 {
+                tracing::warn!(%peer, writes = refused, points = refused_points, "the peer refused writes for good (a client error there, or a database it still lacks after --hh-missing-database-wait): dropped for it");
             }
             if done > 0 {
                 let last = batch[done - 1].seq;
@@ -936,6 +941,17 @@ fn is_write_path(path: &str) -> bool {
     path == "/write" || path == "/api/v2/write"
 }
 
+/// Whether influxd's answer `status` (not 2xx) to a peer's write queued
+/// `age` ago refuses it for good, so the peer drops it: a client error,
+/// except a 404 (database not found) younger than `missing_database_wait`,
+/// which this node's catalog may not have caught up with yet. 5xx: not now.
+fn refused_for_good(status: StatusCode, age: Duration, missing_database_wait: Duration) -> bool {
+    match status {
+        StatusCode::NOT_FOUND => age >= missing_database_wait,
+        s => s.is_client_error(),
+    }
+}
+
 /// HMAC-SHA256 over the timestamp and the body.
 fn sign(secret: &[u8], ts: u64, body: &[u8]) -> Vec<u8> {
     mac(secret, ts, body).finalize().into_bytes().to_vec()
@@ -1018,6 +1034,31 @@ mod tests {
         assert_eq!(without_param(&uri, "consistency"), "/write?db=x&rp=r");
         let uri: http::Uri = "/write?consistency=all".parse().unwrap();
         assert_eq!(without_param(&uri, "consistency"), "/write");
+    }
+
+    #[test]
+    fn what_a_receiver_refuses_for_good() {
+        let wait = Duration::from_secs(60);
+        let young = Duration::from_secs(59);
+        let old = Duration::from_secs(60);
+        // A missing database: not yet while the catalog may catch up.
+        assert!(!refused_for_good(StatusCode::NOT_FOUND, young, wait));
+        assert!(refused_for_good(StatusCode::NOT_FOUND, old, wait));
+        // The client's own errors at once, whatever the age.
+        for s in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+        ] {
+            assert!(refused_for_good(s, Duration::ZERO, wait), "{s}");
+        }
+        // influxd's own trouble never drops anything.
+        for s in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert!(!refused_for_good(s, old * 1000, wait), "{s}");
+        }
     }
 
     #[test]
