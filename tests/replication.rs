@@ -13,6 +13,9 @@
 //! - A query at a node whose influxd is down is answered by a peer, and
 //!   every answer names the node that served it.
 //! - The queue limits drop and count.
+//! - `cfluxctl queues` shows each node's queues, to admins only.
+//! - Writes queued to a database dropped meanwhile are dropped for the
+//!   peer, and nothing else.
 //!
 //! Conditions are awaited with deadlines, never fixed sleeps.
 
@@ -74,7 +77,7 @@ impl Node {
 
 struct Cluster {
     nodes: Vec<Node>,
-    _manager: Manager,
+    manager: Manager,
     _secret_dir: tempfile::TempDir,
 }
 
@@ -110,7 +113,7 @@ impl Cluster {
             .collect();
         let c = Cluster {
             nodes,
-            _manager: manager,
+            manager,
             _secret_dir: secret_dir,
         };
         c.bootstrap().await;
@@ -158,6 +161,30 @@ impl Cluster {
             .await;
         }
     }
+}
+
+impl Cluster {
+    /// `cfluxctl queues -o json`, as `user`: the exit code and the report.
+    fn ctl_queues(&self, user: Option<(&str, &str)>) -> (i32, serde_json::Value) {
+        let mut args = vec!["queues", "-o", "json"];
+        if let Some((u, p)) = user {
+            args.extend(["-u", u, "-p", p]);
+        }
+        let out = self.manager.ctl_in(Some(CLUSTER), &args);
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&out.stderr).into_owned())
+        });
+        (out.status.code().unwrap_or(-1), report)
+    }
+}
+
+/// The points `node`'s queue for `peer` holds, in a `cfluxctl queues` report.
+fn queue_points(report: &serde_json::Value, node: &str, peer: &str) -> Option<u64> {
+    report.as_array()?.iter().find(|n| n["node_id"] == node)?["queues"]
+        .as_array()?
+        .iter()
+        .find(|q| q["peer"] == peer)?["points"]
+        .as_u64()
 }
 
 fn http() -> reqwest::Client {
@@ -343,9 +370,38 @@ async fn writes_reach_every_node_through_outages_and_only_from_members() {
         queued.is_some_and(|q| q > 0.0),
         "A queues for C: {queued:?}"
     );
+    // cfluxctl queues shows it to an admin, and to nobody else.
+    let (code, report) = c.ctl_queues(Some(("admin", ADMIN_PW)));
+    assert_eq!(code, 0, "{report}");
+    let points = queue_points(&report, &ids[0], &ids[2]);
+    assert!(points.is_some_and(|p| p > 0), "A's queue for C: {report}");
+    assert_eq!(queue_points(&report, &ids[0], &ids[1]), Some(0), "{report}");
+    for (user, refusal) in [(Some(("reader", "r-pw")), "403"), (None, "401")] {
+        let (code, report) = c.ctl_queues(user);
+        assert_eq!(code, 3, "{report}");
+        for node in report.as_array().expect("one entry per node") {
+            let error = node["error"].as_str().unwrap_or_default();
+            assert!(error.contains(refusal), "{user:?}: {report}");
+        }
+    }
     c.nodes[2].node.influxd.start_again().await;
     let all: Vec<&Node> = c.nodes.iter().collect();
     wait_counts(&all, "cpu", 2300).await;
+    let (code, report) = c.ctl_queues(Some(("admin", ADMIN_PW)));
+    assert_eq!(code, 0, "{report}");
+    for (from, to) in [(0, 1), (0, 2), (1, 0), (1, 2)] {
+        assert_eq!(
+            queue_points(&report, &ids[from], &ids[to]),
+            Some(0),
+            "{report}"
+        );
+    }
+    let table = c
+        .manager
+        .ctl_in(Some(CLUSTER), &["queues", "-u", "admin", "-p", ADMIN_PW]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("NODE "), "{table}");
+    assert!(table.contains(&ids[2]), "{table}");
     // Nothing was refused or dropped on the way.
     for n in &c.nodes {
         let text = n.metrics().await;

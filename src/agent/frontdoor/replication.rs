@@ -40,7 +40,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::frontdoor::answer::InfluxdIdentity;
@@ -52,12 +52,15 @@ use crate::agent::frontdoor::proxy::Upstream;
 use crate::agent::influxql::sign_jwt;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
+use crate::influx::catalog::Catalog;
 use crate::telemetry::with_causes;
 
 /// Where a front door takes replicated writes from its peers.
 pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
 /// Where a front door answers queries for a peer whose influxd is down.
 pub const QUERY_PATH: &str = "/cflux/v1/query";
+/// Where a front door shows its queues (`cfluxctl queues`).
+pub const QUEUES_PATH: &str = "/cflux/v1/queues";
 /// The node whose influxd answered a query.
 pub const SERVED_BY_HEADER: &str = "x-cflux-served-by";
 /// The queue of writes this node's own influxd could not take.
@@ -189,6 +192,8 @@ pub struct Replication {
     /// How often queues are checked for entries past `--hh-max-age`.
     expiry_interval: Duration,
     missing_database_wait: Duration,
+    /// The node's catalog: who may see the queues.
+    catalog: watch::Receiver<Option<Arc<Catalog>>>,
     shutdown: CancellationToken,
 }
 
@@ -207,6 +212,7 @@ impl Replication {
         jwt_secret: Option<String>,
         upstream: Arc<Upstream>,
         identity: Arc<InfluxdIdentity>,
+        catalog: watch::Receiver<Option<Arc<Catalog>>>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let dir = settings.dir.clone();
@@ -248,6 +254,7 @@ impl Replication {
                 .min(limits.max_age / 2)
                 .max(Duration::from_millis(100)),
             missing_database_wait: settings.missing_database_wait,
+            catalog,
             shutdown,
         });
         replication.metrics.set_peers(known.len());
@@ -338,6 +345,78 @@ impl Replication {
     /// The queues' figures, for `/metrics`.
     pub fn render_metrics(&self) -> String {
         self.metrics.render(&self.handoff.stats(), now_ms())
+    }
+
+    /// Every queue of this node: the members', those of former members
+    /// still holding writes, and `(local)` when it was used.
+    pub fn queues(&self) -> Queues {
+        let stats = self.handoff.stats();
+        let totals = self.metrics.totals();
+        let members = self
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let addresses = self
+            .addresses
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let peers: BTreeSet<&String> = stats
+            .keys()
+            .chain(totals.keys())
+            .chain(members.keys())
+            .collect();
+        let now = now_ms();
+        let queues = peers
+            .into_iter()
+            .map(|peer| {
+                let s = stats.get(peer).copied().unwrap_or_default();
+                let t = totals.get(peer).cloned().unwrap_or_default();
+                Queue {
+                    peer: peer.clone(),
+                    address: addresses.get(peer).cloned(),
+                    member: members.contains_key(peer),
+                    writes: s.entries,
+                    points: s.points,
+                    bytes: s.bytes,
+                    oldest_age_seconds: s.oldest_ms.map(|o| now.saturating_sub(o) as f64 / 1000.0),
+                    delivered_points: t.delivered_points,
+                    dropped_points: t.dropped_points,
+                    errors: t.errors,
+                }
+            })
+            .collect();
+        let node_id = self
+            .own_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|v| v.to_str().ok().map(str::to_owned));
+        Queues { node_id, queues }
+    }
+
+    /// `GET` [`QUEUES_PATH`]: for an admin the front door verified — or
+    /// anyone while the cluster has no admin, as influxd then lets anyone
+    /// in (auth off) or no one yet.
+    fn show_queues(&self, writer: &Writer) -> Response {
+        let allowed = match self.catalog.borrow().as_ref() {
+            None => false,
+            Some(c) => match &writer.user {
+                Some(user) if writer.vouched => c.users.get(user).is_some_and(|u| u.admin),
+                _ => !c.users.values().any(|u| u.admin),
+            },
+        };
+        if allowed {
+            return axum::Json(self.queues()).into_response();
+        }
+        let status = if writer.user.is_some() {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        self.identity
+            .error(status, "the queues are shown to admin users only")
     }
 
     /// A client's write: written here, queued for the peers, answered when
@@ -898,6 +977,35 @@ impl Replication {
     }
 }
 
+/// A node's hinted-handoff queues, as [`QUEUES_PATH`] answers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Queues {
+    /// `None` before the node registered.
+    pub node_id: Option<String>,
+    pub queues: Vec<Queue>,
+}
+
+/// One peer's queue and what was done for that peer since the agent started.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Queue {
+    /// The peer's node ID, or [`LOCAL`].
+    pub peer: String,
+    /// Its front door, as last learned.
+    pub address: Option<String>,
+    /// Whether new writes are queued for it (the manager lists it).
+    pub member: bool,
+    pub writes: u64,
+    pub points: u64,
+    pub bytes: u64,
+    /// The oldest queued write's age (`None` when the queue is empty).
+    pub oldest_age_seconds: Option<f64>,
+    pub delivered_points: u64,
+    /// By reason: full, expired, refused.
+    pub dropped_points: BTreeMap<String, u64>,
+    /// Failed deliveries (the writes stayed queued).
+    pub errors: u64,
+}
+
 /// Who wrote a request, as the authentication layer found them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Writer {
@@ -908,7 +1016,7 @@ pub struct Writer {
 
 /// The replication layer (`axum::middleware::from_fn_with_state`), below
 /// the authentication: client writes are replicated, queries may fail over,
-/// the rest passes.
+/// [`QUEUES_PATH`] is answered here, the rest passes.
 pub async fn replicate(
     State(replication): State<Arc<Replication>>,
     request: Request,
@@ -917,6 +1025,9 @@ pub async fn replicate(
     let path = request.uri().path();
     if request.method() == Method::POST && is_write_path(path) {
         replication.write(request, next).await
+    } else if request.method() == Method::GET && path == QUEUES_PATH {
+        let writer = request.extensions().get::<Writer>().cloned();
+        replication.show_queues(&writer.unwrap_or_default())
     } else if path == "/query" {
         replication.query(request, next).await
     } else {
