@@ -13,6 +13,9 @@
 //! - A query at a node whose influxd is down is answered by a peer, and
 //!   every answer names the node that served it.
 //! - The queue limits drop and count.
+//! - `cfluxctl queues` shows each node's queues, to admins only.
+//! - Writes queued to a database dropped meanwhile are dropped for the
+//!   peer, and nothing else.
 //!
 //! Conditions are awaited with deadlines, never fixed sleeps.
 
@@ -44,13 +47,27 @@ impl Node {
 
     /// Points of `measurement` stored in this node's influxd (asked directly).
     async fn count(&self, measurement: &str) -> u64 {
+        self.count_in(DB, measurement).await
+    }
+
+    /// Points of `measurement` in `db` (0 when the database is missing).
+    async fn count_in(&self, db: &str, measurement: &str) -> u64 {
         self.node
             .influxd
             .api()
             .jwt(SECRET, "admin")
-            .select_number(DB, &format!("SELECT count(v) FROM {measurement}"))
+            .select_number(db, &format!("SELECT count(v) FROM {measurement}"))
             .await
             .map_or(0, |n| n as u64)
+    }
+
+    async fn databases(&self) -> std::collections::BTreeSet<String> {
+        self.node
+            .influxd
+            .api()
+            .jwt(SECRET, "admin")
+            .databases()
+            .await
     }
 
     async fn metrics(&self) -> String {
@@ -60,7 +77,7 @@ impl Node {
 
 struct Cluster {
     nodes: Vec<Node>,
-    _manager: Manager,
+    manager: Manager,
     _secret_dir: tempfile::TempDir,
 }
 
@@ -96,7 +113,7 @@ impl Cluster {
             .collect();
         let c = Cluster {
             nodes,
-            _manager: manager,
+            manager,
             _secret_dir: secret_dir,
         };
         c.bootstrap().await;
@@ -146,6 +163,30 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `cfluxctl queues -o json`, as `user`: the exit code and the report.
+    fn ctl_queues(&self, user: Option<(&str, &str)>) -> (i32, serde_json::Value) {
+        let mut args = vec!["queues", "-o", "json"];
+        if let Some((u, p)) = user {
+            args.extend(["-u", u, "-p", p]);
+        }
+        let out = self.manager.ctl_in(Some(CLUSTER), &args);
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&out.stderr).into_owned())
+        });
+        (out.status.code().unwrap_or(-1), report)
+    }
+}
+
+/// The points `node`'s queue for `peer` holds, in a `cfluxctl queues` report.
+fn queue_points(report: &serde_json::Value, node: &str, peer: &str) -> Option<u64> {
+    report.as_array()?.iter().find(|n| n["node_id"] == node)?["queues"]
+        .as_array()?
+        .iter()
+        .find(|q| q["peer"] == peer)?["points"]
+        .as_u64()
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -163,8 +204,19 @@ fn lines(measurement: &str, batch: u64, from: u64, count: u64) -> String {
 
 /// A write through `door` as `user`: the status and the body.
 async fn write(door: &str, user: (&str, &str), query: &str, body: String) -> (StatusCode, String) {
+    write_to(door, user, DB, query, body).await
+}
+
+/// A write to `db` through `door` as `user`.
+async fn write_to(
+    door: &str,
+    user: (&str, &str),
+    db: &str,
+    query: &str,
+    body: String,
+) -> (StatusCode, String) {
     let r = http()
-        .post(format!("{door}/write?db={DB}&precision=s{query}"))
+        .post(format!("{door}/write?db={db}&precision=s{query}"))
         .basic_auth(user.0, Some(user.1))
         .body(body)
         .send()
@@ -318,9 +370,38 @@ async fn writes_reach_every_node_through_outages_and_only_from_members() {
         queued.is_some_and(|q| q > 0.0),
         "A queues for C: {queued:?}"
     );
+    // cfluxctl queues shows it to an admin, and to nobody else.
+    let (code, report) = c.ctl_queues(Some(("admin", ADMIN_PW)));
+    assert_eq!(code, 0, "{report}");
+    let points = queue_points(&report, &ids[0], &ids[2]);
+    assert!(points.is_some_and(|p| p > 0), "A's queue for C: {report}");
+    assert_eq!(queue_points(&report, &ids[0], &ids[1]), Some(0), "{report}");
+    for (user, refusal) in [(Some(("reader", "r-pw")), "403"), (None, "401")] {
+        let (code, report) = c.ctl_queues(user);
+        assert_eq!(code, 3, "{report}");
+        for node in report.as_array().expect("one entry per node") {
+            let error = node["error"].as_str().unwrap_or_default();
+            assert!(error.contains(refusal), "{user:?}: {report}");
+        }
+    }
     c.nodes[2].node.influxd.start_again().await;
     let all: Vec<&Node> = c.nodes.iter().collect();
     wait_counts(&all, "cpu", 2300).await;
+    let (code, report) = c.ctl_queues(Some(("admin", ADMIN_PW)));
+    assert_eq!(code, 0, "{report}");
+    for (from, to) in [(0, 1), (0, 2), (1, 0), (1, 2)] {
+        assert_eq!(
+            queue_points(&report, &ids[from], &ids[to]),
+            Some(0),
+            "{report}"
+        );
+    }
+    let table = c
+        .manager
+        .ctl_in(Some(CLUSTER), &["queues", "-u", "admin", "-p", ADMIN_PW]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("NODE "), "{table}");
+    assert!(table.contains(&ids[2]), "{table}");
     // Nothing was refused or dropped on the way.
     for n in &c.nodes {
         let text = n.metrics().await;
@@ -467,4 +548,127 @@ async fn the_queue_limits_drop_and_count() {
     );
     assert!(a.node.agent.log().contains("--hh-max-age"));
     assert!(a.node.agent.log().contains("--hh-max-size"));
+}
+
+/// The 404 path: writes queued for a peer to a database that is dropped
+/// before the peer takes them. The peer answers "database not found"; past
+/// `--hh-missing-database-wait` it refuses them for good and the origin
+/// drops exactly those, counted and logged, while every write queued
+/// before, between and after them (to another database) is delivered.
+///
+/// The scenario is the real one the wait exists for: B's influxd is down
+/// while A takes writes to `doomed` and to `metrics`; `doomed` is dropped
+/// at A meanwhile; B comes back and its agent applies the drop. A's agent
+/// is stopped across B's return (its queue on disk), so that B applies the
+/// drop before A delivers — otherwise the points might reach B first and
+/// leave with the drop, never taking the 404 path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_dropped_database_are_dropped_for_the_peer_and_nothing_else() {
+    let wait = || vec!["--hh-missing-database-wait".into(), "2s".into()];
+    let mut c = Cluster::start(2, |_| wait()).await;
+    let b_id = c.nodes[1].node.agent.node_id().await.expect("B's node ID");
+    let admin = c.nodes[0].api().login("admin", ADMIN_PW);
+    admin.exec("CREATE DATABASE doomed").await;
+    admin.exec("GRANT WRITE ON doomed TO writer").await;
+    eventually(DEADLINE, "B knows doomed and the grant", || async {
+        let grants = c.nodes[1]
+            .node
+            .influxd
+            .api()
+            .jwt(SECRET, "admin")
+            .grants("writer")
+            .await?;
+        if grants.contains_key("doomed") {
+            Ok(())
+        } else {
+            Err(format!("writer's grants on B: {grants:?}"))
+        }
+    })
+    .await;
+
+    c.nodes[1].node.influxd.kill();
+    let a = &c.nodes[0];
+    // metrics, doomed, metrics, doomed, metrics: 3 × 50 kept, 2 × 40 doomed.
+    for i in 0..5u64 {
+        let (db, n) = if i % 2 == 0 { (DB, 50) } else { ("doomed", 40) };
+        let (status, body) =
+            write_to(&a.door, WRITER, db, "", lines("hh", i, i * 100 + 1, n)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "write {i} to {db}: {body}");
+    }
+    let queued = format!("cflux_handoff_queue_points{{peer=\"{b_id}\"}}");
+    assert_eq!(metric(&a.metrics().await, &queued), Some(230.0));
+    let before = a
+        .node
+        .agent
+        .catalog_version()
+        .await
+        .expect("A's catalog version");
+    admin.exec("DROP DATABASE doomed").await;
+    assert!(!a.databases().await.contains("doomed"));
+    // The drop is the cluster's before A's agent stops.
+    eventually(DEADLINE, "A pushes the drop", || async {
+        match a.node.agent.catalog_version().await {
+            Some(v) if v > before => Ok(()),
+            other => Err(format!("A's catalog version {other:?}, was {before}")),
+        }
+    })
+    .await;
+
+    c.nodes[0].node.agent.stop(DEADLINE).await;
+    c.nodes[1].node.influxd.start_again().await;
+    eventually(DEADLINE, "B's agent applies the drop", || async {
+        let dbs = c.nodes[1].databases().await;
+        if dbs.contains(DB) && !dbs.contains("doomed") {
+            Ok(())
+        } else {
+            Err(format!("B's databases: {dbs:?}"))
+        }
+    })
+    .await;
+
+    c.nodes[0].node.agent.start_again().await;
+    let [a, b] = [&c.nodes[0], &c.nodes[1]];
+    eventually(DEADLINE, "A's queue for B drains", || async {
+        match metric(&a.metrics().await, &queued) {
+            Some(0.0) => Ok(()),
+            other => Err(format!("{other:?} points queued")),
+        }
+    })
+    .await;
+    let text = a.metrics().await;
+    let dropped = |reason: &str| {
+        metric(
+            &text,
+            &format!(
+                "cflux_replication_dropped_points_total{{peer=\"{b_id}\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(dropped("refused"), Some(80.0), "{text}");
+    assert_eq!(dropped("full"), None, "{text}");
+    assert_eq!(dropped("expired"), None, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            &format!("cflux_replication_delivered_points_total{{peer=\"{b_id}\"}}")
+        ),
+        Some(150.0),
+        "{text}"
+    );
+    assert!(
+        a.node.agent.log().contains("--hh-missing-database-wait"),
+        "A logs what it dropped"
+    );
+    assert!(
+        b.node
+            .agent
+            .log()
+            .contains("influxd refused a replicated write"),
+        "B logs what it refused"
+    );
+    wait_counts(&[a, b], "hh", 150).await;
+    for n in [a, b] {
+        assert!(!n.databases().await.contains("doomed"), "{}", n.door);
+        assert_eq!(n.count_in("doomed", "hh").await, 0);
+    }
 }

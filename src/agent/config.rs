@@ -161,12 +161,21 @@ pub struct AgentArgs {
     #[arg(long, env = "CFLUX_HH_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde::option")]
     pub hh_max_age: Option<Duration>,
+
+    /// How long this node answers "not yet" to a peer's write to a database its influxd does not have (its catalog may be behind); past this since the write was queued, the write is refused for good and the peer drops and counts it [default: 60s].
+    #[arg(long, env = "CFLUX_HH_MISSING_DATABASE_WAIT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde::option")]
+    pub hh_missing_database_wait: Option<Duration>,
 }
 
 /// Default `--hh-max-size`: InfluxDB Enterprise's hinted-handoff `max-size`.
 pub const DEFAULT_HH_MAX_SIZE: u64 = 10 << 30;
 /// Default `--hh-max-age`: Enterprise's `max-age`, 7 days.
 pub const DEFAULT_HH_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default `--hh-missing-database-wait`: long enough for a catalog change to
+/// reach every node, short enough that a dropped database does not stall a
+/// queue.
+pub const DEFAULT_HH_MISSING_DATABASE_WAIT: Duration = Duration::from_secs(60);
 
 /// `1048576`, `512MiB`, `10GiB`, `1GB`: a size in bytes.
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -213,6 +222,8 @@ pub struct ReplicationConfig {
     pub secret: Vec<u8>,
     pub max_size: u64,
     pub max_age: Duration,
+    /// `--hh-missing-database-wait`.
+    pub missing_database_wait: Duration,
 }
 
 /// The node's front door (see [`crate::agent::frontdoor`]).
@@ -367,6 +378,10 @@ impl AgentArgs {
                         .or(f.hh_max_size)
                         .unwrap_or(DEFAULT_HH_MAX_SIZE),
                     max_age: a.hh_max_age.or(f.hh_max_age).unwrap_or(DEFAULT_HH_MAX_AGE),
+                    missing_database_wait: a
+                        .hh_missing_database_wait
+                        .or(f.hh_missing_database_wait)
+                        .unwrap_or(DEFAULT_HH_MISSING_DATABASE_WAIT),
                 })
             }
         };
@@ -526,8 +541,12 @@ mod tests {
         let r = c.replication.unwrap();
         assert_eq!(r.secret, b"members-only");
         assert_eq!(
-            (r.max_size, r.max_age),
-            (DEFAULT_HH_MAX_SIZE, DEFAULT_HH_MAX_AGE)
+            (r.max_size, r.max_age, r.missing_database_wait),
+            (
+                DEFAULT_HH_MAX_SIZE,
+                DEFAULT_HH_MAX_AGE,
+                DEFAULT_HH_MISSING_DATABASE_WAIT
+            )
         );
         // The front door is the node's address for the others.
         assert_eq!(c.http_addr, "db1:8086");
@@ -543,6 +562,8 @@ mod tests {
                     "512MiB",
                     "--hh-max-age",
                     "1h",
+                    "--hh-missing-database-wait",
+                    "2s",
                 ],
             ]
             .concat(),
@@ -551,8 +572,8 @@ mod tests {
         assert_eq!(c.http_addr, "127.0.0.1:9086");
         let r = c.replication.unwrap();
         assert_eq!(
-            (r.max_size, r.max_age),
-            (512 << 20, Duration::from_secs(3600))
+            (r.max_size, r.max_age, r.missing_database_wait),
+            (512 << 20, Duration::from_secs(3600), Duration::from_secs(2))
         );
         assert!(
             parse(&[&door[..], &["127.0.0.1:9086", "--replicate=false"]].concat())

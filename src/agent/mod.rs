@@ -102,6 +102,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                         max_bytes: r.max_size,
                         max_age: r.max_age,
                     },
+                    missing_database_wait: r.missing_database_wait,
                     own_address: own.to_string(),
                 };
                 replication = Some(

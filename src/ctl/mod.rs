@@ -11,6 +11,7 @@ mod deregister;
 mod diff;
 mod history;
 mod nodes;
+mod queues;
 mod restore;
 mod rollback;
 mod status;
@@ -108,6 +109,8 @@ pub enum Command {
     DeleteCluster(delete_cluster::Args),
     /// Compare the points the alive nodes of a cluster hold (field values per database, policy, measurement and time bucket); exit code 3 when they differ.
     Verify(verify::Args),
+    /// Each alive node's hinted-handoff queues per peer (writes, points, bytes, oldest age, delivered, dropped, errors); exit code 3 when a node cannot be asked.
+    Queues(queues::Args),
 }
 
 /// What a command prints with.
@@ -190,6 +193,7 @@ impl Ctl {
         match self.command {
             Command::Status(a) => return status::run(&ctx, a).await,
             Command::Verify(a) => return verify::run(&ctx, a).await,
+            Command::Queues(a) => return queues::run(&ctx, a).await,
             Command::Nodes(a) => nodes::run(&ctx, a).await,
             Command::Clusters => clusters::run(&ctx).await,
             Command::Catalog(a) => catalog::run(&ctx, a).await,

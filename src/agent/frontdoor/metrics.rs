@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use std::collections::BTreeMap;
 
+use prometheus::core::Collector;
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -278,5 +279,66 @@ impl ReplicationMetrics {
 
     pub fn set_peers(&self, n: usize) {
         self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// What each peer's counters hold so far (peers with no count yet are
+    /// absent: reading creates no series).
+    pub fn totals(&self) -> BTreeMap<String, PeerTotals> {
+        let mut totals: BTreeMap<String, PeerTotals> = BTreeMap::new();
+        let mut each = |vec: &IntCounterVec, add: &mut dyn FnMut(&mut PeerTotals, &str, u64)| {
+            for family in vec.collect() {
+                for m in family.get_metric() {
+                    let label = |name: &str| {
+                        m.get_label()
+                            .iter()
+                            .find(|l| l.name() == name)
+                            .map_or("", |l| l.value())
+                    };
+                    let t = totals.entry(label("peer").to_owned()).or_default();
+                    add(t, label("reason"), m.get_counter().get_value() as u64);
+                }
+            }
+        };
+        each(&self.delivered, &mut |t, _, v| t.delivered_points += v);
+        each(&self.dropped, &mut |t, reason, v| {
+            *t.dropped_points.entry(reason.to_owned()).or_default() += v;
+        });
+        each(&self.errors, &mut |t, _, v| t.errors += v);
+        totals
+    }
+}
+
+/// One peer's replication counters since the agent started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerTotals {
+    pub delivered_points: u64,
+    /// By reason: full, expired, refused.
+    pub dropped_points: BTreeMap<String, u64>,
+    /// Failed deliveries.
+    pub errors: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_each_peers_counters() {
+        let m = ReplicationMetrics::default();
+        m.delivered("b", 10, 5);
+        m.delivered("b", 5, 5);
+        m.dropped("b", "full", 3);
+        m.dropped("b", "refused", 2);
+        m.error("c");
+        let totals = m.totals();
+        assert_eq!(totals["b"].delivered_points, 15);
+        assert_eq!(
+            totals["b"].dropped_points,
+            [("full".to_owned(), 3), ("refused".to_owned(), 2)].into()
+        );
+        assert_eq!(totals["c"].errors, 1);
+        assert_eq!(totals["c"].delivered_points, 0);
+        // Reading made no series.
+        assert!(!m.render(&BTreeMap::new(), 0).contains("peer=\"c\",reason"));
     }
 }

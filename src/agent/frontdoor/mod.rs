@@ -105,6 +105,8 @@ pub struct FrontDoor {
     shared_secret: Option<String>,
     authentication: Arc<Authentication>,
     metrics: Arc<FrontDoorMetrics>,
+    /// The node's catalog, as the authentication sees it.
+    catalog: watch::Receiver<Option<Arc<Catalog>>>,
     replication: Option<Arc<Replication>>,
 }
 
@@ -122,11 +124,12 @@ impl FrontDoor {
             shared_secret: settings.shared_secret.clone(),
             authentication: Arc::new(Authentication::new(
                 settings.shared_secret,
-                Authenticator::new(catalog),
+                Authenticator::new(catalog.clone()),
                 identity.clone(),
             )),
             identity,
             metrics: Arc::new(FrontDoorMetrics::default()),
+            catalog,
             replication: None,
         }
     }
@@ -143,6 +146,7 @@ impl FrontDoor {
             self.shared_secret.clone(),
             self.upstream.clone(),
             self.identity.clone(),
+            self.catalog.clone(),
             shutdown,
         )
         .await?;

@@ -40,7 +40,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::frontdoor::answer::InfluxdIdentity;
@@ -52,12 +52,15 @@ use crate::agent::frontdoor::proxy::Upstream;
 use crate::agent::influxql::sign_jwt;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
+use crate::influx::catalog::Catalog;
 use crate::telemetry::with_causes;
 
 /// Where a front door takes replicated writes from its peers.
 pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
 /// Where a front door answers queries for a peer whose influxd is down.
 pub const QUERY_PATH: &str = "/cflux/v1/query";
+/// Where a front door shows its queues (`cfluxctl queues`).
+pub const QUEUES_PATH: &str = "/cflux/v1/queues";
 /// The node whose influxd answered a query.
 pub const SERVED_BY_HEADER: &str = "x-cflux-served-by";
 /// The queue of writes this node's own influxd could not take.
@@ -73,10 +76,6 @@ const BATCH_ENTRIES: usize = 512;
 const BATCH_BYTES: usize = 8 << 20;
 /// How long one delivery request may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
-/// A peer that does not know a write's database yet (its catalog is behind)
-/// is asked again for this long after the write was queued; then the write
-/// is dropped for it and counted.
-const CATALOG_CATCH_UP: Duration = Duration::from_secs(60);
 /// How often the queues are checked for entries past `--hh-max-age` (at
 /// least twice per max age).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
@@ -125,6 +124,10 @@ pub struct ReplicationSettings {
     /// Where the queues live (under the agent's state directory).
     pub dir: std::path::PathBuf,
     pub limits: Limits,
+    /// How long a peer's write to a database this node's influxd does not
+    /// have is answered "not yet" (the catalog may be behind) rather than
+    /// refused for good (`--hh-missing-database-wait`).
+    pub missing_database_wait: Duration,
     /// This front door, as its own `(local)` queue reaches it.
     pub own_address: String,
 }
@@ -188,6 +191,9 @@ pub struct Replication {
     pub metrics: Arc<ReplicationMetrics>,
     /// How often queues are checked for entries past `--hh-max-age`.
     expiry_interval: Duration,
+    missing_database_wait: Duration,
+    /// The node's catalog: who may see the queues.
+    catalog: watch::Receiver<Option<Arc<Catalog>>>,
     shutdown: CancellationToken,
 }
 
@@ -206,6 +212,7 @@ impl Replication {
         jwt_secret: Option<String>,
         upstream: Arc<Upstream>,
         identity: Arc<InfluxdIdentity>,
+        catalog: watch::Receiver<Option<Arc<Catalog>>>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let dir = settings.dir.clone();
@@ -246,6 +253,8 @@ impl Replication {
             expiry_interval: EXPIRY_INTERVAL
                 .min(limits.max_age / 2)
                 .max(Duration::from_millis(100)),
+            missing_database_wait: settings.missing_database_wait,
+            catalog,
             shutdown,
         });
         replication.metrics.set_peers(known.len());
@@ -336,6 +345,78 @@ impl Replication {
     /// The queues' figures, for `/metrics`.
     pub fn render_metrics(&self) -> String {
         self.metrics.render(&self.handoff.stats(), now_ms())
+    }
+
+    /// Every queue of this node: the members', those of former members
+    /// still holding writes, and `(local)` when it was used.
+    pub fn queues(&self) -> Queues {
+        let stats = self.handoff.stats();
+        let totals = self.metrics.totals();
+        let members = self
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let addresses = self
+            .addresses
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let peers: BTreeSet<&String> = stats
+            .keys()
+            .chain(totals.keys())
+            .chain(members.keys())
+            .collect();
+        let now = now_ms();
+        let queues = peers
+            .into_iter()
+            .map(|peer| {
+                let s = stats.get(peer).copied().unwrap_or_default();
+                let t = totals.get(peer).cloned().unwrap_or_default();
+                Queue {
+                    peer: peer.clone(),
+                    address: addresses.get(peer).cloned(),
+                    member: members.contains_key(peer),
+                    writes: s.entries,
+                    points: s.points,
+                    bytes: s.bytes,
+                    oldest_age_seconds: s.oldest_ms.map(|o| now.saturating_sub(o) as f64 / 1000.0),
+                    delivered_points: t.delivered_points,
+                    dropped_points: t.dropped_points,
+                    errors: t.errors,
+                }
+            })
+            .collect();
+        let node_id = self
+            .own_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|v| v.to_str().ok().map(str::to_owned));
+        Queues { node_id, queues }
+    }
+
+    /// `GET` [`QUEUES_PATH`]: for an admin the front door verified — or
+    /// anyone while the cluster has no admin, as influxd then lets anyone
+    /// in (auth off) or no one yet.
+    fn show_queues(&self, writer: &Writer) -> Response {
+        let allowed = match self.catalog.borrow().as_ref() {
+            None => false,
+            Some(c) => match &writer.user {
+                Some(user) if writer.vouched => c.users.get(user).is_some_and(|u| u.admin),
+                _ => !c.users.values().any(|u| u.admin),
+            },
+        };
+        if allowed {
+            return axum::Json(self.queues()).into_response();
+        }
+        let status = if writer.user.is_some() {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        self.identity
+            .error(status, "the queues are shown to admin users only")
     }
 
     /// A client's write: written here, queued for the peers, answered when
@@ -723,15 +804,12 @@ impl Replication {
             .await
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
-        let young = now_ms().saturating_sub(first.queued_at_ms)
-            < u64::try_from(CATALOG_CATCH_UP.as_millis()).unwrap_or(u64::MAX);
-        match status {
-            StatusCode::NOT_FOUND if young => Err(format!("influxd: {status} {}", text.trim())),
-            s if s.is_client_error() => {
-                tracing::warn!(user = first.user.as_deref().unwrap_or("-"), path, %status, answer = %text.trim(), "influxd refused a replicated write");
-                Ok(false)
-            }
-            _ => Err(format!("influxd: {status} {}", text.trim())),
+        let age = Duration::from_millis(now_ms().saturating_sub(first.queued_at_ms));
+        if refused_for_good(status, age, self.missing_database_wait) {
+            tracing::warn!(user = first.user.as_deref().unwrap_or("-"), path, %status, answer = %text.trim(), "influxd refused a replicated write");
+            Ok(false)
+        } else {
+            Err(format!("influxd: {status} {}", text.trim()))
         }
     }
 
@@ -800,6 +878,7 @@ impl Replication {
             };
             let done = receipt.outcomes.len().min(batch.len());
             let now = now_ms();
+            let (mut refused, mut refused_points) = (0, 0);
             for (q, written) in batch.iter().zip(&receipt.outcomes) {
                 self.pending.record(q.seq, peer, *written);
                 if *written {
@@ -807,7 +886,12 @@ impl Replication {
                         .delivered(peer, q.points, now.saturating_sub(q.queued_at_ms));
                 } else {
                     self.metrics.dropped(peer, "refused", q.points);
+                    refused += 1;
+                    refused_points += q.points;
                 }
+            }
+            if refused > 0 {
+                tracing::warn!(%peer, writes = refused, points = refused_points, "the peer refused writes for good (a client error there, or a database it still lacks after --hh-missing-database-wait): dropped for it");
             }
             if done > 0 {
                 let last = batch[done - 1].seq;
@@ -893,6 +977,35 @@ impl Replication {
     }
 }
 
+/// A node's hinted-handoff queues, as [`QUEUES_PATH`] answers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Queues {
+    /// `None` before the node registered.
+    pub node_id: Option<String>,
+    pub queues: Vec<Queue>,
+}
+
+/// One peer's queue and what was done for that peer since the agent started.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Queue {
+    /// The peer's node ID, or [`LOCAL`].
+    pub peer: String,
+    /// Its front door, as last learned.
+    pub address: Option<String>,
+    /// Whether new writes are queued for it (the manager lists it).
+    pub member: bool,
+    pub writes: u64,
+    pub points: u64,
+    pub bytes: u64,
+    /// The oldest queued write's age (`None` when the queue is empty).
+    pub oldest_age_seconds: Option<f64>,
+    pub delivered_points: u64,
+    /// By reason: full, expired, refused.
+    pub dropped_points: BTreeMap<String, u64>,
+    /// Failed deliveries (the writes stayed queued).
+    pub errors: u64,
+}
+
 /// Who wrote a request, as the authentication layer found them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Writer {
@@ -903,7 +1016,7 @@ pub struct Writer {
 
 /// The replication layer (`axum::middleware::from_fn_with_state`), below
 /// the authentication: client writes are replicated, queries may fail over,
-/// the rest passes.
+/// [`QUEUES_PATH`] is answered here, the rest passes.
 pub async fn replicate(
     State(replication): State<Arc<Replication>>,
     request: Request,
@@ -912,6 +1025,9 @@ pub async fn replicate(
     let path = request.uri().path();
     if request.method() == Method::POST && is_write_path(path) {
         replication.write(request, next).await
+    } else if request.method() == Method::GET && path == QUEUES_PATH {
+        let writer = request.extensions().get::<Writer>().cloned();
+        replication.show_queues(&writer.unwrap_or_default())
     } else if path == "/query" {
         replication.query(request, next).await
     } else {
@@ -934,6 +1050,17 @@ pub async fn receive(State(replication): State<Arc<Replication>>, request: Reque
 
 fn is_write_path(path: &str) -> bool {
     path == "/write" || path == "/api/v2/write"
+}
+
+/// Whether influxd's answer `status` (not 2xx) to a peer's write queued
+/// `age` ago refuses it for good, so the peer drops it: a client error,
+/// except a 404 (database not found) younger than `missing_database_wait`,
+/// which this node's catalog may not have caught up with yet. 5xx: not now.
+fn refused_for_good(status: StatusCode, age: Duration, missing_database_wait: Duration) -> bool {
+    match status {
+        StatusCode::NOT_FOUND => age >= missing_database_wait,
+        s => s.is_client_error(),
+    }
 }
 
 /// HMAC-SHA256 over the timestamp and the body.
@@ -1018,6 +1145,31 @@ mod tests {
         assert_eq!(without_param(&uri, "consistency"), "/write?db=x&rp=r");
         let uri: http::Uri = "/write?consistency=all".parse().unwrap();
         assert_eq!(without_param(&uri, "consistency"), "/write");
+    }
+
+    #[test]
+    fn what_a_receiver_refuses_for_good() {
+        let wait = Duration::from_secs(60);
+        let young = Duration::from_secs(59);
+        let old = Duration::from_secs(60);
+        // A missing database: not yet while the catalog may catch up.
+        assert!(!refused_for_good(StatusCode::NOT_FOUND, young, wait));
+        assert!(refused_for_good(StatusCode::NOT_FOUND, old, wait));
+        // The client's own errors at once, whatever the age.
+        for s in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+        ] {
+            assert!(refused_for_good(s, Duration::ZERO, wait), "{s}");
+        }
+        // influxd's own trouble never drops anything.
+        for s in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert!(!refused_for_good(s, old * 1000, wait), "{s}");
+        }
     }
 
     #[test]
