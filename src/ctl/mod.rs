@@ -5,6 +5,7 @@
 
 mod backup;
 mod catalog;
+mod catch_up;
 mod clusters;
 mod delete_cluster;
 mod deregister;
@@ -108,6 +109,8 @@ pub enum Command {
     DeleteCluster(delete_cluster::Args),
     /// Compare the points the alive nodes of a cluster hold (field values per database, policy, measurement and time bucket); exit code 3 when they differ.
     Verify(verify::Args),
+    /// Fill a node from a healthy peer (a new node of a cluster with history, or one back after its peers' queues dropped writes), resumable; exit code 3 when the node refused some points.
+    CatchUp(catch_up::Args),
 }
 
 /// What a command prints with.
@@ -190,6 +193,7 @@ impl Ctl {
         match self.command {
             Command::Status(a) => return status::run(&ctx, a).await,
             Command::Verify(a) => return verify::run(&ctx, a).await,
+            Command::CatchUp(a) => return catch_up::run(&ctx, a).await,
             Command::Nodes(a) => nodes::run(&ctx, a).await,
             Command::Clusters => clusters::run(&ctx).await,
             Command::Catalog(a) => catalog::run(&ctx, a).await,

@@ -80,8 +80,8 @@ const CATALOG_CATCH_UP: Duration = Duration::from_secs(60);
 /// How often the queues are checked for entries past `--hh-max-age` (at
 /// least twice per max age).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
-const SIGNATURE_HEADER: &str = "x-cflux-signature";
-const TIMESTAMP_HEADER: &str = "x-cflux-timestamp";
+pub(crate) const SIGNATURE_HEADER: &str = "x-cflux-signature";
+pub(crate) const TIMESTAMP_HEADER: &str = "x-cflux-timestamp";
 
 /// One write as it travels to a peer and waits in a queue.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -937,7 +937,7 @@ fn is_write_path(path: &str) -> bool {
 }
 
 /// HMAC-SHA256 over the timestamp and the body.
-fn sign(secret: &[u8], ts: u64, body: &[u8]) -> Vec<u8> {
+pub(crate) fn sign(secret: &[u8], ts: u64, body: &[u8]) -> Vec<u8> {
     mac(secret, ts, body).finalize().into_bytes().to_vec()
 }
 
