@@ -33,6 +33,7 @@ bench: setup
 	$(CARGO) bench --bench propagation
 	$(CARGO) bench --bench scale
 	$(CARGO) bench --bench replication
+	$(CARGO) bench --bench catch_up
 
 # The Debian package, from the release binaries, into target/debian/.
 deb: build

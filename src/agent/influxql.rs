@@ -1,6 +1,8 @@
 //! The agent's line to its influxd: InfluxQL over the HTTP API (`POST /query`),
 //! authenticated with a short-lived JWT signed with influxd's shared secret,
-//! basic credentials, or nothing.
+//! basic credentials, or nothing; and the reads and writes of points that
+//! `cfluxctl verify` and catch-up need: answers streamed chunk by chunk
+//! (`chunked=true`, [`Chunks`]) and line protocol written (`POST /write`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +45,13 @@ pub enum InfluxdError {
     /// No answer in time.
     #[error("{base}: no answer within {TIMEOUT:?}")]
     Timeout { base: String },
+    /// A write answered with an error status.
+    #[error("{base}: influxd answered {status} to a write: {answer}")]
+    Status {
+        base: String,
+        status: http::StatusCode,
+        answer: String,
+    },
     /// influxd answered with an error: it refused the statement.
     #[error("influxd refused {statement}: {answer}")]
     Refused {
@@ -58,14 +67,20 @@ impl InfluxdError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, InfluxdError::Refused { .. })
     }
+
+    /// Whether a write was refused for good (bad points, no privilege),
+    /// as opposed to not taken now.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, InfluxdError::Status { status, .. } if status.is_client_error())
+    }
 }
 
 impl From<InfluxdError> for MetaError {
     fn from(e: InfluxdError) -> Self {
         match e {
-            InfluxdError::Refused { .. } | InfluxdError::Request { .. } => {
-                MetaError::Failed(Box::new(e))
-            }
+            InfluxdError::Refused { .. }
+            | InfluxdError::Request { .. }
+            | InfluxdError::Status { .. } => MetaError::Failed(Box::new(e)),
             _ => MetaError::Unavailable(Box::new(e)),
         }
     }
@@ -184,6 +199,98 @@ impl Influxd {
         })
     }
 
+    /// Runs a read-only statement with `chunked=true` (times as nanosecond
+    /// integers): the answer, read one chunk of at most `chunk_size` points
+    /// at a time.
+    pub async fn read_chunked(
+        &self,
+        statement: &str,
+        chunk_size: usize,
+    ) -> Result<Chunks, InfluxdError> {
+        let body = format!(
+            "q={}&epoch=ns&chunked=true&chunk_size={chunk_size}",
+            utf8_percent_encode(statement, NON_ALPHANUMERIC)
+        );
+        let url = format!("{}/query", self.base);
+        let mut req =
+            hyper::Request::post(&url).header("content-type", "application/x-www-form-urlencoded");
+        if let Some(a) = self.authorization(None) {
+            req = req.header("authorization", a);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|source| InfluxdError::Request { url, source })?;
+        let response = tokio::time::timeout(TIMEOUT, self.http.request(req))
+            .await
+            .map_err(|_| InfluxdError::Timeout {
+                base: self.base.clone(),
+            })?
+            .map_err(|source| InfluxdError::Unreachable {
+                base: self.base.clone(),
+                source,
+            })?;
+        Chunks::from_response(response, &self.base, statement).await
+    }
+
+    /// Writes line protocol (nanosecond times) into `database`.`policy`.
+    pub async fn write_points(
+        &self,
+        database: &str,
+        policy: &str,
+        lines: Bytes,
+        admin: Option<&str>,
+    ) -> Result<(), InfluxdError> {
+        let url = format!("{}{}", self.base, write_path(database, policy));
+        let mut req = hyper::Request::post(&url);
+        if let Some(a) = self.authorization(admin) {
+            req = req.header("authorization", a);
+        }
+        let req = req
+            .body(Full::new(lines))
+            .map_err(|source| InfluxdError::Request { url, source })?;
+        let (status, body) = self.exchange(req).await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(InfluxdError::Status {
+            base: self.base.clone(),
+            status,
+            answer: String::from_utf8_lossy(&body).trim().to_owned(),
+        })
+    }
+
+    /// Sends `req` and reads the whole answer, within [`TIMEOUT`].
+    async fn exchange(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<(http::StatusCode, Bytes), InfluxdError> {
+        let base = || self.base.clone();
+        let exchange = async {
+            let resp =
+                self.http
+                    .request(req)
+                    .await
+                    .map_err(|source| InfluxdError::Unreachable {
+                        base: base(),
+                        source,
+                    })?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| InfluxdError::Body {
+                    base: base(),
+                    source,
+                })?
+                .to_bytes();
+            Ok::<_, InfluxdError>((status, body))
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| InfluxdError::Timeout { base: base() })?
+    }
+
     /// Runs one InfluxQL statement and returns influxd's answer when it
     /// holds no error.
     async fn query(
@@ -216,31 +323,7 @@ impl Influxd {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|source| InfluxdError::Request { url, source })?;
-        let base = || self.base.clone();
-        let exchange = async {
-            let resp =
-                self.http
-                    .request(req)
-                    .await
-                    .map_err(|source| InfluxdError::Unreachable {
-                        base: base(),
-                        source,
-                    })?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|source| InfluxdError::Body {
-                    base: base(),
-                    source,
-                })?
-                .to_bytes();
-            Ok::<_, InfluxdError>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| InfluxdError::Timeout { base: base() })??;
+        let (status, body) = self.exchange(req).await?;
         let answer =
             query_error(&body).or_else(|| (!status.is_success()).then(|| format!("HTTP {status}")));
         match answer {
@@ -250,6 +333,102 @@ impl Influxd {
             }),
             None => Ok(body),
         }
+    }
+}
+
+/// `/write?db=…&rp=…&precision=ns`, names percent-encoded.
+pub fn write_path(database: &str, policy: &str) -> String {
+    format!(
+        "/write?db={}&rp={}&precision=ns",
+        utf8_percent_encode(database, NON_ALPHANUMERIC),
+        utf8_percent_encode(policy, NON_ALPHANUMERIC)
+    )
+}
+
+/// A `chunked=true` answer of `/query`: one JSON document a line, each
+/// holding up to `chunk_size` points, read as they arrive.
+pub struct Chunks {
+    body: hyper::body::Incoming,
+    buffer: bytes::BytesMut,
+    base: String,
+    statement: String,
+}
+
+impl Chunks {
+    /// The chunks of `response`; influxd's refusal when it is an error.
+    pub async fn from_response(
+        response: http::Response<hyper::body::Incoming>,
+        base: &str,
+        statement: &str,
+    ) -> Result<Chunks, InfluxdError> {
+        let status = response.status();
+        let mut chunks = Chunks {
+            body: response.into_body(),
+            buffer: bytes::BytesMut::new(),
+            base: base.to_owned(),
+            statement: statement.to_owned(),
+        };
+        if !status.is_success() {
+            let first = chunks.next().await.ok().flatten();
+            let answer = first
+                .as_ref()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(chunks.refused(answer));
+        }
+        Ok(chunks)
+    }
+
+    fn refused(&self, answer: String) -> InfluxdError {
+        InfluxdError::Refused {
+            statement: self.statement.clone(),
+            answer,
+        }
+    }
+
+    /// The next chunk; `None` after the last. A chunk carrying an error
+    /// (top-level or per statement) is influxd's refusal.
+    pub async fn next(&mut self) -> Result<Option<serde_json::Value>, InfluxdError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line = self.buffer.split_to(end + 1);
+                if line.trim_ascii().is_empty() {
+                    continue;
+                }
+                return self.parse(&line).map(Some);
+            }
+            let frame = tokio::time::timeout(TIMEOUT, self.body.frame())
+                .await
+                .map_err(|_| InfluxdError::Timeout {
+                    base: self.base.clone(),
+                })?;
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(source)) => {
+                    return Err(InfluxdError::Body {
+                        base: self.base.clone(),
+                        source,
+                    })
+                }
+                None if self.buffer.trim_ascii().is_empty() => return Ok(None),
+                None => {
+                    let rest = self.buffer.split();
+                    return self.parse(&rest).map(Some);
+                }
+            }
+        }
+    }
+
+    fn parse(&self, line: &[u8]) -> Result<serde_json::Value, InfluxdError> {
+        if let Some(answer) = query_error(line) {
+            return Err(self.refused(answer));
+        }
+        serde_json::from_slice(line)
+            .map_err(|e| self.refused(format!("an answer that is not JSON: {e}")))
     }
 }
 

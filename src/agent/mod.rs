@@ -2,6 +2,7 @@
 //! cluster node — [`influxd::InfluxdMeta`] is the server as a `MetaClient`,
 //! driven by `cflux::Client`; the agent serves its own `/health` and `/metrics`.
 
+pub mod catch_up;
 pub mod config;
 pub mod frontdoor;
 pub mod influxd;

@@ -5,6 +5,7 @@
 
 mod backup;
 mod catalog;
+mod catch_up;
 mod clusters;
 mod delete_cluster;
 mod deregister;
@@ -111,6 +112,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Each alive node's hinted-handoff queues per peer (writes, points, bytes, oldest age, delivered, dropped, errors); exit code 3 when a node cannot be asked.
     Queues(queues::Args),
+    /// Fill a node from a healthy peer (a new node of a cluster with history, or one back after its peers' queues dropped writes), resumable; exit code 3 when the node refused some points.
+    CatchUp(catch_up::Args),
 }
 
 /// What a command prints with.
@@ -194,6 +197,7 @@ impl Ctl {
             Command::Status(a) => return status::run(&ctx, a).await,
             Command::Verify(a) => return verify::run(&ctx, a).await,
             Command::Queues(a) => return queues::run(&ctx, a).await,
+            Command::CatchUp(a) => return catch_up::run(&ctx, a).await,
             Command::Nodes(a) => nodes::run(&ctx, a).await,
             Command::Clusters => clusters::run(&ctx).await,
             Command::Catalog(a) => catalog::run(&ctx, a).await,

@@ -13,14 +13,11 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use super::{ClusterArg, Context};
+use crate::agent::catch_up::counts::{count, Counts};
+use crate::agent::catch_up::{base_url, Reader};
 use crate::agent::config::InfluxAuth;
 use crate::agent::influxql::Influxd;
-use crate::influx::influxql::quote_ident;
-
-/// The oldest and newest times InfluxDB stores (its `MinNanoTime` and
-/// `MaxNanoTime`): the range every count covers.
-const MIN_TIME_NS: i64 = i64::MIN + 2;
-const MAX_TIME_NS: i64 = i64::MAX - 1;
+use crate::proto::Node;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,6 +29,13 @@ pub struct Args {
     /// Width of the time buckets counted (at least 1s).
     #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
     pub bucket: Duration,
+    #[command(flatten)]
+    pub credentials: Credentials,
+}
+
+/// The InfluxDB user commands that read (or write) points act as.
+#[derive(clap::Args, Debug)]
+pub struct Credentials {
     /// A user that may read every database compared (with auth on).
     #[arg(long, short = 'u', env = "INFLUX_USERNAME")]
     pub username: Option<String>,
@@ -40,14 +44,48 @@ pub struct Args {
     pub password: Option<String>,
 }
 
-/// One count: a field's values of a measurement in one bucket.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Bucket {
-    database: String,
-    policy: String,
-    measurement: String,
-    field: String,
-    start_ns: i64,
+impl Credentials {
+    pub fn auth(&self) -> anyhow::Result<InfluxAuth> {
+        Ok(match (&self.username, &self.password) {
+            (Some(username), Some(password)) => InfluxAuth::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            (None, None) => InfluxAuth::None,
+            _ => bail!("give both --username and --password (or INFLUX_USERNAME and INFLUX_PASSWORD), or neither"),
+        })
+    }
+}
+
+/// The alive nodes of `cluster`.
+pub async fn alive_nodes(ctx: &Context, cluster: &str) -> anyhow::Result<Vec<Node>> {
+    Ok(ctx
+        .manager
+        .list_nodes(cluster)
+        .await?
+        .into_iter()
+        .filter(|n| n.alive)
+        .collect())
+}
+
+/// A node's front door, read with `auth`.
+pub fn reader(node: &Node, auth: &InfluxAuth) -> Reader {
+    Reader::Influxd(Influxd::new(&base_url(&node.http_addr), auth.clone()))
+}
+
+/// Every count of `nodes`, in the same order.
+pub async fn count_nodes(
+    nodes: &[Node],
+    auth: &InfluxAuth,
+    database: Option<&str>,
+    bucket_seconds: u64,
+) -> anyhow::Result<Vec<Counts>> {
+    futures::future::try_join_all(nodes.iter().map(|n| async move {
+        count(&reader(n, auth), database, bucket_seconds)
+            .await
+            .with_context(|| format!("counting on node {} ({})", n.node_id, n.http_addr))
+    }))
+    .await
 }
 
 #[derive(Serialize)]
@@ -85,34 +123,15 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     if bucket_seconds == 0 {
         bail!("--bucket must be at least 1s");
     }
-    let auth = match (args.username, args.password) {
-        (Some(username), Some(password)) => InfluxAuth::Basic { username, password },
-        (None, None) => InfluxAuth::None,
-        _ => bail!("give both --username and --password (or INFLUX_USERNAME and INFLUX_PASSWORD), or neither"),
-    };
-    let nodes: Vec<_> = ctx
-        .manager
-        .list_nodes(cluster)
-        .await?
-        .into_iter()
-        .filter(|n| n.alive)
-        .collect();
+    let auth = args.credentials.auth()?;
+    let nodes = alive_nodes(ctx, cluster).await?;
     if nodes.len() < 2 {
         bail!(
             "cluster {cluster:?} has {} alive node(s): nothing to compare",
             nodes.len()
         );
     }
-    let counts = futures::future::try_join_all(nodes.iter().map(|n| {
-        let influxd = Influxd::new(&base_url(&n.http_addr), auth.clone());
-        let database = args.database.clone();
-        async move {
-            count(&influxd, database.as_deref(), bucket_seconds)
-                .await
-                .with_context(|| format!("counting on node {} ({})", n.node_id, n.http_addr))
-        }
-    }))
-    .await?;
+    let counts = count_nodes(&nodes, &auth, args.database.as_deref(), bucket_seconds).await?;
     let ids: Vec<String> = nodes.iter().map(|n| n.node_id.clone()).collect();
     let report = compare(cluster, &ids, &counts, bucket_seconds);
     ctx.output.print(&report, print_table)?;
@@ -123,112 +142,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// A node's `http_addr` as a URL (it may be given with its scheme).
-fn base_url(http_addr: &str) -> String {
-    if http_addr.contains("://") {
-        http_addr.to_owned()
-    } else {
-        format!("http://{http_addr}")
-    }
-}
-
-/// Every count of one node.
-async fn count(
-    influxd: &Influxd,
-    only: Option<&str>,
-    bucket_seconds: u64,
-) -> anyhow::Result<BTreeMap<Bucket, u64>> {
-    let mut out = BTreeMap::new();
-    let databases: Vec<String> = influxd
-        .databases(None)
-        .await?
-        .into_iter()
-        .filter(|d| d != "_internal" && only.is_none_or(|o| o == d))
-        .collect();
-    for database in databases {
-        let policies = influxd
-            .read(&format!(
-                "SHOW RETENTION POLICIES ON {}",
-                quote_ident(&database)
-            ))
-            .await?;
-        for policy in first_column(&policies) {
-            let statement = format!(
-                "SELECT COUNT(*) FROM {}.{}./.*/ WHERE time >= {MIN_TIME_NS} AND time <= {MAX_TIME_NS} GROUP BY time({bucket_seconds}s) fill(none)",
-                quote_ident(&database),
-                quote_ident(&policy),
-            );
-            let answer = influxd.read(&statement).await?;
-            for series in all_series(&answer) {
-                collect(&mut out, &database, &policy, series)?;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The series of the first statement's result.
-fn all_series(answer: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
-    answer["results"][0]["series"]
-        .as_array()
-        .into_iter()
-        .flatten()
-}
-
-/// The first column of every row of every series.
-fn first_column(answer: &serde_json::Value) -> Vec<String> {
-    all_series(answer)
-        .filter_map(|s| s["values"].as_array())
-        .flatten()
-        .filter_map(|row| row[0].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// The counts of one measurement's series (`time`, `count_<field>`…).
-fn collect(
-    out: &mut BTreeMap<Bucket, u64>,
-    database: &str,
-    policy: &str,
-    series: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let measurement = series["name"].as_str().context("a series without a name")?;
-    let columns: Vec<&str> = series["columns"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.as_str())
-        .collect();
-    for row in series["values"].as_array().into_iter().flatten() {
-        let start_ns = row[0].as_i64().context("a bucket without a time")?;
-        for (i, column) in columns.iter().enumerate().skip(1) {
-            let n = row[i].as_u64().unwrap_or(0);
-            if n == 0 {
-                continue;
-            }
-            let field = column.strip_prefix("count_").unwrap_or(column);
-            out.insert(
-                Bucket {
-                    database: database.to_owned(),
-                    policy: policy.to_owned(),
-                    measurement: measurement.to_owned(),
-                    field: field.to_owned(),
-                    start_ns,
-                },
-                n,
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Compares the nodes' counts, measurement by measurement.
-fn compare(
-    cluster: &str,
-    ids: &[String],
-    counts: &[BTreeMap<Bucket, u64>],
-    bucket_seconds: u64,
-) -> Report {
-    let buckets: BTreeSet<&Bucket> = counts.iter().flat_map(|c| c.keys()).collect();
+fn compare(cluster: &str, ids: &[String], counts: &[Counts], bucket_seconds: u64) -> Report {
+    let buckets: BTreeSet<_> = counts.iter().flat_map(|c| c.keys()).collect();
     // (database, policy, measurement) → per node totals, differing buckets.
     type Key = (String, String, String);
     let mut measured: BTreeMap<Key, (Vec<u64>, BTreeSet<i64>)> = BTreeMap::new();
@@ -336,20 +252,11 @@ fn print_table(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bucket(measurement: &str, field: &str, start_ns: i64) -> Bucket {
-        Bucket {
-            database: "db".into(),
-            policy: "autogen".into(),
-            measurement: measurement.into(),
-            field: field.into(),
-            start_ns,
-        }
-    }
+    use crate::agent::catch_up::counts::tests::bucket;
 
     #[test]
     fn equal_counts_are_the_same_and_a_missing_bucket_differs() {
-        let a: BTreeMap<Bucket, u64> = [
+        let a: Counts = [
             (bucket("cpu", "value", 0), 10),
             (bucket("cpu", "value", 86_400_000_000_000), 5),
             (bucket("mem", "free", 0), 3),
@@ -371,19 +278,5 @@ mod tests {
         assert_eq!((d.values["a"], d.values["b"]), (15, 10));
         assert_eq!(d.buckets_differing, 1);
         assert_eq!(d.first_differing_bucket, "1970-01-02T00:00:00Z");
-    }
-
-    #[test]
-    fn a_series_answer_is_counted_per_field_and_bucket() {
-        let series = serde_json::json!({
-            "name": "cpu",
-            "columns": ["time", "count_user", "count_idle"],
-            "values": [[0, 4, 4], [60_000_000_000i64, 2, 0]]
-        });
-        let mut out = BTreeMap::new();
-        collect(&mut out, "db", "autogen", &series).unwrap();
-        assert_eq!(out.len(), 3);
-        assert_eq!(out[&bucket("cpu", "user", 60_000_000_000)], 2);
-        assert!(!out.contains_key(&bucket("cpu", "idle", 60_000_000_000)));
     }
 }

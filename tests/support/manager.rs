@@ -78,6 +78,13 @@ impl Manager {
 
     /// [`Self::ctl`] with `CLUSTER` set to `cluster` (unset for `None`).
     pub fn ctl_in(&self, cluster: Option<&str>, args: &[&str]) -> std::process::Output {
+        self.ctl_command(cluster, args)
+            .output()
+            .expect("run cfluxctl")
+    }
+
+    /// The `cfluxctl` command [`Self::ctl_in`] runs, to spawn it instead.
+    pub fn ctl_command(&self, cluster: Option<&str>, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cfluxctl"));
         command
             .args(args)
@@ -91,7 +98,7 @@ impl Manager {
         if let Some(c) = cluster {
             command.env("CLUSTER", c);
         }
-        command.output().expect("run cfluxctl")
+        command
     }
 
     pub fn log(&self) -> String {

@@ -79,8 +79,8 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the queues are checked for entries past `--hh-max-age` (at
 /// least twice per max age).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
-const SIGNATURE_HEADER: &str = "x-cflux-signature";
-const TIMESTAMP_HEADER: &str = "x-cflux-timestamp";
+pub(crate) const SIGNATURE_HEADER: &str = "x-cflux-signature";
+pub(crate) const TIMESTAMP_HEADER: &str = "x-cflux-timestamp";
 
 /// One write as it travels to a peer and waits in a queue.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -1064,7 +1064,7 @@ fn refused_for_good(status: StatusCode, age: Duration, missing_database_wait: Du
 }
 
 /// HMAC-SHA256 over the timestamp and the body.
-fn sign(secret: &[u8], ts: u64, body: &[u8]) -> Vec<u8> {
+pub(crate) fn sign(secret: &[u8], ts: u64, body: &[u8]) -> Vec<u8> {
     mac(secret, ts, body).finalize().into_bytes().to_vec()
 }
 
