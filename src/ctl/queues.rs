@@ -19,7 +19,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
+use super::verify::{alive_nodes, Credentials};
 use super::{ClusterArg, Context};
+use crate::agent::catch_up::base_url;
+use crate::agent::config::InfluxAuth;
 use crate::agent::frontdoor::replication::{Queue, Queues, QUEUES_PATH};
 
 /// How long one node may take to answer.
@@ -29,12 +32,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Args {
     #[command(flatten)]
     pub cluster: ClusterArg,
-    /// An admin user (with auth on).
-    #[arg(long, short = 'u', env = "INFLUX_USERNAME")]
-    pub username: Option<String>,
-    /// That user's password (prefer the environment: flags show in `ps`).
-    #[arg(long, short = 'p', env = "INFLUX_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
+    /// An admin user, with auth on.
+    #[command(flatten)]
+    pub credentials: Credentials,
 }
 
 /// One alive node's answer.
@@ -52,18 +52,14 @@ struct NodeQueues {
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let cluster = &args.cluster.name;
     ctx.existing_cluster(cluster).await?;
-    let authorization = match (args.username, args.password) {
-        (Some(u), Some(p)) => Some(format!("Basic {}", STANDARD.encode(format!("{u}:{p}")))),
-        (None, None) => None,
-        _ => bail!("give both --username and --password (or INFLUX_USERNAME and INFLUX_PASSWORD), or neither"),
+    let authorization = match args.credentials.auth()? {
+        InfluxAuth::Basic { username, password } => Some(format!(
+            "Basic {}",
+            STANDARD.encode(format!("{username}:{password}"))
+        )),
+        _ => None,
     };
-    let nodes: Vec<_> = ctx
-        .manager
-        .list_nodes(cluster)
-        .await?
-        .into_iter()
-        .filter(|n| n.alive)
-        .collect();
+    let nodes = alive_nodes(ctx, cluster).await?;
     let http: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let answers = futures::future::join_all(
@@ -103,11 +99,7 @@ async fn ask(
     http_addr: &str,
     authorization: Option<&str>,
 ) -> anyhow::Result<Queues> {
-    let base = if http_addr.contains("://") {
-        http_addr.trim_end_matches('/').to_owned()
-    } else {
-        format!("http://{http_addr}")
-    };
+    let base = base_url(http_addr);
     let mut request = hyper::Request::get(format!("{base}{QUEUES_PATH}"));
     if let Some(a) = authorization {
         request = request.header(http::header::AUTHORIZATION, a);

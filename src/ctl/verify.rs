@@ -36,7 +36,7 @@ pub struct Args {
 /// The InfluxDB user commands that read (or write) points act as.
 #[derive(clap::Args, Debug)]
 pub struct Credentials {
-    /// A user that may read every database compared (with auth on).
+    /// The InfluxDB user to act as, with auth on: one that may read every database for verify, write as well for catch-up, an admin for queues.
     #[arg(long, short = 'u', env = "INFLUX_USERNAME")]
     pub username: Option<String>,
     /// That user's password (prefer the environment: flags show in `ps`).

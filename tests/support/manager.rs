@@ -93,6 +93,8 @@ impl Manager {
             .env_remove("CFLUX_TOKEN_FILE")
             .env_remove("CFLUX_CA")
             .env_remove("CLUSTER")
+            .env_remove("INFLUX_USERNAME")
+            .env_remove("INFLUX_PASSWORD")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null());
         if let Some(c) = cluster {
