@@ -1080,18 +1080,49 @@ fn mac(secret: &[u8], ts: u64, body: &[u8]) -> Hmac<sha2::Sha256> {
     mac
 }
 
-/// The lines of line protocol a write carries (0 when compressed).
+/// The lines of line protocol a write carries; a gzip body (the only
+/// encoding influxd takes) is decompressed to count them, and counts 0 if
+/// it cannot be (influxd took it, so that does not happen).
 fn count_points(hint: &Hint) -> u64 {
-    if hint.content_encoding.is_some() {
-        return 0;
+    let mut lines = LineCounter::default();
+    match hint.content_encoding.as_deref() {
+        None => lines.feed(&hint.body),
+        Some(e) if e.eq_ignore_ascii_case("gzip") => {
+            let mut decoder = flate2::read::GzDecoder::new(hint.body.as_ref());
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match std::io::Read::read(&mut decoder, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => lines.feed(&buf[..n]),
+                    Err(_) => return 0,
+                }
+            }
+        }
+        Some(_) => return 0,
     }
-    hint.body
-        .split(|b| *b == b'\n')
-        .filter(|l| {
-            let l = l.trim_ascii();
-            !l.is_empty() && !l.starts_with(b"#")
-        })
-        .count() as u64
+    lines.points
+}
+
+/// Counts the lines of line protocol (not blank, not a `#` comment) in a
+/// body fed in pieces.
+#[derive(Default)]
+struct LineCounter {
+    points: u64,
+    /// Whether the current line has been classified (counted or skipped).
+    decided: bool,
+}
+
+impl LineCounter {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.decided = false;
+            } else if !self.decided && !b.is_ascii_whitespace() {
+                self.decided = true;
+                self.points += u64::from(b != b'#');
+            }
+        }
+    }
 }
 
 /// `uri`'s path and query without the parameter `name`.
@@ -1141,6 +1172,25 @@ mod tests {
             ..Hint::default()
         };
         assert_eq!(count_points(&hint), 3);
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gzip, &hint.body).unwrap();
+        let compressed = Hint {
+            body: Bytes::from(gzip.finish().unwrap()),
+            content_encoding: Some("gzip".into()),
+            ..Hint::default()
+        };
+        assert_eq!(count_points(&compressed), 3, "a gzip body counts its lines");
+        let garbled = Hint {
+            body: Bytes::from_static(b"not gzip"),
+            content_encoding: Some("gzip".into()),
+            ..Hint::default()
+        };
+        assert_eq!(count_points(&garbled), 0);
+        let mut pieces = LineCounter::default();
+        for piece in [&b"cp"[..], b"u v=1\n  ", b"# c\n", b"\n m v=2"] {
+            pieces.feed(piece);
+        }
+        assert_eq!(pieces.points, 2, "lines split across pieces count once");
         let uri: http::Uri = "/write?db=x&consistency=all&rp=r".parse().unwrap();
         assert_eq!(without_param(&uri, "consistency"), "/write?db=x&rp=r");
         let uri: http::Uri = "/write?consistency=all".parse().unwrap();
