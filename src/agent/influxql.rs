@@ -127,6 +127,11 @@ impl Influxd {
         }
     }
 
+    /// How it authenticates.
+    pub fn auth(&self) -> &InfluxAuth {
+        &self.auth
+    }
+
     /// The server's base URL (`--influxdb-url`).
     pub fn url(&self) -> &str {
         &self.base
