@@ -113,7 +113,7 @@ pub async fn run(
         }
     }
     loop {
-        let wait = match check(&settings, &state, client, &influxd).await {
+        let wait = match check(&settings, &state, client, &influxd, settings.auto).await {
             Ok(()) => settings.check_interval,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check whether the node needs catch-up");
@@ -133,6 +133,7 @@ async fn check(
     state: &CatchUpState,
     client: &Client<InfluxdMeta>,
     influxd: &Influxd,
+    auto: bool,
 ) -> Result<(), String> {
     let Some(own) = client.node_id() else {
         return Err("not registered yet".to_owned());
@@ -175,7 +176,7 @@ async fn check(
     }
     client.report_catch_up(reason.as_deref().unwrap_or_default());
     state.set(reason);
-    if !(needed && settings.auto) {
+    if !(needed && auto) {
         return Ok(());
     }
     // The peer's counts again, in the copy's windows.
@@ -201,8 +202,9 @@ async fn check(
         refused = summary.writes_refused,
         "caught up"
     );
-    // Equal now? The next check says so at once.
-    Box::pin(check(settings, state, client, influxd)).await
+    // Equal now? Checked at once, without copying again: points the node
+    // refused would otherwise be copied over and over.
+    Box::pin(check(settings, state, client, influxd, false)).await
 }
 
 /// `influxd` acting as `admin` in shared-secret mode without a user of its own.
