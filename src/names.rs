@@ -97,6 +97,11 @@ pub fn validate_sync_report(history_id: &str, sync_error: &str) -> Result<(), Na
     bounded("sync_error", sync_error, MAX_SYNC_ERROR_BYTES)
 }
 
+/// The catch-up reason of a heartbeat: at most as long as a sync error.
+pub fn validate_catch_up(reason: &str) -> Result<(), NameError> {
+    bounded("catch_up", reason, MAX_SYNC_ERROR_BYTES)
+}
+
 /// A sync error as a node reports it: one line (control characters become
 /// spaces) of at most [`MAX_SYNC_ERROR_BYTES`], cut at a character boundary
 /// and marked with `…` when cut.

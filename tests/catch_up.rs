@@ -10,6 +10,9 @@
 //!   every count as written: nothing lost, nothing twice).
 //! - A catch-up killed mid-copy resumes from its checkpoint, copying what
 //!   was left and not what was copied, and the counts match.
+//! - A node joining a cluster that holds points says it needs catch-up
+//!   (its `/metrics`, `/health`, `cfluxctl status`) until it is caught up;
+//!   with `--auto-catch-up` it catches up by itself.
 
 mod support;
 
@@ -55,12 +58,19 @@ struct Cluster {
     manager: Manager,
     secret: PathBuf,
     dir: tempfile::TempDir,
+    /// More flags for every agent.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// A cluster of `n` nodes with an admin and the databases `databases`
     /// (and policy `week` on the first).
     async fn start(n: usize, databases: &[&str]) -> Cluster {
+        Cluster::start_with(n, databases, &[]).await
+    }
+
+    /// [`Cluster::start`] with more flags for every agent.
+    async fn start_with(n: usize, databases: &[&str], extra: &[&str]) -> Cluster {
         let manager = Manager::start_with(&["--heartbeat-interval", "300ms"]).await;
         let dir = tempfile::tempdir().expect("a temp dir");
         let secret = dir.path().join("replication.secret");
@@ -70,6 +80,7 @@ impl Cluster {
             manager,
             secret,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         cluster.add(n).await;
         let a = &cluster.members[0];
@@ -98,6 +109,7 @@ impl Cluster {
         let ports = free_ports(n);
         let secret = self.secret.display().to_string();
         let url = self.manager.url();
+        let extra = self.extra.clone();
         let nodes = start_nodes_with(n, &InfluxdOptions::auth(SECRET), |i| {
             let mut options = AgentOptions::new(&url, CLUSTER);
             options.args = vec![
@@ -107,6 +119,7 @@ impl Cluster {
                 "--replication-secret-file".into(),
                 secret.clone(),
             ];
+            options.args.extend(extra.iter().cloned());
             options
         })
         .await;
@@ -432,4 +445,105 @@ async fn an_interrupted_catch_up_resumes_from_its_checkpoint() {
 
     let values = cluster.wait_same("both nodes hold the same points").await;
     assert_eq!(values, vec![60_000, 60_000]);
+}
+
+/// The node's `cflux_node_needs_catch_up`.
+async fn needs_catch_up(node: &Node) -> Option<f64> {
+    metric(&node.agent.metrics().await, "cflux_node_needs_catch_up")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_needs_catch_up_until_it_is_caught_up() {
+    let mut cluster =
+        Cluster::start_with(1, &["metrics"], &["--catch-up-check-interval", "300ms"]).await;
+    let a = &cluster.members[0];
+    write_all(
+        &a.admin(),
+        "metrics",
+        "",
+        &points("cpu", T0, MINUTE, 5_000, cpu),
+    )
+    .await;
+    eventually(DEADLINE, "a lone node needs no catch-up", || async {
+        match needs_catch_up(&cluster.members[0].node).await {
+            Some(0.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cluster.add(1).await;
+    cluster.wait_ready(&["metrics"]).await;
+    let b_id = cluster.members[1].node_id().await;
+    let b = &cluster.members[1].node;
+    eventually(DEADLINE, "the new node says it needs catch-up", || async {
+        let health = b.agent.health().await.unwrap_or_default();
+        let reason = health["needs_catch_up"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match needs_catch_up(b).await {
+            Some(1.0) if reason.contains("10000 field values fewer") => Ok(()),
+            other => Err(format!("{other:?}, /health {health}")),
+        }
+    })
+    .await;
+    assert_eq!(needs_catch_up(&cluster.members[0].node).await, Some(0.0));
+    let status = eventually(DEADLINE, "status names it", || async {
+        let out = cluster.ctl(&["-o", "json", "status"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let named = json
+            .to_string()
+            .contains("needs catch-up: holds 10000 field values fewer");
+        if out.status.code() == Some(3) && named {
+            Ok(json)
+        } else {
+            Err(format!("exit {:?}: {json}", out.status.code()))
+        }
+    })
+    .await;
+    assert!(status.to_string().contains(&b_id), "{status}");
+
+    let out = cluster.ctl(&["catch-up", &b_id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    eventually(DEADLINE, "caught up, it says so", || async {
+        let status = cluster.ctl(&["status"]).status.code();
+        match (needs_catch_up(b).await, status) {
+            (Some(0.0), Some(0)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auto_catch_up_a_joining_node_fills_itself() {
+    let mut cluster = Cluster::start_with(
+        1,
+        &["metrics"],
+        &["--catch-up-check-interval", "300ms", "--auto-catch-up"],
+    )
+    .await;
+    write_all(
+        &cluster.members[0].admin(),
+        "metrics",
+        "",
+        &points("cpu", T0, MINUTE, 5_000, cpu),
+    )
+    .await;
+    cluster.add(1).await;
+    cluster.wait_ready(&["metrics"]).await;
+    let values = cluster.wait_same("the new node filled itself").await;
+    assert_eq!(values, vec![10_000, 10_000]);
+    let b = &cluster.members[1].node;
+    eventually(DEADLINE, "it no longer needs catch-up", || async {
+        let text = b.agent.metrics().await;
+        match (
+            metric(&text, "cflux_node_needs_catch_up"),
+            metric(&text, "cflux_node_catch_ups_total"),
+        ) {
+            (Some(0.0), Some(n)) if n >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }

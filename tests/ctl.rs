@@ -149,6 +149,7 @@ fn sync_state(applied_version: u64, history_id: &str, sync_error: &str) -> SyncS
         applied_version,
         applied_history_id: history_id.into(),
         sync_error: sync_error.into(),
+        catch_up: String::new(),
     }
 }
 

@@ -561,6 +561,7 @@ fn synced(version: u64) -> SyncReport {
         applied_version: version,
         applied_history_id: "h".into(),
         sync_error: String::new(),
+        catch_up: String::new(),
     }
 }
 

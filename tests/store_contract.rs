@@ -819,6 +819,7 @@ async fn sync_reports(s: Subject) {
         applied_version: 2,
         applied_history_id: history_id.clone(),
         sync_error: "pull: influxd refused a statement".into(),
+        catch_up: String::new(),
     };
     assert!(store
         .heartbeat(c, "n1", now_ms(), Some(behind.clone()))
@@ -846,6 +847,7 @@ async fn sync_reports(s: Subject) {
         applied_version: 9,
         applied_history_id: "another-history".into(),
         sync_error: String::new(),
+        catch_up: String::new(),
     };
     assert!(store
         .heartbeat(c, "n1", now_ms(), Some(elsewhere))

@@ -200,6 +200,7 @@ async fn nodes_that_report_nothing_are_unknown_and_legacy_listings_keep_their_sh
             applied_version: 0,
             applied_history_id: String::new(),
             sync_error: "pull: influxd is down".into(),
+            catch_up: String::new(),
         }),
     })
     .await
@@ -228,6 +229,7 @@ async fn nodes_that_report_nothing_are_unknown_and_legacy_listings_keep_their_sh
             node_id: grpc_id,
             sync: Some(SyncState {
                 sync_error: "e".repeat(513),
+                catch_up: String::new(),
                 ..SyncState::default()
             }),
         })

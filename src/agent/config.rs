@@ -166,7 +166,19 @@ pub struct AgentArgs {
     #[arg(long, env = "CFLUX_HH_MISSING_DATABASE_WAIT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde::option")]
     pub hh_missing_database_wait: Option<Duration>,
+
+    /// With --replicate: how often the node compares its points with a peer's, to tell whether it needs catch-up [default: 10m].
+    #[arg(long, env = "CFLUX_CATCH_UP_CHECK_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde::option")]
+    pub catch_up_check_interval: Option<Duration>,
+
+    /// With --replicate: a node that needs catch-up copies what it lacks from a peer by itself, as `cfluxctl catch-up` does.
+    #[arg(long, env = "CFLUX_AUTO_CATCH_UP", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub auto_catch_up: Option<bool>,
 }
+
+/// Default `--catch-up-check-interval`.
+pub const DEFAULT_CATCH_UP_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Default `--hh-max-size`: InfluxDB Enterprise's hinted-handoff `max-size`.
 pub const DEFAULT_HH_MAX_SIZE: u64 = 10 << 30;
@@ -224,6 +236,9 @@ pub struct ReplicationConfig {
     pub max_age: Duration,
     /// `--hh-missing-database-wait`.
     pub missing_database_wait: Duration,
+    /// `--catch-up-check-interval` and `--auto-catch-up`.
+    pub catch_up_check_interval: Duration,
+    pub auto_catch_up: bool,
 }
 
 /// The node's front door (see [`crate::agent::frontdoor`]).
@@ -350,10 +365,12 @@ impl AgentArgs {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "localhost".into()),
         };
+        let auto_catch_up = a.auto_catch_up.or(f.auto_catch_up).unwrap_or(false);
         let replication = match (
             a.replicate.or(f.replicate).unwrap_or(false),
             a.replication_secret_file.or(f.replication_secret_file),
         ) {
+            (false, _) if auto_catch_up => bail!("--auto-catch-up needs --replicate"),
             (false, _) => None,
             (true, None) => bail!("--replicate needs --replication-secret-file"),
             (true, Some(file)) => {
@@ -382,6 +399,11 @@ impl AgentArgs {
                         .hh_missing_database_wait
                         .or(f.hh_missing_database_wait)
                         .unwrap_or(DEFAULT_HH_MISSING_DATABASE_WAIT),
+                    catch_up_check_interval: a
+                        .catch_up_check_interval
+                        .or(f.catch_up_check_interval)
+                        .unwrap_or(DEFAULT_CATCH_UP_CHECK_INTERVAL),
+                    auto_catch_up,
                 })
             }
         };

@@ -127,6 +127,11 @@ impl Influxd {
         }
     }
 
+    /// How it authenticates.
+    pub fn auth(&self) -> &InfluxAuth {
+        &self.auth
+    }
+
     /// The server's base URL (`--influxdb-url`).
     pub fn url(&self) -> &str {
         &self.base
@@ -187,18 +192,6 @@ impl Influxd {
             .collect())
     }
 
-    /// Runs a read-only statement and returns influxd's answer, with times
-    /// as nanosecond integers.
-    pub async fn read(&self, statement: &str) -> Result<serde_json::Value, InfluxdError> {
-        let body = self
-            .query_with(statement, statement, None, "&epoch=ns")
-            .await?;
-        serde_json::from_slice(&body).map_err(|e| InfluxdError::Refused {
-            statement: statement.into(),
-            answer: format!("an answer that is not JSON: {e}"),
-        })
-    }
-
     /// Runs a read-only statement with `chunked=true` (times as nanosecond
     /// integers): the answer, read one chunk of at most `chunk_size` points
     /// at a time.
@@ -207,19 +200,8 @@ impl Influxd {
         statement: &str,
         chunk_size: usize,
     ) -> Result<Chunks, InfluxdError> {
-        let body = format!(
-            "q={}&epoch=ns&chunked=true&chunk_size={chunk_size}",
-            utf8_percent_encode(statement, NON_ALPHANUMERIC)
-        );
-        let url = format!("{}/query", self.base);
-        let mut req =
-            hyper::Request::post(&url).header("content-type", "application/x-www-form-urlencoded");
-        if let Some(a) = self.authorization(None) {
-            req = req.header("authorization", a);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|source| InfluxdError::Request { url, source })?;
+        let parameters = format!("&epoch=ns&chunked=true&chunk_size={chunk_size}");
+        let req = self.query_request(statement, &parameters, None)?;
         let response = tokio::time::timeout(TIMEOUT, self.http.request(req))
             .await
             .map_err(|_| InfluxdError::Timeout {
@@ -291,25 +273,14 @@ impl Influxd {
             .map_err(|_| InfluxdError::Timeout { base: base() })?
     }
 
-    /// Runs one InfluxQL statement and returns influxd's answer when it
-    /// holds no error.
-    async fn query(
+    /// `POST /query` of `statement` with more form parameters
+    /// (`&name=value…`), acting as `admin` in shared-secret mode.
+    fn query_request(
         &self,
         statement: &str,
-        shown: &str,
-        admin: Option<&str>,
-    ) -> Result<Bytes, InfluxdError> {
-        self.query_with(statement, shown, admin, "").await
-    }
-
-    /// [`Self::query`] with more form parameters (`&name=value…`).
-    async fn query_with(
-        &self,
-        statement: &str,
-        shown: &str,
-        admin: Option<&str>,
         parameters: &str,
-    ) -> Result<Bytes, InfluxdError> {
+        admin: Option<&str>,
+    ) -> Result<hyper::Request<Full<Bytes>>, InfluxdError> {
         let body = format!(
             "q={}{parameters}",
             utf8_percent_encode(statement, NON_ALPHANUMERIC)
@@ -320,9 +291,19 @@ impl Influxd {
         if let Some(a) = self.authorization(admin) {
             req = req.header("authorization", a);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|source| InfluxdError::Request { url, source })?;
+        req.body(Full::new(Bytes::from(body)))
+            .map_err(|source| InfluxdError::Request { url, source })
+    }
+
+    /// Runs one InfluxQL statement and returns influxd's answer when it
+    /// holds no error.
+    async fn query(
+        &self,
+        statement: &str,
+        shown: &str,
+        admin: Option<&str>,
+    ) -> Result<Bytes, InfluxdError> {
+        let req = self.query_request(statement, "", admin)?;
         let (status, body) = self.exchange(req).await?;
         let answer =
             query_error(&body).or_else(|| (!status.is_success()).then(|| format!("HTTP {status}")));

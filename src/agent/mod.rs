@@ -18,6 +18,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::catch_up::auto::{CatchUpSettings, CatchUpState};
 use crate::agent::config::{AgentConfig, InfluxAuth};
 use crate::agent::frontdoor::handoff::Limits;
 use crate::agent::frontdoor::replication::{Members, ReplicationSettings};
@@ -30,6 +31,8 @@ struct AgentState {
     client: Client<InfluxdMeta>,
     influxd: Influxd,
     frontdoor: Option<Arc<FrontDoor>>,
+    /// With `--replicate`: whether the node needs catch-up.
+    catch_up: Option<Arc<CatchUpState>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -118,10 +121,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         }
         None => None,
     };
+    let catch_up = config.replication.as_ref().map(|r| CatchUpSettings {
+        check_interval: r.catch_up_check_interval,
+        auto: r.auto_catch_up,
+        secret: r.secret.clone(),
+        checkpoint: config.state_dir.join("catch-up.json"),
+    });
     let state = Arc::new(AgentState {
         client,
         influxd,
         frontdoor: frontdoor.as_ref().map(|(door, _, _)| door.clone()),
+        catch_up: catch_up.as_ref().map(|_| Arc::default()),
     });
     let app = axum::Router::new()
         .route("/health", get(health))
@@ -148,11 +158,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 .await;
         }
     };
-    let (served, (), (), ()) = tokio::join!(
+    let check = async {
+        if let (Some(settings), Some(s)) = (catch_up, &state.catch_up) {
+            let influxd = state.influxd.clone();
+            catch_up::auto::run(
+                settings,
+                s.clone(),
+                &state.client,
+                influxd,
+                shutdown.clone(),
+            )
+            .await;
+        }
+    };
+    let (served, (), (), (), ()) = tokio::join!(
         async { server.await },
         state.client.run(shutdown.clone()),
         front,
-        follow
+        follow,
+        check
     );
     served.context("the health and metrics server failed")?;
     tracing::info!("agent stopped");
@@ -230,6 +254,7 @@ async fn health(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
         "seconds_since_sync": s.client.metrics().seconds_since_sync(),
         "influxdb": if up { "up" } else { "down" },
         "last_apply_error": s.client.meta().last_apply_error(),
+        "needs_catch_up": s.catch_up.as_ref().and_then(|c| c.reason()),
     });
     let code = if problems.is_empty() {
         StatusCode::OK
@@ -250,6 +275,9 @@ async fn metrics(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
             let mut text = s.client.metrics().render() + &s.client.meta().render_metrics();
             if let Some(door) = &s.frontdoor {
                 text.push_str(&door.render_metrics());
+            }
+            if let Some(c) = &s.catch_up {
+                text.push_str(&c.render_metrics());
             }
             text
         },

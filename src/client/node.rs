@@ -70,6 +70,9 @@ pub struct Client<M> {
     /// What the sync task last reported (`None` before it started), read by
     /// every heartbeat.
     sync_state: watch::Sender<Option<proto::SyncState>>,
+    /// Why the node needs catch-up (empty: it does not), as the agent last
+    /// found it; every heartbeat carries it in its sync state.
+    catch_up: std::sync::Mutex<String>,
     /// Read from the state directory once (when the client starts running),
     /// then kept here.
     node_id: watch::Sender<Option<String>>,
@@ -101,6 +104,7 @@ impl<M: MetaClient> Client<M> {
             health: NodeHealth::new(),
             observed: watch::channel(None).0,
             sync_state: watch::channel(None).0,
+            catch_up: std::sync::Mutex::default(),
             node_id: watch::channel(None).0,
             heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
         })
@@ -130,6 +134,13 @@ impl<M: MetaClient> Client<M> {
     /// version and history it applied, and why its last step failed.
     pub fn sync_state(&self) -> watch::Receiver<Option<proto::SyncState>> {
         self.sync_state.subscribe()
+    }
+
+    /// Why the node needs catch-up, for the next heartbeats (empty: it
+    /// does not), as one line of at most 512 bytes.
+    pub fn report_catch_up(&self, reason: &str) {
+        *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) =
+            crate::names::sync_error_line(reason);
     }
 
     pub(crate) fn report_sync_state(&self, state: proto::SyncState) {
@@ -218,7 +229,16 @@ impl<M: MetaClient> Client<M> {
                     node_id = Some(id);
                 }),
                 Some(id) => {
-                    let sync = self.sync_state.borrow().clone();
+                    let catch_up = self
+                        .catch_up
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    let sync = self
+                        .sync_state
+                        .borrow()
+                        .clone()
+                        .map(|s| proto::SyncState { catch_up, ..s });
                     match self
                         .manager
                         .heartbeat(&self.settings.cluster, id, sync)

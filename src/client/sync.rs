@@ -167,6 +167,7 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             applied_version: self.base.version,
             applied_history_id: self.base.history_id.clone(),
             sync_error: self.last_error.clone().unwrap_or_default(),
+            catch_up: String::new(),
         });
     }
 

@@ -145,7 +145,13 @@ fn cluster_status(
                 }
             }
         };
-        if let Some(problem) = problem {
+        // Holding fewer points than a peer is a problem of its own.
+        let catch_up = n
+            .sync
+            .as_ref()
+            .filter(|r| n.alive && !r.catch_up.is_empty())
+            .map(|r| format!("needs catch-up: {}", r.catch_up));
+        for problem in problem.into_iter().chain(catch_up) {
             s.problems.push(Problem {
                 node_id: n.node_id.clone(),
                 hostname: n.hostname.clone(),

@@ -161,6 +161,7 @@ fn node_message(n: ListedNode) -> proto::Node {
             applied_version: s.applied_version,
             applied_history_id: s.applied_history_id,
             sync_error: s.sync_error,
+            catch_up: s.catch_up,
         }),
         lag: n.lag,
     }
@@ -243,6 +244,7 @@ impl Clusterflux for GrpcService {
                 applied_version: s.applied_version,
                 applied_history_id: s.applied_history_id,
                 sync_error: s.sync_error,
+                catch_up: s.catch_up,
             });
             self.plane.heartbeat(&r.cluster, &r.node_id, sync).await?;
             Ok(proto::HeartbeatResponse {})

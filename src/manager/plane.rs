@@ -237,6 +237,7 @@ impl ControlPlane {
         validate_node_id(node_id)?;
         if let Some(s) = &sync {
             crate::names::validate_sync_report(&s.applied_history_id, &s.sync_error)?;
+            crate::names::validate_catch_up(&s.catch_up)?;
         }
         if self
             .call(self.store.heartbeat(cluster, node_id, now_ms(), sync))

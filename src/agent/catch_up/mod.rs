@@ -13,6 +13,7 @@
 //! with `cfluxctl verify`) and keeps a checkpoint per window, so an
 //! interrupted copy resumes where it stopped.
 
+pub mod auto;
 pub mod copy;
 pub mod counts;
 pub mod line_protocol;

@@ -45,6 +45,8 @@ pub struct NodeView {
     pub lag: Option<u64>,
     /// Why its last sync step failed; `None` while they succeed.
     pub sync_error: Option<String>,
+    /// Why it needs catch-up; `None` when it does not.
+    pub catch_up: Option<String>,
 }
 
 /// A listing stamped with the manager's clock, so a page can tell how long
@@ -85,6 +87,11 @@ impl Listing {
                         last_heartbeat_ms: r.last_heartbeat_ms,
                         applied_version: r.sync.as_ref().map(|s| s.applied_version),
                         lag: n.lag,
+                        catch_up: r
+                            .sync
+                            .as_ref()
+                            .map(|s| s.catch_up.clone())
+                            .filter(|c| !c.is_empty()),
                         sync_error: r.sync.map(|s| s.sync_error).filter(|e| !e.is_empty()),
                     }
                 })
@@ -336,6 +343,7 @@ mod tests {
             applied_version: 3,
             applied_history_id: "h".into(),
             sync_error: "pull: influxd is down".into(),
+            catch_up: String::new(),
         };
         let synced = SyncReport {
             sync_error: String::new(),

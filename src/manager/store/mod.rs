@@ -45,6 +45,10 @@ pub struct SyncReport {
     pub applied_history_id: String,
     /// Why the node's last sync step failed; empty while its steps succeed.
     pub sync_error: String,
+    /// Why the node needs catch-up; empty when it does not (or does not
+    /// check). Reports written before it existed decode as empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub catch_up: String,
 }
 
 impl SyncReport {
@@ -364,6 +368,7 @@ mod tests {
             applied_version: version,
             applied_history_id: history.into(),
             sync_error: String::new(),
+            catch_up: String::new(),
         };
         assert_eq!(report(7, "h1").lag(&current), Some(0));
         assert_eq!(report(4, "h1").lag(&current), Some(3));

@@ -168,7 +168,8 @@ function renderListing() {
       element("td", {}, n.version),
       element("td", { class: "applied" }, n.applied_version === null ? "" : "version " + n.applied_version),
       element("td", { class: "lag" }, lagText(n)),
-      element("td", { class: "sync-error" }, n.sync_error || ""))));
+      element("td", { class: "sync-error", "data-catch-up": n.catch_up || "" },
+        [n.sync_error, n.catch_up && "needs catch-up: " + n.catch_up].filter(Boolean).join("; ")))));
 }
 
 function renderHistory(history) {
