@@ -202,15 +202,7 @@ impl Influxd {
     ) -> Result<Chunks, InfluxdError> {
         let parameters = format!("&epoch=ns&chunked=true&chunk_size={chunk_size}");
         let req = self.query_request(statement, &parameters, None)?;
-        let response = tokio::time::timeout(TIMEOUT, self.http.request(req))
-            .await
-            .map_err(|_| InfluxdError::Timeout {
-                base: self.base.clone(),
-            })?
-            .map_err(|source| InfluxdError::Unreachable {
-                base: self.base.clone(),
-                source,
-            })?;
+        let response = send_within(&self.http, &self.base, TIMEOUT, req).await?;
         Chunks::from_response(response, &self.base, statement).await
     }
 
@@ -324,6 +316,25 @@ pub fn write_path(database: &str, policy: &str) -> String {
         utf8_percent_encode(database, NON_ALPHANUMERIC),
         utf8_percent_encode(policy, NON_ALPHANUMERIC)
     )
+}
+
+/// Sends `request` to the server at `base` on `http`; its answer's head
+/// within `within`.
+pub async fn send_within(
+    http: &Client<HttpConnector, Full<Bytes>>,
+    base: &str,
+    within: Duration,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, InfluxdError> {
+    tokio::time::timeout(within, http.request(request))
+        .await
+        .map_err(|_| InfluxdError::Timeout {
+            base: base.to_owned(),
+        })?
+        .map_err(|source| InfluxdError::Unreachable {
+            base: base.to_owned(),
+            source,
+        })
 }
 
 /// A `chunked=true` answer of `/query`: one JSON document a line, each

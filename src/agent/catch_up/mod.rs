@@ -30,7 +30,7 @@ use prost::Message;
 use crate::agent::frontdoor::replication::{
     self, Batch, Hint, QueryCall, Receipt, QUERY_PATH, REPLICATE_PATH,
 };
-use crate::agent::influxql::{write_path, Chunks, Influxd, InfluxdError};
+use crate::agent::influxql::{send_within, write_path, Chunks, Influxd, InfluxdError};
 use crate::clock::now_ms;
 
 /// Points per chunk of an export, and per whole read.
@@ -83,15 +83,7 @@ impl SignedNode {
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(body))
             .map_err(|source| InfluxdError::Request { url, source })?;
-        tokio::time::timeout(SIGNED_TIMEOUT, self.http.request(request))
-            .await
-            .map_err(|_| InfluxdError::Timeout {
-                base: self.base.clone(),
-            })?
-            .map_err(|source| InfluxdError::Unreachable {
-                base: self.base.clone(),
-                source,
-            })
+        send_within(&self.http, &self.base, SIGNED_TIMEOUT, request).await
     }
 
     async fn read_chunked(&self, statement: &str) -> Result<Chunks, InfluxdError> {
