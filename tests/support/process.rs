@@ -7,20 +7,30 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::Mutex;
 
 /// `n` distinct free 127.0.0.1 ports (all bound at once while choosing, so
-/// they differ, then released).
+/// they differ, then released), none handed out before in this process: a
+/// port chosen for a process not started yet is free again until it starts,
+/// and the kernel may offer it to the next caller.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let probes: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a probe port"))
-        .collect();
-    probes
-        .iter()
-        .map(|l| l.local_addr().expect("probe port address").port())
-        .collect()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut probes = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+        let port = probe.local_addr().expect("probe port address").port();
+        if handed_out.insert(port) {
+            ports.push(port);
+        }
+        probes.push(probe);
+    }
+    ports
 }
 
 /// A free 127.0.0.1 port (bound, then released).
