@@ -38,7 +38,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use cflux::clock::now_ms;
 use cflux::manager::store::embedded::EmbeddedStore;
-use cflux::manager::store::{CasOutcome, ChangeNote, NodeRecord, Store, StoreOptions};
+use cflux::manager::store::{NodeRecord, Store, StoreOptions};
 use cflux::proto;
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use tokio::sync::mpsc;
@@ -114,7 +114,14 @@ async fn bench() -> anyhow::Result<()> {
     .context("cannot open the embedded store")?;
     for c in CONCURRENCY {
         let via = grpc_pushes(manager.addr, c).await;
-        let direct = store_pushes(store.clone(), c).await;
+        let direct = common::store_pushes(
+            store.clone(),
+            THROUGHPUT_WINDOW,
+            &format!("bench-rate-{c}"),
+            c,
+            catalog(),
+        )
+        .await;
         print_rate("accepted CAS pushes/s", c, via, direct);
     }
     for c in CONCURRENCY {
@@ -383,26 +390,6 @@ async fn grpc_pushes(addr: SocketAddr, clients: usize) -> anyhow::Result<f64> {
             }
         },
     )
-    .await
-}
-
-async fn store_pushes(store: Arc<EmbeddedStore>, clients: usize) -> anyhow::Result<f64> {
-    let data = catalog();
-    let states = (0..clients)
-        .map(|i| (format!("bench-rate-{clients}-{i}"), 0))
-        .collect();
-    common::rate(THROUGHPUT_WINDOW, states, move |(cluster, version)| {
-        let (store, data) = (store.clone(), data.clone());
-        async move {
-            match store
-                .cas_meta(&cluster, version, "", data, ChangeNote::default())
-                .await?
-            {
-                CasOutcome::Accepted(v) => Ok((cluster, v)),
-                CasOutcome::Conflict(s) => bail!("store CAS conflicted at {}", s.version),
-            }
-        }
-    })
     .await
 }
 

@@ -69,7 +69,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cflux::manager::hub::Hub;
 use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::etcd::EtcdStore;
-use cflux::manager::store::{CasOutcome, ChangeNote, Store, StoreOptions};
+use cflux::manager::store::{Store, StoreOptions};
 use cflux::proto;
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use http_body_util::{BodyExt, Full};
@@ -1167,26 +1167,6 @@ async fn manager_pushes(addr: SocketAddr, clients: usize, tag: &str) -> anyhow::
     .await
 }
 
-async fn store_pushes(store: Arc<dyn Store>, clients: usize, tag: &str) -> anyhow::Result<f64> {
-    let data = catalog(0);
-    let states = (0..clients)
-        .map(|i| (format!("scale-rate-{tag}-{clients}-{i}"), 0))
-        .collect();
-    common::rate(PUSH_WINDOW, states, move |(cluster, version)| {
-        let (store, data) = (store.clone(), data.clone());
-        async move {
-            match store
-                .cas_meta(&cluster, version, "", data, ChangeNote::default())
-                .await?
-            {
-                CasOutcome::Accepted(v) => Ok((cluster, v)),
-                CasOutcome::Conflict(s) => bail!("store CAS conflicted at {}", s.version),
-            }
-        }
-    })
-    .await
-}
-
 /// Pushes/s through `manager` and straight on `store`, per client count:
 /// table rows and the lowest ratio. The two sides alternate in
 /// [`PUSH_PAIRS`] pairs of windows, the first side of each pair swapped
@@ -1214,7 +1194,14 @@ async fn compare_pushes(
                     via_usage = meter.usage();
                 } else {
                     let meter = Meter::start(others);
-                    direct = store_pushes(store.clone(), clients, &tag).await?;
+                    direct = common::store_pushes(
+                        store.clone(),
+                        PUSH_WINDOW,
+                        &format!("scale-rate-{tag}-{clients}"),
+                        clients,
+                        catalog(0),
+                    )
+                    .await?;
                     direct_usage = meter.usage();
                 }
             }

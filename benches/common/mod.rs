@@ -9,10 +9,12 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::Bytes;
+use cflux::manager::store::{CasOutcome, ChangeNote, Store};
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use cflux::proto::{self, push_meta_response};
 use tokio::task::JoinSet;
@@ -74,6 +76,31 @@ where
         end = end.max(stopped);
     }
     Ok(ops as f64 / end.duration_since(start).as_secs_f64())
+}
+
+/// Accepted compare-and-swaps per second of `data` straight on `store` for
+/// `window`: `clients` workers, each on its own cluster `{prefix}-{i}`.
+pub async fn store_pushes(
+    store: Arc<dyn Store>,
+    window: Duration,
+    prefix: &str,
+    clients: usize,
+    data: Bytes,
+) -> anyhow::Result<f64> {
+    let states = (0..clients).map(|i| (format!("{prefix}-{i}"), 0)).collect();
+    rate(window, states, move |(cluster, version)| {
+        let (store, data) = (store.clone(), data.clone());
+        async move {
+            match store
+                .cas_meta(&cluster, version, "", data, ChangeNote::default())
+                .await?
+            {
+                CasOutcome::Accepted(v) => Ok((cluster, v)),
+                CasOutcome::Conflict(s) => bail!("store CAS conflicted at {}", s.version),
+            }
+        }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
