@@ -297,7 +297,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_catalogs(&self) -> StoreResult<Vec<(String, u64)>>;
     /// The managers sharing this store (their advertised addresses).
     async fn list_managers(&self) -> StoreResult<Vec<String>>;
-    /// Answers quickly whether the store is reachable.
+    /// Answers quickly whether the store can serve every call right now
+    /// (reachable, and for etcd, this manager's liveness lease confirmed, so
+    /// a heartbeat would be recorded).
     async fn ping(&self) -> StoreResult<()>;
     /// Flushes and releases the store at shutdown.
     async fn close(&self);

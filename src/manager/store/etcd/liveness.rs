@@ -125,7 +125,7 @@ impl Liveness {
     }
 
     /// The lease, if etcd confirmed it within [`LEASE_CONFIRMED_WITHIN`].
-    fn confirmed_lease(&self) -> StoreResult<i64> {
+    pub(super) fn confirmed_lease(&self) -> StoreResult<i64> {
         let lease = self.lease()?;
         let since = self
             .confirmed

@@ -1530,7 +1530,11 @@ impl Store for EtcdStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.inner.closed()?;
-        self.inner.ping().await
+        self.inner.ping().await?;
+        // etcd answering is not enough: until the liveness lease is kept
+        // alive again (the lease loop may still be backing off), heartbeats
+        // would be refused.
+        self.inner.liveness.confirmed_lease().map(|_| ())
     }
 
     async fn close(&self) {
