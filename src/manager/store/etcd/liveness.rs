@@ -35,7 +35,7 @@ use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpRe
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{classify, parse_node, to_json, Inner, HEARTBEAT_RETRIES};
+use super::{parse_node, to_json, Inner, HEARTBEAT_RETRIES};
 use crate::manager::store::{NodeRecord, StoreError, StoreResult, SyncReport};
 
 /// Binds (or sweeps) written in one transaction at most; etcd refuses
@@ -572,14 +572,10 @@ impl Inner {
             Err(e) => return e,
         };
         loop {
-            let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return StoreError::unavailable("watch stream ended"),
-                Err(e) => return classify("watch", e).into_store("watch"),
+            let resp = match super::next_watch_response(&mut stream).await {
+                Ok(resp) => resp,
+                Err(e) => return e,
             };
-            if let Some(e) = super::watch_broken(&resp) {
-                return e;
-            }
             let mut beats = self.liveness.lock();
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };

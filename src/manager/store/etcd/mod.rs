@@ -1267,17 +1267,29 @@ impl Inner {
 // ---------------------------------------------------------------------------
 // The change feed
 
-/// Why a watch answer ends the watch (its history was compacted, etcd
-/// cancelled it), if it does.
-fn watch_broken(resp: &etcd_client::WatchResponse) -> Option<StoreError> {
+/// The next answer of a watch `stream`, or why the watch ended: the stream
+/// closed or failed, its history was compacted, or etcd cancelled it.
+async fn next_watch_response(
+    stream: &mut etcd_client::WatchStream,
+) -> Result<etcd_client::WatchResponse, StoreError> {
+    let resp = match stream.message().await {
+        Ok(Some(resp)) => resp,
+        Ok(None) => return Err(StoreError::unavailable("watch stream ended")),
+        Err(e) => return Err(classify("watch", e).into_store("watch")),
+    };
     if resp.compact_revision() != 0 {
-        return Some(StoreError::unavailable(format!(
+        return Err(StoreError::unavailable(format!(
             "watch history compacted up to revision {}",
             resp.compact_revision()
         )));
     }
-    resp.canceled()
-        .then(|| StoreError::unavailable(format!("watch cancelled: {}", resp.cancel_reason())))
+    if resp.canceled() {
+        return Err(StoreError::unavailable(format!(
+            "watch cancelled: {}",
+            resp.cancel_reason()
+        )));
+    }
+    Ok(resp)
 }
 
 impl Inner {
@@ -1375,14 +1387,10 @@ impl Inner {
             Err(e) => return e,
         };
         loop {
-            let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return StoreError::unavailable("watch stream ended"),
-                Err(e) => return classify("watch", e).into_store("watch"),
+            let resp = match next_watch_response(&mut stream).await {
+                Ok(resp) => resp,
+                Err(e) => return e,
             };
-            if let Some(e) = watch_broken(&resp) {
-                return e;
-            }
             // The newest head of each cluster in this batch.
             let mut latest: HashMap<String, (Head, i64)> = HashMap::new();
             for event in resp.events() {
