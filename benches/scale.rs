@@ -37,11 +37,11 @@
 //!   having the new version; the manager's RSS with every stream open and
 //!   its CPU per push.
 //!   Beside it, in the same run, the **bare TCP floor**: this binary
-//!   re-executed as a plain writer process (tokio, one task per connection
-//!   fed by a broadcast channel, as the manager's hub feeds its streams, but
-//!   no HTTP/2 and no gRPC) sends a frame of the same size to 10,000 plain
-//!   TCP connections, which the generator reads and times the same way: the
-//!   least any server on this machine could take for the same fan-out.
+//!   re-executed as a plain writer process (blocking writes in a loop, one
+//!   thread per CPU; no runtime, no HTTP/2, no gRPC) sends a frame of the
+//!   same size to 10,000 plain TCP connections, which the generator reads
+//!   and times the same way: the least any server on this machine could
+//!   take for the same fan-out.
 //! - **(d) Accepted pushes/s through the manager vs the store alone**, 1 and
 //!   4 clients, on the embedded store and on etcd: the same compare-and-swap
 //!   loop through gRPC and straight on an in-process store (a fresh
@@ -79,7 +79,7 @@ use cflux::proto;
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use prost::Message;
 use std::io::{BufRead, Write};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -126,7 +126,7 @@ const STREAMS_PER_CONNECTION: [usize; 2] = [1, 100];
 const FANOUT_PUSHES: usize = 100;
 /// The most opening every watch may take.
 const WATCH_SETUP_CAP: Duration = Duration::from_secs(120);
-/// Set (to the frame's size in bytes) when this binary runs as the floor's
+/// Set (to "FRAME_BYTES,CONNECTIONS") when this binary runs as the floor's
 /// writer process.
 const FLOOR_WRITER_ENV: &str = "CFLUX_SCALE_FLOOR_WRITER";
 /// The most one push (manager or floor) may take to reach every watcher.
@@ -141,7 +141,7 @@ const PUSH_PAIRS: usize = 7;
 
 fn main() -> anyhow::Result<()> {
     match std::env::var(FLOOR_WRITER_ENV) {
-        Ok(frame_bytes) => common::run(floor_writer(frame_bytes.parse()?)),
+        Ok(spec) => floor_writer(&spec),
         Err(_) => common::run(bench()),
     }
 }
@@ -940,7 +940,7 @@ fn cpu_per_push(meter: &Meter, name: &str) -> String {
 async fn bare_tcp_floor(frame_bytes: usize) -> anyhow::Result<(Vec<Duration>, String)> {
     let mut writer = FloorWriter(
         std::process::Command::new(std::env::current_exe()?)
-            .env(FLOOR_WRITER_ENV, frame_bytes.to_string())
+            .env(FLOOR_WRITER_ENV, format!("{frame_bytes},{WATCHERS}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -983,8 +983,8 @@ async fn bare_tcp_floor(frame_bytes: usize) -> anyhow::Result<(Vec<Duration>, St
     drop(tx);
     // A few bytes into a pipe nobody else writes: it does not block.
     let mut send = |round: usize| writeln!(control, "{round}");
-    // Round 0 is the warm-up: every connection has been accepted once it
-    // arrived everywhere.
+    // Round 0 is the warm-up (the writer reads it once it has accepted
+    // every connection).
     send(0)?;
     last_arrival(&mut rx, 0, WATCHERS, WATCH_SETUP_CAP)
         .await
@@ -1005,25 +1005,6 @@ async fn bare_tcp_floor(frame_bytes: usize) -> anyhow::Result<(Vec<Duration>, St
     Ok((last, per_push))
 }
 
-/// Accepts the floor's connections, each fed every frame by its own task.
-async fn feed_floor_connections(
-    listener: tokio::net::TcpListener,
-    frames: tokio::sync::broadcast::Sender<Bytes>,
-) -> anyhow::Result<()> {
-    loop {
-        let (mut tcp, _) = listener.accept().await?;
-        tcp.set_nodelay(true)?;
-        let mut rx = frames.subscribe();
-        tokio::spawn(async move {
-            while let Ok(frame) = rx.recv().await {
-                if tcp.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-}
-
 /// The floor's writer process, killed when dropped.
 struct FloorWriter(std::process::Child);
 
@@ -1034,33 +1015,46 @@ impl Drop for FloorWriter {
     }
 }
 
-/// The floor's writer process: prints the address it listens on, then
-/// sends one frame of `frame_bytes` (the round number first) to every
-/// accepted connection for each round number read from stdin, until stdin
-/// closes. One task per connection fed by a broadcast channel.
-async fn floor_writer(frame_bytes: usize) -> anyhow::Result<()> {
+/// The floor's writer process, for `spec` "FRAME_BYTES,CONNECTIONS": prints
+/// the address it listens on, accepts that many connections, then for each
+/// round number read from stdin writes one frame of `FRAME_BYTES` (the
+/// round number first) to every connection, until stdin closes. The writes
+/// are all it does: blocking writes in a loop on one thread per CPU, each
+/// over its share of the connections; no runtime, no tasks, no wake-ups.
+fn floor_writer(spec: &str) -> anyhow::Result<()> {
+    let (frame_bytes, connections) = spec
+        .split_once(',')
+        .and_then(|(f, c)| Some((f.parse::<usize>().ok()?, c.parse::<usize>().ok()?)))
+        .with_context(|| format!("{FLOOR_WRITER_ENV}={spec:?} is not FRAME_BYTES,CONNECTIONS"))?;
     if frame_bytes < 8 {
         bail!("a floor frame needs at least 8 bytes, not {frame_bytes}");
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     println!("{}", listener.local_addr()?);
-    let (frames, _) = tokio::sync::broadcast::channel::<Bytes>(16);
-    let accepting = tokio::spawn(feed_floor_connections(listener, frames.clone()));
-    let (rounds_tx, mut rounds) = mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines().map_while(Result::ok) {
-            if rounds_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(line) = rounds.recv().await {
-        let round: u64 = line.trim().parse().context("a round number")?;
-        let mut frame = BytesMut::zeroed(frame_bytes);
-        frame[..8].copy_from_slice(&round.to_be_bytes());
-        let _ = frames.send(frame.freeze());
+    let mut sockets = Vec::with_capacity(connections);
+    while sockets.len() < connections {
+        let (tcp, _) = listener.accept()?;
+        tcp.set_nodelay(true)?;
+        sockets.push(tcp);
     }
-    accepting.abort();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = connections.div_ceil(threads).max(1);
+    for line in std::io::stdin().lines() {
+        let round: u64 = line?.trim().parse().context("a round number")?;
+        let mut frame = vec![0; frame_bytes];
+        frame[..8].copy_from_slice(&round.to_be_bytes());
+        std::thread::scope(|scope| {
+            for part in sockets.chunks_mut(share) {
+                let frame = &frame;
+                scope.spawn(move || {
+                    for tcp in part {
+                        // A reader gone is the generator stopping.
+                        let _ = tcp.write_all(frame);
+                    }
+                });
+            }
+        });
+    }
     Ok(())
 }
 
