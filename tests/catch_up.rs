@@ -11,7 +11,8 @@
 //! - A catch-up killed mid-copy resumes from its checkpoint, copying what
 //!   was left and not what was copied, and the counts match.
 //! - A node joining a cluster that holds points says it needs catch-up
-//!   (its `/metrics`, `/health`, `cfluxctl status`) until it is caught up;
+//!   (its `/metrics`, `/health`, `cfluxctl status`, its row in the web
+//!   console, in a real browser) until it is caught up;
 //!   with `--auto-catch-up` it catches up by itself.
 
 mod support;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::agent::start_nodes_with;
+use support::browser::Browser;
 use support::influxd::{eventually, AgentOptions, InfluxApi, InfluxdOptions, Node};
 use support::process::free_ports;
 use support::{metric, Manager};
@@ -502,6 +504,27 @@ async fn a_joining_node_needs_catch_up_until_it_is_caught_up() {
     })
     .await;
     assert!(status.to_string().contains(&b_id), "{status}");
+    // So does its row in the web console, and only its row.
+    let a_id = cluster.members[0].node_id().await;
+    let mut browser = Browser::start();
+    browser.open(&cluster.manager.http_url("/"));
+    browser
+        .wait_for(
+            DEADLINE,
+            "the new node's row naming its catch-up",
+            &format!(
+                "return document.querySelector('{} .sync-error')?.textContent.includes('needs catch-up: holds 10000 field values fewer') === true",
+                console_row(&b_id)
+            ),
+        )
+        .await;
+    assert_eq!(
+        browser.eval(&format!(
+            "return document.querySelector('{} .sync-error')?.dataset.catchUp",
+            console_row(&a_id)
+        )),
+        serde_json::json!("")
+    );
 
     let out = cluster.ctl(&["catch-up", &b_id]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -513,6 +536,21 @@ async fn a_joining_node_needs_catch_up_until_it_is_caught_up() {
         }
     })
     .await;
+    browser
+        .wait_for(
+            DEADLINE,
+            "the new node's row without catch-up",
+            &format!(
+                "return document.querySelector('{} .sync-error')?.dataset.catchUp === ''",
+                console_row(&b_id)
+            ),
+        )
+        .await;
+}
+
+/// The web console's row of a node (CSS).
+fn console_row(node_id: &str) -> String {
+    format!("#nodes tbody tr[data-node-id=\"{node_id}\"]")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! - [`manager`]: a real `cflux-manager` ([`Manager`]);
 //! - [`influxd`]: real influxd servers and InfluxDB's HTTP API;
 //! - [`agent`]: `cflux-agent` beside an influxd, and nodes of both;
+//! - [`browser`]: a headless Chromium for the web console;
 //! - [`etcd`]: real etcd clusters;
 //! - [`process`]: free ports, clean environments, logs, CPU and memory;
 //! - [`catalog`]: valid `meta.Data` bytes that differ ([`meta`]);
@@ -15,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod browser;
 // Also included on its own, as `catalog_support`, by the store contract.
 #[allow(clippy::duplicate_mod)]
 pub mod catalog;
