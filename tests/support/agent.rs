@@ -11,7 +11,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,8 +22,8 @@ use super::influxd::{
     http_client, InfluxApi, Influxd, InfluxdOptions, LOG_TAIL_LINES, START_ATTEMPTS,
 };
 use super::process::{
-    clean_env, exited, free_port, kill_child, log_tail, port_is_free, process_usage, show_logs,
-    ProcessUsage,
+    clean_env, exited, free_port, kill_child, listens_on, log_tail, port_is_free, process_usage,
+    show_logs, ProcessUsage,
 };
 use super::wait::poll;
 
@@ -176,9 +176,7 @@ impl Agent {
                     log_tail(&self.log_path, 30)
                 ));
             }
-            if TcpStream::connect_timeout(&self.listen, Duration::from_millis(200)).is_ok()
-                && self.health().await.is_some()
-            {
+            if listens_on(self.pid(), self.listen.port()) && self.health().await.is_some() {
                 return Ok(());
             }
             if Instant::now() >= until {

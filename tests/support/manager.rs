@@ -8,7 +8,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use tonic::transport::Channel;
 
-use super::process::{clean_env, free_port, port_is_free};
+use super::process::{clean_env, free_port, listens_on, port_is_free};
 
 /// How long a manager may take to start serving.
 const START_DEADLINE: Duration = Duration::from_secs(10);
@@ -159,7 +159,7 @@ impl Manager {
                 self.child = None;
                 return Err(format!("exited with {status}; log:\n{}", self.log()));
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if listens_on(self.pid(), self.addr.port()) {
                 return Ok(());
             }
             if Instant::now() >= until {

@@ -38,6 +38,33 @@ pub fn free_port() -> u16 {
     free_ports(1)[0]
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port`
+/// (from `/proc`). Something answering on the port is not enough: another
+/// process may have bound it between choosing and starting.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    // Columns: sl, local address, remote address, state (0A: LISTEN), ..., inode.
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))
+                .flatten()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| sockets.iter().any(|s| target.to_str() == Some(s)))
+}
+
 /// Whether `port` on 127.0.0.1 can be bound right now.
 pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
