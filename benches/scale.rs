@@ -47,7 +47,11 @@
 //!   loop through gRPC and straight on an in-process store (a fresh
 //!   directory; on etcd, the same etcd under its own key prefix) in the same
 //!   run, alternating in pairs of short windows; the figure is the median of
-//!   the pairs' ratios.
+//!   the pairs' ratios. Beside it, each process's CPU per accepted push over
+//!   all windows of a side (metered once the clients are connected): the
+//!   manager's beside the store's own (the generator's on the store-alone
+//!   side), and the generator's per gRPC call, so a heavy client is seen
+//!   for what it is.
 //!
 //! Every phase is bounded in time; the whole run takes about six minutes.
 //! `CFLUX_SCALE_PHASES=c,d` runs only some phases; `CFLUX_SCALE_WINDOW=15m`
@@ -1070,15 +1074,22 @@ fn store_options() -> StoreOptions {
     }
 }
 
-async fn manager_pushes(addr: SocketAddr, clients: usize, tag: &str) -> anyhow::Result<f64> {
-    let mut states = Vec::new();
-    for i in 0..clients {
-        states.push((
-            client(connect(addr).await?),
-            format!("scale-rate-{tag}-{clients}-{i}"),
-            0,
-        ));
+/// `clients` gRPC clients of `addr`, one connection each.
+async fn push_clients(addr: SocketAddr, clients: usize) -> anyhow::Result<Vec<Client>> {
+    let mut out = Vec::new();
+    for _ in 0..clients {
+        out.push(client(connect(addr).await?));
     }
+    Ok(out)
+}
+
+/// Accepted pushes/s of `clients`, each to its own cluster `{prefix}-{i}`.
+async fn manager_pushes(clients: Vec<Client>, prefix: &str) -> anyhow::Result<f64> {
+    let states = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c, format!("{prefix}-{i}"), 0))
+        .collect();
     let data = catalog(0);
     common::rate(PUSH_WINDOW, states, move |(mut c, cluster, version)| {
         let data = data.clone();
@@ -1088,6 +1099,37 @@ async fn manager_pushes(addr: SocketAddr, clients: usize, tag: &str) -> anyhow::
         }
     })
     .await
+}
+
+/// One side's CPU over all its windows: seconds per process (the
+/// generator first), and the pushes they were spent on.
+#[derive(Default)]
+struct PushCpu {
+    seconds: Vec<(String, f64)>,
+    pushes: f64,
+}
+
+impl PushCpu {
+    /// Adds one window of `rate` pushes/s, metered from its start.
+    fn add(&mut self, meter: &Meter, rate: f64) {
+        self.pushes += rate * meter.start.elapsed().as_secs_f64();
+        for (name, _, _) in &meter.processes {
+            let cpu = meter.cpu_seconds(name).unwrap_or(0.0);
+            match self.seconds.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum += cpu,
+                None => self.seconds.push((name.clone(), cpu)),
+            }
+        }
+    }
+
+    /// CPU per push of each process, as one table cell.
+    fn cell(&self) -> String {
+        self.seconds
+            .iter()
+            .map(|(name, cpu)| format!("{name} {:.0} µs", cpu / self.pushes.max(1.0) * 1e6))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// Pushes/s through `manager` and straight on `store`, per client count:
@@ -1106,26 +1148,27 @@ async fn compare_pushes(
     with_manager.extend(others.iter().cloned());
     for clients in PUSH_CLIENTS {
         let (mut via_sum, mut direct_sum, mut ratios) = (0.0, 0.0, Vec::new());
-        let (mut via_usage, mut direct_usage) = (String::new(), String::new());
+        let (mut via_cpu, mut direct_cpu) = (PushCpu::default(), PushCpu::default());
         for pair in 0..PUSH_PAIRS {
             let (mut via, mut direct) = (0.0, 0.0);
             for side in 0..2 {
-                let tag = format!("{name}-{pair}-{side}");
+                let prefix = format!("scale-rate-{name}-{pair}-{side}-{clients}");
                 if (pair + side) % 2 == 0 {
+                    let connected = push_clients(manager.addr, clients).await?;
                     let meter = Meter::start(&with_manager);
-                    via = manager_pushes(manager.addr, clients, &tag).await?;
-                    via_usage = meter.usage();
+                    via = manager_pushes(connected, &prefix).await?;
+                    via_cpu.add(&meter, via);
                 } else {
                     let meter = Meter::start(others);
                     direct = common::store_pushes(
                         store.clone(),
                         PUSH_WINDOW,
-                        &format!("scale-rate-{tag}-{clients}"),
+                        &prefix,
                         clients,
                         catalog(0),
                     )
                     .await?;
-                    direct_usage = meter.usage();
+                    direct_cpu.add(&meter, direct);
                 }
             }
             via_sum += via;
@@ -1137,11 +1180,13 @@ async fn compare_pushes(
         lowest = Some(lowest.map_or(median, |l| l.min(median)));
         let pairs = PUSH_PAIRS as f64;
         println!(
-            "| {name} | {clients} | {:.0} /s | {:.0} /s | {median:.2} ({:.2}–{:.2}) | {via_usage} | {direct_usage} |",
+            "| {name} | {clients} | {:.0} /s | {:.0} /s | {median:.2} ({:.2}–{:.2}) | {} | {} |",
             via_sum / pairs,
             direct_sum / pairs,
             ratios[0],
-            ratios[ratios.len() - 1]
+            ratios[ratios.len() - 1],
+            via_cpu.cell(),
+            direct_cpu.cell()
         );
     }
     Ok(lowest)
@@ -1149,8 +1194,8 @@ async fn compare_pushes(
 
 async fn pushes() -> anyhow::Result<Vec<Figure>> {
     println!("## (d) Accepted pushes/s through the manager vs the store alone\n");
-    println!("The sides alternate in {PUSH_PAIRS} pairs of {PUSH_WINDOW:?} windows, which side goes first swapped every pair; rates are the means, the ratio is the median of the pairs' ratios (lowest–highest in brackets), CPU is over the last window of each side. Every client pushes a 4 KiB catalog to its own cluster, one compare-and-swap after another. The store alone runs in the generator's process.\n");
-    println!("| store | clients | via manager (gRPC) | store alone | manager ÷ store, median (range) | CPU via manager | CPU store alone |");
+    println!("The sides alternate in {PUSH_PAIRS} pairs of {PUSH_WINDOW:?} windows, which side goes first swapped every pair; rates are the means, the ratio is the median of the pairs' ratios (lowest–highest in brackets), CPU is per accepted push over all windows of each side. Every client pushes a 4 KiB catalog to its own cluster, one compare-and-swap after another. The store alone runs in the generator's process.\n");
+    println!("| store | clients | via manager (gRPC) | store alone | manager ÷ store, median (range) | CPU per push via manager | CPU per push store alone |");
     println!("|---|---:|---:|---:|---:|---|---|");
     let mut figures = Vec::new();
 

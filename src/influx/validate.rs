@@ -39,13 +39,15 @@ pub enum InvalidMeta {
     },
 }
 
-/// Checks that `bytes` are a valid `meta.Data` (see the module doc).
-pub fn validate_meta_data(bytes: &[u8]) -> Result<(), InvalidMeta> {
+/// Checks that `bytes` are a valid `meta.Data` (see the module doc); the
+/// decoded message, so a caller that reads it decodes the bytes once.
+pub fn validate_meta_data(bytes: &[u8]) -> Result<meta_pb::Data, InvalidMeta> {
     if bytes.is_empty() {
         return Err(InvalidMeta::Empty);
     }
-    meta_pb::Data::decode(bytes).map_err(InvalidMeta::Decode)?;
-    check(bytes, &DATA, "Data".to_owned())
+    let data = meta_pb::Data::decode(bytes).map_err(InvalidMeta::Decode)?;
+    check(bytes, &DATA, "Data".to_owned())?;
+    Ok(data)
 }
 
 /// The required fields and nested messages of one message type.

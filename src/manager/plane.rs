@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::clock::now_ms;
 use crate::influx::catalog::Catalog;
-use crate::influx::validate_meta_data;
+use crate::influx::{meta_pb, validate_meta_data};
 use crate::manager::hub::{Hub, Subscription};
 use crate::manager::metrics::Metrics;
 use crate::manager::store::{
@@ -89,6 +89,16 @@ pub struct CatalogPush {
 pub struct ListedNode {
     pub status: NodeStatus,
     pub lag: Option<u64>,
+}
+
+/// Where a catalog [`ControlPlane::publish_version`] publishes comes from,
+/// for its change note.
+enum Origin {
+    /// Pushed through a layer, as validation decoded it (the summary reads
+    /// it, so the pushed bytes are decoded once).
+    Pushed(meta_pb::Data),
+    /// A kept version, by number, published again (`RestoreVersion`).
+    Restored(u64),
 }
 
 /// A cluster's summary for listings.
@@ -356,8 +366,9 @@ impl ControlPlane {
                 self.limits.max_catalog_bytes
             )));
         }
-        validate_meta_data(&push.data).map_err(|e| PlaneError::InvalidArgument(with_causes(&e)))?;
-        self.publish_version(push, 0).await
+        let decoded = validate_meta_data(&push.data)
+            .map_err(|e| PlaneError::InvalidArgument(with_causes(&e)))?;
+        self.publish_version(push, Origin::Pushed(decoded)).await
     }
 
     /// The compare-and-swap of a valid catalog: the summary is computed
@@ -366,11 +377,7 @@ impl ControlPlane {
     /// manager accepted; the store is read only when that one is not the
     /// version the push expects (the swap refuses a stale one, so the
     /// summary is exact either way).
-    async fn publish_version(
-        &self,
-        push: CatalogPush,
-        restored_from: u64,
-    ) -> PlaneResult<CasOutcome> {
+    async fn publish_version(&self, push: CatalogPush, origin: Origin) -> PlaneResult<CasOutcome> {
         let cluster = push.cluster.as_str();
         let announced = self.hub.last_known(cluster).filter(|s| {
             s.version == push.expected_version
@@ -394,12 +401,10 @@ impl ControlPlane {
                 .map(|n| n.hostname)
                 .unwrap_or_default()
         };
-        let summary = if restored_from > 0 {
-            format!("restored version {restored_from}")
-        } else if current.version == 0 {
-            "initial catalog".to_owned()
-        } else {
-            describe_change(&current.data, &push.data)
+        let (summary, restored_from) = match origin {
+            Origin::Restored(version) => (format!("restored version {version}"), version),
+            Origin::Pushed(_) if current.version == 0 => ("initial catalog".to_owned(), 0),
+            Origin::Pushed(decoded) => (describe_change(&current.data, &decoded), 0),
         };
         let note = ChangeNote {
             changed_at_ms: now_ms(),
@@ -509,7 +514,7 @@ impl ControlPlane {
                     node_id: String::new(),
                     layer: Layer::Restore,
                 },
-                version,
+                Origin::Restored(version),
             )
             .await?;
         if let CasOutcome::Accepted(v) = outcome {
@@ -592,10 +597,11 @@ fn summary(name: &str) -> ClusterSummary {
     }
 }
 
-/// The summary of a change from `old` to `new` bytes; catalogs kept before
-/// validation existed may not decode.
-fn describe_change(old: &[u8], new: &[u8]) -> String {
-    match (Catalog::from_meta_bytes(old), Catalog::from_meta_bytes(new)) {
+/// The summary of a change from the `old` bytes to `new`, the pushed catalog
+/// as validation decoded it; catalogs kept before validation existed may not
+/// decode.
+fn describe_change(old: &[u8], new: &meta_pb::Data) -> String {
+    match (Catalog::from_meta_bytes(old), Catalog::from_meta(new)) {
         (Ok(from), Ok(to)) => summarize(&from, &to),
         _ => "catalog replaced".to_owned(),
     }
