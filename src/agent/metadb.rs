@@ -7,11 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use prost::Message;
-
 use crate::client::meta::MetaIdentity;
 use crate::influx::catalog::{Catalog, CatalogError};
-use crate::influx::{meta_pb, validate_meta_data, InvalidMeta};
+use crate::influx::{validate_meta_data, InvalidMeta};
 
 /// Why `meta.db` could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +54,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Catalog, MetaIdentity), MetaD
         path: path.to_owned(),
         source,
     };
-    validate_meta_data(bytes).map_err(invalid)?;
-    let data = meta_pb::Data::decode(bytes).map_err(|e| invalid(InvalidMeta::Decode(e)))?;
+    let data = validate_meta_data(bytes).map_err(invalid)?;
     let catalog = Catalog::from_meta(&data).map_err(|source| MetaDbError::Catalog {
         path: path.to_owned(),
         source,
@@ -73,6 +70,8 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Catalog, MetaIdentity), MetaD
 mod tests {
     use super::*;
     use crate::influx::catalog::{apply_to_meta, Database};
+    use crate::influx::meta_pb;
+    use prost::Message;
 
     fn path() -> PathBuf {
         PathBuf::from("/var/lib/influxdb/meta/meta.db")
