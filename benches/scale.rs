@@ -30,9 +30,10 @@
 //!   again 100 streams on each of 100 connections (the layout the issue's
 //!   first figure came from), read by this generator's own minimal HTTP/2
 //!   client (`scale/raw_watch.rs`: one task per connection, hyper's
-//!   client's flow-control windows), which takes about a third less CPU
-//!   per push than hyper's client, so the CPU left to the manager is
-//!   closer to what it would have with its watchers on other machines.
+//!   client's flow-control windows), lighter than hyper's client (in two
+//!   quiet runs the generator used 0.69 cores over the pushes where it had
+//!   used 0.88), so the CPU left to the manager is closer to what it would
+//!   have with its watchers on other machines.
 //!   Then pushes
 //!   one at a time, each timed from sending `PushMeta` to the last watcher
 //!   having the new version; the manager's RSS with every stream open and
