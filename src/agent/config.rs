@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::agent::frontdoor::consistency::Consistency;
 use crate::client::manager::{ManagerSettings, TransportKind};
 use crate::client::retry::RetrySettings;
 
@@ -167,6 +168,11 @@ pub struct AgentArgs {
     #[serde(default, with = "humantime_serde::option")]
     pub hh_missing_database_wait: Option<Duration>,
 
+    /// With --replicate: the consistency a write or a statement that changes points gets when the client names none (any, one, quorum, all); `all` makes a write readable at every alive node once acknowledged, as a load balancer spreading one client over several front doors needs [default: one].
+    #[arg(long, env = "CFLUX_DEFAULT_CONSISTENCY", value_parser = parse_consistency, value_name = "LEVEL")]
+    #[serde(default, deserialize_with = "consistency_option")]
+    pub default_consistency: Option<Consistency>,
+
     /// With --replicate: how often the node compares its points with a peer's, to tell whether it needs catch-up [default: 10m].
     #[arg(long, env = "CFLUX_CATCH_UP_CHECK_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde::option")]
@@ -212,6 +218,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    Consistency::parse(s).map_err(|e| e.to_string())
+}
+
+/// A TOML consistency level, as the flag takes it.
+fn consistency_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Consistency>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_consistency(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 /// A TOML size: a number of bytes or a string with a unit.
 fn size_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
@@ -236,6 +255,8 @@ pub struct ReplicationConfig {
     pub max_age: Duration,
     /// `--hh-missing-database-wait`.
     pub missing_database_wait: Duration,
+    /// `--default-consistency`.
+    pub default_consistency: Consistency,
     /// `--catch-up-check-interval` and `--auto-catch-up`.
     pub catch_up_check_interval: Duration,
     pub auto_catch_up: bool,
@@ -399,6 +420,10 @@ impl AgentArgs {
                         .hh_missing_database_wait
                         .or(f.hh_missing_database_wait)
                         .unwrap_or(DEFAULT_HH_MISSING_DATABASE_WAIT),
+                    default_consistency: a
+                        .default_consistency
+                        .or(f.default_consistency)
+                        .unwrap_or_default(),
                     catch_up_check_interval: a
                         .catch_up_check_interval
                         .or(f.catch_up_check_interval)

@@ -107,6 +107,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                         max_age: r.max_age,
                     },
                     missing_database_wait: r.missing_database_wait,
+                    default_consistency: r.default_consistency,
                     own_address: own.to_string(),
                 };
                 replication = Some(

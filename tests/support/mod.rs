@@ -8,6 +8,7 @@
 //! - [`browser`]: a headless Chromium for the web console;
 //! - [`etcd`]: real etcd clusters;
 //! - [`process`]: free ports, clean environments, logs, CPU and memory;
+//! - [`replicated`]: a replicating cluster of front doors ([`replicated::Cluster`]);
 //! - [`catalog`]: valid `meta.Data` bytes that differ ([`meta`]);
 //! - [`wait`]: waiting for a condition with a deadline ([`wait_until`],
 //!   [`eventually`]), never a fixed sleep;
@@ -26,6 +27,7 @@ pub mod etcd;
 pub mod influxd;
 pub mod manager;
 pub mod process;
+pub mod replicated;
 pub mod wait;
 
 #[allow(unused_imports)]

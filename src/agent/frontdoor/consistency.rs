@@ -30,23 +30,28 @@ pub enum Consistency {
 pub struct InvalidConsistency(pub String);
 
 impl Consistency {
-    /// The `consistency` parameter of a query string (absent: `one`).
-    pub fn from_query(query: Option<&str>) -> Result<Consistency, InvalidConsistency> {
+    /// The `consistency` parameter of a query string (absent: `default`).
+    pub fn from_query(
+        query: Option<&str>,
+        default: Consistency,
+    ) -> Result<Consistency, InvalidConsistency> {
         let value = query.and_then(|q| {
             q.split('&').find_map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 (k == "consistency").then_some(v)
             })
         });
-        match value {
-            None => Ok(Consistency::One),
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "any" => Ok(Consistency::Any),
-                "one" => Ok(Consistency::One),
-                "quorum" => Ok(Consistency::Quorum),
-                "all" => Ok(Consistency::All),
-                _ => Err(InvalidConsistency(v.to_owned())),
-            },
+        value.map_or(Ok(default), Consistency::parse)
+    }
+
+    /// `any`, `one`, `quorum` or `all`, in any case.
+    pub fn parse(value: &str) -> Result<Consistency, InvalidConsistency> {
+        match value.to_ascii_lowercase().as_str() {
+            "any" => Ok(Consistency::Any),
+            "one" => Ok(Consistency::One),
+            "quorum" => Ok(Consistency::Quorum),
+            "all" => Ok(Consistency::All),
+            _ => Err(InvalidConsistency(value.to_owned())),
         }
     }
 
@@ -185,16 +190,24 @@ mod tests {
 
     #[test]
     fn parsing_and_required_counts() {
-        assert_eq!(Consistency::from_query(None), Ok(Consistency::One));
         assert_eq!(
-            Consistency::from_query(Some("db=x&consistency=ALL")),
+            Consistency::from_query(None, Consistency::One),
+            Ok(Consistency::One)
+        );
+        assert_eq!(
+            Consistency::from_query(Some("db=x"), Consistency::All),
+            Ok(Consistency::All),
+            "the agent's default when the client names none"
+        );
+        assert_eq!(
+            Consistency::from_query(Some("db=x&consistency=ALL"), Consistency::One),
             Ok(Consistency::All)
         );
         assert_eq!(
-            Consistency::from_query(Some("consistency=quorum&db=x")),
+            Consistency::from_query(Some("consistency=quorum&db=x"), Consistency::All),
             Ok(Consistency::Quorum)
         );
-        assert!(Consistency::from_query(Some("consistency=most")).is_err());
+        assert!(Consistency::from_query(Some("consistency=most"), Consistency::One).is_err());
         assert_eq!(Consistency::Quorum.required(3), 2);
         assert_eq!(Consistency::Quorum.required(2), 2);
         assert_eq!(Consistency::All.required(3), 3);

@@ -56,6 +56,8 @@ pub mod handoff;
 pub mod metrics;
 pub mod proxy;
 pub mod replication;
+pub mod statements;
+pub mod timestamps;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -49,6 +49,11 @@ use crate::agent::frontdoor::consistency::{self, Consistency, Outcomes, Pending,
 use crate::agent::frontdoor::handoff::{Append, Committer, Handoff, HandoffError, Limits};
 use crate::agent::frontdoor::metrics::{ReplicationMetrics, UpstreamUnreachable};
 use crate::agent::frontdoor::proxy::Upstream;
+use crate::agent::frontdoor::statements::{self, Kind};
+use crate::agent::frontdoor::timestamps;
+use data_statements::QueryParams;
+
+mod data_statements;
 use crate::agent::influxql::sign_jwt;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
@@ -67,8 +72,13 @@ pub const SERVED_BY_HEADER: &str = "x-cflux-served-by";
 pub const LOCAL: &str = "(local)";
 /// The largest write body the front door buffers (influxd's own limit is 25 MB).
 pub const MAX_WRITE_BYTES: usize = 32 << 20;
+/// The largest decompressed gzip write the front door stamps.
+const MAX_PLAIN_WRITE_BYTES: usize = 4 * MAX_WRITE_BYTES;
 /// How long a write waits for its consistency (Enterprise's write-timeout).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for the first listing of the members when the
+/// front door starts with none remembered, before it is refused.
+const MEMBERS_WAIT: Duration = Duration::from_secs(10);
 /// How far a replication request's timestamp may be from the receiver's clock.
 const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 /// One delivery request takes at most this many writes, or this many bytes.
@@ -128,6 +138,9 @@ pub struct ReplicationSettings {
     /// have is answered "not yet" (the catalog may be behind) rather than
     /// refused for good (`--hh-missing-database-wait`).
     pub missing_database_wait: Duration,
+    /// The consistency of a write whose client names none
+    /// (`--default-consistency`).
+    pub default_consistency: Consistency,
     /// This front door, as its own `(local)` queue reaches it.
     pub own_address: String,
 }
@@ -176,6 +189,9 @@ pub struct Replication {
     pending: Arc<Pending>,
     /// Node ID → address: who new writes are queued for.
     members: RwLock<BTreeMap<String, String>>,
+    /// Whether `members` is known: listed by a manager, or remembered
+    /// from the last run. Until then writes wait, then are refused.
+    members_known: watch::Sender<bool>,
     /// This node's ID as a header value, once registered.
     own_id: RwLock<Option<HeaderValue>>,
     /// The peers listed alive.
@@ -192,6 +208,7 @@ pub struct Replication {
     /// How often queues are checked for entries past `--hh-max-age`.
     expiry_interval: Duration,
     missing_database_wait: Duration,
+    default_consistency: Consistency,
     /// The node's catalog: who may see the queues.
     catalog: watch::Receiver<Option<Arc<Catalog>>>,
     shutdown: CancellationToken,
@@ -240,6 +257,7 @@ impl Replication {
             handoff,
             committer,
             pending,
+            members_known: watch::Sender::new(!known.is_empty()),
             members: RwLock::new(known.clone()),
             own_id: RwLock::new(None),
             alive: RwLock::new(BTreeSet::new()),
@@ -254,6 +272,7 @@ impl Replication {
                 .min(limits.max_age / 2)
                 .max(Duration::from_millis(100)),
             missing_database_wait: settings.missing_database_wait,
+            default_consistency: settings.default_consistency,
             catalog,
             shutdown,
         });
@@ -298,6 +317,7 @@ impl Replication {
         *self.alive.write().unwrap_or_else(|e| e.into_inner()) = m.alive.clone();
         let changed = *self.members.read().unwrap_or_else(|e| e.into_inner()) != m.peers;
         if !changed {
+            self.members_known.send_replace(true);
             return;
         }
         tracing::info!(peers = ?m.peers, "replicating to these peers");
@@ -311,6 +331,7 @@ impl Replication {
         addresses.extend(m.peers.clone());
         self.set_addresses(addresses);
         let handoff = self.handoff.clone();
+        self.members_known.send_replace(true);
         let remembered =
             tokio::task::spawn_blocking(move || handoff.remember_peers(&m.peers)).await;
         if let Ok(Err(e)) = remembered {
@@ -419,19 +440,20 @@ impl Replication {
             .error(status, "the queues are shown to admin users only")
     }
 
-    /// A client's write: written here, queued for the peers, answered when
-    /// its consistency is reached.
+    /// A client's write: stamped where a line has no timestamp, written
+    /// here, queued for the peers, answered when its consistency is reached.
     async fn write(&self, request: Request, next: Next) -> Response {
-        let consistency = match Consistency::from_query(request.uri().query()) {
-            Ok(c) => c,
-            Err(e) => return self.identity.error(StatusCode::BAD_REQUEST, &e.to_string()),
-        };
+        let consistency =
+            match Consistency::from_query(request.uri().query(), self.default_consistency) {
+                Ok(c) => c,
+                Err(e) => return self.identity.error(StatusCode::BAD_REQUEST, &e.to_string()),
+            };
         let writer = request
             .extensions()
             .get::<Writer>()
             .cloned()
             .unwrap_or_default();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let body = match Limited::new(body, MAX_WRITE_BYTES).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -445,7 +467,11 @@ impl Replication {
                     .error(StatusCode::BAD_REQUEST, "cannot read the request body")
             }
         };
-        let mut hint = Hint {
+        if let Err(refused) = self.members_known().await {
+            return refused;
+        }
+        let body = stamp_lines(&mut parts, body);
+        let hint = Hint {
             path_and_query: without_param(&parts.uri, "consistency"),
             user: writer.user.clone(),
             content_encoding: parts
@@ -473,6 +499,30 @@ impl Replication {
         } else {
             return local;
         };
+        // A partial write is answered as influxd answered it, whatever the peers do.
+        let settle = status != StatusCode::BAD_REQUEST;
+        let points = count_points(&hint);
+        match self
+            .queue(hint, points, written_here, consistency, settle)
+            .await
+        {
+            Ok(()) if written_here => local,
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(error) => self.error(error),
+        }
+    }
+
+    /// Queues `hint` durably for every member (and for `(local)` when it
+    /// was not `written_here`) and, with `settle`, waits until
+    /// `consistency` is reached; the error to answer when it falls short.
+    async fn queue(
+        &self,
+        mut hint: Hint,
+        points: u64,
+        written_here: bool,
+        consistency: Consistency,
+        settle: bool,
+    ) -> Result<(), &'static str> {
         let mut targets: Vec<String> = self
             .members
             .read()
@@ -485,11 +535,10 @@ impl Replication {
             targets.push(LOCAL.to_owned());
         }
         if targets.is_empty() {
-            return local;
+            return Ok(());
         }
         // Replication lag counts from the moment this node holds the write.
         hint.queued_at_ms = now_ms();
-        let points = count_points(&hint);
         let append = Append {
             hint: hint.encode_to_vec(),
             points,
@@ -502,7 +551,7 @@ impl Replication {
             Err(e) => {
                 tracing::error!(error = %with_causes(e.as_ref()), "cannot queue a write for the peers");
                 self.metrics.write_answered(consistency, "queue_failed");
-                return self.error(if written_here {
+                return Err(if written_here {
                     "partial write"
                 } else {
                     "write failed"
@@ -514,9 +563,9 @@ impl Replication {
             tracing::warn!(%peer, points, "the peer's hinted-handoff queue is full (--hh-max-size): the write is not queued for it");
         }
         self.wake(&appended.queued);
-        if status == StatusCode::BAD_REQUEST {
+        if !settle {
             self.pending.forget(appended.seq);
-            return local;
+            return Ok(());
         }
         let queued: BTreeSet<String> = appended.queued.iter().cloned().collect();
         let verdict = consistency::settle(
@@ -531,11 +580,22 @@ impl Replication {
         self.pending.forget(appended.seq);
         self.metrics
             .write_answered(consistency, verdict.error().unwrap_or("ok"));
-        match verdict.error() {
-            None if written_here => local,
-            None => StatusCode::NO_CONTENT.into_response(),
-            Some(error) => self.error(error),
+        verdict.error().map_or(Ok(()), Err)
+    }
+
+    /// Waits (up to [`MEMBERS_WAIT`]) until the members are known, so that
+    /// no write is acknowledged on this node alone; a 503 after that.
+    async fn members_known(&self) -> Result<(), Response> {
+        let mut known = self.members_known.subscribe();
+        let waited = tokio::time::timeout(MEMBERS_WAIT, known.wait_for(|k| *k)).await;
+        if matches!(waited, Ok(Ok(_))) {
+            return Ok(());
         }
+        Err(self.identity.error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this front door does not know its cluster's members yet (no manager has listed them): \
+             a write here could not be replicated, so it is refused; try again shortly",
+        ))
     }
 
     /// Enterprise's answer to a write that fell short: 500 `{"error":…}`.
@@ -628,6 +688,16 @@ impl Replication {
                     .error(StatusCode::BAD_REQUEST, "cannot read the request body")
             }
         };
+        let params = QueryParams::read(&parts, &body);
+        let statements = params.get("q").map(statements::split).unwrap_or_default();
+        if statements
+            .iter()
+            .any(|s| s.kind.is_replicated() || s.kind == Kind::DropShard)
+        {
+            return self
+                .data_statements(parts, body, params, statements, next)
+                .await;
+        }
         let call = QueryCall {
             method: parts.method.to_string(),
             path_and_query: parts
@@ -736,7 +806,10 @@ impl Replication {
         while i < hints.len() {
             let first = &hints[i];
             let mut end = i + 1;
-            if first.content_encoding.is_none() {
+            // Line protocol of the same target and user goes as one request;
+            // Prometheus bodies and statements one by one.
+            let lines = matches!(path_of(first), "/write" | "/api/v2/write");
+            if first.content_encoding.is_none() && lines {
                 while end < hints.len()
                     && hints[end].content_encoding.is_none()
                     && hints[end].path_and_query == first.path_and_query
@@ -763,7 +836,10 @@ impl Replication {
     /// `Ok(true)` written, `Ok(false)` refused for good, `Err` not now.
     async fn write_run(&self, run: &[Hint]) -> Result<bool, String> {
         let first = &run[0];
-        let path = first.path_and_query.split('?').next().unwrap_or_default();
+        let path = path_of(first);
+        if path == "/query" {
+            return self.run_statement(first).await;
+        }
         if !is_write_path(path) {
             return Ok(false);
         }
@@ -1048,8 +1124,61 @@ pub async fn receive(State(replication): State<Arc<Replication>>, request: Reque
     replication.receive(request).await
 }
 
+fn path_of(hint: &Hint) -> &str {
+    hint.path_and_query.split('?').next().unwrap_or_default()
+}
+
+/// The write paths of influxd's API: line protocol (1.x and the 2.x
+/// compatibility API) and Prometheus remote write.
 fn is_write_path(path: &str) -> bool {
-    path == "/write" || path == "/api/v2/write"
+    path == "/write" || path == "/api/v2/write" || path == PROM_WRITE_PATH
+}
+
+const PROM_WRITE_PATH: &str = "/api/v1/prom/write";
+
+/// A line-protocol write's body with every line that has no timestamp
+/// stamped with this instant in the request's precision ([`timestamps`]);
+/// a gzip body that needs stamps is sent on decompressed. Prometheus
+/// samples always carry their time.
+fn stamp_lines(parts: &mut http::request::Parts, body: Bytes) -> Bytes {
+    if parts.uri.path() == PROM_WRITE_PATH {
+        return body;
+    }
+    let Some(unit) = timestamps::precision_ns(parts.uri.query()) else {
+        return body;
+    };
+    let now = now_ns() / unit;
+    let gzip = match parts.headers.get(header::CONTENT_ENCODING) {
+        None => false,
+        Some(e) if e.as_bytes().eq_ignore_ascii_case(b"gzip") => true,
+        // An encoding influxd refuses: left for it to answer.
+        Some(_) => return body,
+    };
+    let stamped = if gzip {
+        // A body past the limit, or not gzip after all, is left for influxd.
+        let limit = MAX_PLAIN_WRITE_BYTES as u64;
+        let mut plain = Vec::new();
+        let decoder = flate2::read::GzDecoder::new(body.as_ref());
+        match std::io::Read::read_to_end(&mut std::io::Read::take(decoder, limit + 1), &mut plain) {
+            Ok(n) if (n as u64) <= limit => timestamps::stamp(&plain, now),
+            _ => None,
+        }
+    } else {
+        timestamps::stamp(&body, now)
+    };
+    let Some(stamped) = stamped else {
+        return body;
+    };
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    stamped
+}
+
+/// Now, in nanoseconds since the epoch.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Whether influxd's answer `status` (not 2xx) to a peer's write queued

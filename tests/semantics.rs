@@ -1,0 +1,364 @@
+//! The replicated cluster keeps InfluxDB's meaning, against real processes:
+//! a manager and three `auth-enabled` influxd servers behind their agents
+//! with `--replicate`; clients talk only to the front doors, and what each
+//! node stores is read from its influxd directly.
+//!
+//! - `DELETE`, `DROP SERIES` and `DROP MEASUREMENT`, each at a different
+//!   front door, remove the same points on every node and nothing else;
+//!   `SELECT … INTO` stores its result on every node; a Prometheus remote
+//!   write reaches every node; `DROP SHARD` is refused.
+//! - A deletion taken while a node's influxd is down, with writes before
+//!   and after it, reaches that node in order once it is back, across a
+//!   SIGKILL of the agent that took it.
+//! - Points written without a timestamp are the same points on every node.
+//! - Writes from the first moment the agents run are on every node.
+//!
+//! Conditions are awaited with deadlines, never fixed sleeps.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::agent::start_nodes_with;
+use support::influxd::{eventually, AgentOptions, InfluxApi, InfluxdOptions};
+use support::process::free_ports;
+use support::replicated::*;
+use support::Manager;
+
+const ADMIN: (&str, &str) = ("admin", ADMIN_PW);
+
+/// A statement through `door` as the admin: the status and the answer.
+async fn statement(door: &str, q: &str) -> (u16, Value) {
+    InfluxApi::new(door)
+        .login(ADMIN.0, ADMIN.1)
+        .raw_query(q, Some(DB))
+        .await
+}
+
+/// `q` through `door`, which must succeed.
+async fn run(door: &str, q: &str) {
+    let (status, answer) = statement(door, q).await;
+    assert_eq!(status, 200, "{q}: {answer}");
+    assert!(
+        answer["results"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r.get("error").is_none())),
+        "{q}: {answer}"
+    );
+}
+
+/// The points of every node's `measurement` matching `condition`, counted
+/// on each influxd, must become `want` everywhere.
+async fn wait_everywhere(c: &Cluster, measurement: &str, condition: &str, want: u64) {
+    for n in &c.nodes {
+        eventually(
+            DEADLINE,
+            &format!("{want} points of {measurement} {condition} on {}", n.door),
+            || async {
+                let have = count_where(n, measurement, condition).await;
+                if have == want {
+                    Ok(())
+                } else {
+                    Err(format!("{have} points"))
+                }
+            },
+        )
+        .await;
+    }
+}
+
+async fn count_where(n: &Node, measurement: &str, condition: &str) -> u64 {
+    n.node
+        .influxd
+        .api()
+        .jwt(SECRET, "admin")
+        .select_number(
+            DB,
+            &format!("SELECT count(v) FROM {measurement} {condition}"),
+        )
+        .await
+        .map_or(0, |v| v as u64)
+}
+
+/// Every node's points of `measurement`, as `(tags and time)` rows read
+/// from its influxd.
+async fn rows(n: &Node, measurement: &str) -> BTreeSet<String> {
+    let series = n
+        .node
+        .influxd
+        .api()
+        .jwt(SECRET, "admin")
+        .try_query_db(&format!("SELECT * FROM {measurement}"), Some(DB))
+        .await
+        .unwrap_or_default();
+    series
+        .iter()
+        .flat_map(|s| {
+            s.values
+                .iter()
+                .map(|row| Value::Array(row.clone()).to_string())
+        })
+        .collect()
+}
+
+fn tagged(measurement: &str, tag: &str, from: u64, count: u64) -> String {
+    (from..from + count)
+        .map(|t| format!("{measurement},host={tag} v={t} {t}\n"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_statements_at_any_front_door_apply_on_every_node_and_nothing_else() {
+    let c = Cluster::start(3, |_| Vec::new()).await;
+    let [a, b, cc] = [&c.nodes[0], &c.nodes[1], &c.nodes[2]];
+    let mut body = String::new();
+    for host in ["h1", "h2", "h3"] {
+        body += &tagged("cpu", host, 1, 100);
+        body += &tagged("mem", host, 1, 100);
+        body += &tagged("src", host, 0, 100);
+    }
+    body += &tagged("disk", "h1", 1, 100);
+    let (status, answer) = write(&a.door, WRITER, "", body).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    for (m, n) in [("cpu", 300), ("mem", 300), ("src", 300), ("disk", 100)] {
+        wait_everywhere(&c, m, "", n).await;
+    }
+
+    // DELETE at B: h1's cpu points, on every node, and nothing else.
+    run(&b.door, "DELETE FROM cpu WHERE host = 'h1'").await;
+    wait_everywhere(&c, "cpu", "WHERE host = 'h1'", 0).await;
+    // DROP SERIES at C: h2's cpu series.
+    run(&cc.door, "DROP SERIES FROM cpu WHERE host = 'h2'").await;
+    wait_everywhere(&c, "cpu", "WHERE host = 'h2'", 0).await;
+    // DROP MEASUREMENT at A, in one query with a read.
+    run(&a.door, "SELECT count(v) FROM disk; DROP MEASUREMENT mem").await;
+    wait_everywhere(&c, "mem", "", 0).await;
+    for n in &c.nodes {
+        assert_eq!(
+            count_where(n, "cpu", "WHERE host = 'h3'").await,
+            100,
+            "{}",
+            n.door
+        );
+        assert_eq!(count_where(n, "disk", "").await, 100, "{}", n.door);
+        assert_eq!(count_where(n, "src", "").await, 300, "{}", n.door);
+    }
+
+    // A write after a delete survives it everywhere; one before does not.
+    let (status, answer) = write(&a.door, WRITER, "", tagged("cpu", "h1", 200, 10)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    wait_everywhere(&c, "cpu", "WHERE host = 'h1'", 10).await;
+
+    // SELECT … INTO at B: the rolled-up points are on every node.
+    run(
+        &b.door,
+        &format!(
+            "SELECT max(v) INTO {DB}.autogen.rollup FROM src \
+             WHERE time >= 0 AND time < 100s GROUP BY time(10s), *"
+        ),
+    )
+    .await;
+    for n in &c.nodes {
+        eventually(DEADLINE, &format!("the rollup on {}", n.door), || async {
+            let have = n
+                .node
+                .influxd
+                .api()
+                .jwt(SECRET, "admin")
+                .select_number(DB, "SELECT count(max) FROM rollup")
+                .await;
+            if have == Some(30.0) {
+                Ok(())
+            } else {
+                Err(format!("{have:?} rolled-up points"))
+            }
+        })
+        .await;
+    }
+    let rollup = rows(a, "rollup").await;
+    assert_eq!(rollup.len(), 30);
+    for n in [b, cc] {
+        assert_eq!(
+            rows(n, "rollup").await,
+            rollup,
+            "the same rollup on {}",
+            n.door
+        );
+    }
+
+    // DROP SHARD: refused, with the reason, and nothing dropped anywhere.
+    let (status, answer) = statement(&cc.door, "DROP SHARD 1").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.to_string().contains("DROP SHARD is refused"),
+        "{answer}"
+    );
+    for n in &c.nodes {
+        assert_eq!(count_where(n, "src", "").await, 300, "{}", n.door);
+    }
+
+    // A statement that fails here is not sent on.
+    let (status, answer) = statement(&a.door, "DELETE FROM cpu WHERE nonsense =~ ").await;
+    assert_eq!(status, 400, "{answer}");
+    for n in &c.nodes {
+        assert_eq!(count_where(n, "cpu", "").await, 110, "{}", n.door);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_reaches_a_node_that_was_down_in_order_with_the_writes_around_it() {
+    let mut c = Cluster::start(3, |_| Vec::new()).await;
+    c.nodes[2].node.influxd.kill();
+    let door = c.nodes[0].door.clone();
+    // Before the delete: gone everywhere once it arrives. After: kept.
+    let (status, answer) = write(&door, WRITER, "", tagged("cpu", "before", 1, 50)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    run(&door, "DELETE FROM cpu WHERE time < now()").await;
+    let (status, answer) = write(&door, WRITER, "", tagged("cpu", "after", 100, 50)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let (status, answer) = write(&door, WRITER, "", tagged("other", "kept", 1, 20)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+
+    // The agent that took them dies before C is back: its queue holds them.
+    c.nodes[0].node.agent.kill();
+    c.nodes[0].node.agent.start_again().await;
+    c.nodes[2].node.influxd.start_again().await;
+    wait_everywhere(&c, "cpu", "WHERE host = 'after'", 50).await;
+    wait_everywhere(&c, "other", "", 20).await;
+    for n in &c.nodes {
+        assert_eq!(
+            count_where(n, "cpu", "WHERE host = 'before'").await,
+            0,
+            "{}",
+            n.door
+        );
+        assert_eq!(count_where(n, "cpu", "").await, 50, "{}", n.door);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_without_a_timestamp_are_the_same_point_on_every_node() {
+    let c = Cluster::start(3, |_| Vec::new()).await;
+    let body: String = (0..2000)
+        .map(|i| format!("stamped,i={i} v={i}\n"))
+        .collect();
+    let (status, answer) = write(&c.nodes[1].door, WRITER, "", body).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    // Seconds precision (`write` asks for it): one instant, in seconds.
+    wait_everywhere(&c, "stamped", "", 2000).await;
+    let stored = rows(&c.nodes[1], "stamped").await;
+    assert_eq!(stored.len(), 2000);
+    for n in &c.nodes {
+        assert_eq!(rows(n, "stamped").await, stored, "{}", n.door);
+    }
+    // Nanoseconds, gzip: stamped once too.
+    let lines: String = (0..500).map(|i| format!("gz,i={i} v={i}\n")).collect();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gzip, lines.as_bytes()).expect("gzip");
+    let r = reqwest::Client::new()
+        .post(format!("{}/write?db={DB}", c.nodes[2].door))
+        .basic_auth(WRITER.0, Some(WRITER.1))
+        .header("content-encoding", "gzip")
+        .body(gzip.finish().expect("gzip"))
+        .send()
+        .await
+        .expect("the front door answers");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    wait_everywhere(&c, "gz", "", 500).await;
+    let stored = rows(&c.nodes[2], "gz").await;
+    for n in &c.nodes {
+        assert_eq!(rows(n, "gz").await, stored, "{}", n.door);
+    }
+}
+
+/// Three nodes, auth off, replicating; nothing waited for.
+async fn start_open(manager: &Manager, secret: &std::path::Path) -> Vec<Node> {
+    let ports = free_ports(3);
+    let nodes = start_nodes_with(3, &InfluxdOptions::default(), |i| {
+        let mut options = AgentOptions::new(&manager.url(), "open");
+        options.args = vec![
+            "--frontdoor-listen".into(),
+            format!("127.0.0.1:{}", ports[i]),
+            "--replicate".into(),
+            "--replication-secret-file".into(),
+            secret.display().to_string(),
+        ];
+        options
+    })
+    .await;
+    nodes
+        .into_iter()
+        .zip(ports)
+        .map(|(node, port)| Node {
+            door: format!("http://127.0.0.1:{port}"),
+            node,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_from_the_first_moment_are_on_every_node() {
+    let manager = Manager::start_with(&["--heartbeat-interval", "1s"]).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let secret = dir.path().join("replication.secret");
+    std::fs::write(&secret, "members-only-credential\n").expect("write the secret");
+    let nodes = start_open(&manager, &secret).await;
+    let door = nodes[0].door.clone();
+    let api = InfluxApi::new(&door);
+    // As soon as the front door answers: the database, then batches, each
+    // sent again until it is acknowledged.
+    eventually(DEADLINE, "the database is created", || async {
+        match api.try_query("CREATE DATABASE early").await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let (mut acknowledged, mut refused) = (0u64, 0u64);
+    for batch in 0..20u64 {
+        let body = tagged("early", &format!("b{batch}"), batch * 10, 10);
+        loop {
+            let r = http
+                .post(format!("{door}/write?db=early&precision=s"))
+                .body(body.clone())
+                .send()
+                .await
+                .expect("the front door answers");
+            if r.status() == StatusCode::NO_CONTENT {
+                acknowledged += 10;
+                break;
+            }
+            assert_eq!(
+                r.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "only 'members not known yet' may refuse: {}",
+                r.text().await.unwrap_or_default()
+            );
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(acknowledged, 200);
+    eprintln!("writes refused while the members were unknown: {refused}");
+    for n in &nodes {
+        eventually(DEADLINE, &format!("200 points on {}", n.door), || async {
+            let have = n
+                .node
+                .influxd
+                .api()
+                .select_number("early", "SELECT count(v) FROM early")
+                .await
+                .map_or(0, |v| v as u64);
+            if have == acknowledged {
+                Ok(())
+            } else {
+                Err(format!("{have} points"))
+            }
+        })
+        .await;
+    }
+}
