@@ -10,6 +10,9 @@
 //! - A deletion taken while a node's influxd is down, with writes before
 //!   and after it, reaches that node in order once it is back, across a
 //!   SIGKILL of the agent that took it.
+//! - A write accepted before a `DROP DATABASE` never reappears after it on a
+//!   node that lagged (its agent paused), even once the database is
+//!   created again, and does not hold up the writes behind it.
 //! - Points written without a timestamp are the same points on every node.
 //! - Writes from the first moment the agents run are on every node.
 //!
@@ -236,6 +239,48 @@ async fn a_deletion_reaches_a_node_that_was_down_in_order_with_the_writes_around
             n.door
         );
         assert_eq!(count_where(n, "cpu", "").await, 50, "{}", n.door);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_before_a_drop_never_reappears_after_it() {
+    let c = Cluster::start(3, |_| Vec::new()).await;
+    let a = &c.nodes[0];
+    // B lags: its agent takes nothing (catalog nor queue) for a while.
+    let b_agent = c.nodes[1].node.agent.pid() as i32;
+    // SAFETY: signalling a child process of this test.
+    assert_eq!(unsafe { libc::kill(b_agent, libc::SIGSTOP) }, 0);
+    run(&a.door, "CREATE DATABASE res_z").await;
+    let (status, answer) = write_to(&a.door, ADMIN, "res_z", "", "old v=1 1\n".into()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let (status, answer) = write(&a.door, WRITER, "", tagged("kept", "a", 1, 10)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    run(&a.door, "DROP DATABASE res_z").await;
+    run(&a.door, "CREATE DATABASE res_z").await;
+    let (status, answer) = write_to(&a.door, ADMIN, "res_z", "", "marker v=1 2\n".into()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(b_agent, libc::SIGCONT) }, 0);
+
+    // The marker comes after `old` in every queue: once it is everywhere,
+    // `old` was delivered or removed. Well within --hh-missing-database-wait.
+    for n in &c.nodes {
+        eventually(DEADLINE, &format!("the marker on {}", n.door), || async {
+            match n.count_in("res_z", "marker").await {
+                1 => Ok(()),
+                have => Err(format!("{have} markers")),
+            }
+        })
+        .await;
+    }
+    wait_everywhere(&c, "kept", "", 10).await;
+    for n in &c.nodes {
+        assert_eq!(
+            n.count_in("res_z", "old").await,
+            0,
+            "old reappeared on {}",
+            n.door
+        );
     }
 }
 

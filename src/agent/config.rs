@@ -163,7 +163,7 @@ pub struct AgentArgs {
     #[serde(default, with = "humantime_serde::option")]
     pub hh_max_age: Option<Duration>,
 
-    /// How long this node answers "not yet" to a peer's write to a database its influxd does not have (its catalog may be behind); past this since the write was queued, the write is refused for good and the peer drops and counts it [default: 60s].
+    /// How long this node answers "not yet" to a peer's write that its influxd refuses for a database, user or privilege it does not have (its catalog may be behind); past this since the write was queued, the write is refused for good and the peer drops and counts it [default: 60s].
     #[arg(long, env = "CFLUX_HH_MISSING_DATABASE_WAIT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde::option")]
     pub hh_missing_database_wait: Option<Duration>,

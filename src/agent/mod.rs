@@ -152,6 +152,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             door.serve(listener, tls, shutdown.clone()).await;
         }
     };
+    let replicating = replication.clone();
     let follow = async {
         if let Some(r) = replication {
             let client = &state.client;
@@ -160,13 +161,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         }
     };
     let check = async {
-        if let (Some(settings), Some(s)) = (catch_up, &state.catch_up) {
+        if let (Some(settings), Some(s), Some(r)) = (catch_up, &state.catch_up, replicating) {
             let influxd = state.influxd.clone();
             catch_up::auto::run(
                 settings,
                 s.clone(),
                 &state.client,
                 influxd,
+                r,
                 shutdown.clone(),
             )
             .await;

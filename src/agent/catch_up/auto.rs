@@ -22,6 +22,7 @@ use super::copy::{CatchUp, Plan};
 use super::counts::{count, Counts};
 use super::{Reader, SignedNode, Writer};
 use crate::agent::config::InfluxAuth;
+use crate::agent::frontdoor::replication::Replication;
 use crate::agent::influxd::InfluxdMeta;
 use crate::agent::influxql::Influxd;
 use crate::client::Client;
@@ -98,12 +99,14 @@ impl CatchUpState {
     }
 }
 
-/// Checks every `check_interval` until shutdown (and copies, with `auto`).
+/// Checks every `check_interval` until shutdown (and copies, with `auto`);
+/// `replication` is this node's, whose queues the checks look at.
 pub async fn run(
     settings: CatchUpSettings,
     state: Arc<CatchUpState>,
     client: &Client<InfluxdMeta>,
     influxd: Influxd,
+    replication: Arc<Replication>,
     shutdown: CancellationToken,
 ) {
     while client.node_id().is_none() {
@@ -113,7 +116,15 @@ pub async fn run(
         }
     }
     loop {
-        let wait = match check(&settings, &state, client, &influxd, settings.auto).await {
+        let checked = check(
+            &settings,
+            &state,
+            client,
+            &influxd,
+            &replication,
+            settings.auto,
+        );
+        let wait = match checked.await {
             Ok(()) => settings.check_interval,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check whether the node needs catch-up");
@@ -133,6 +144,7 @@ async fn check(
     state: &CatchUpState,
     client: &Client<InfluxdMeta>,
     influxd: &Influxd,
+    replication: &Replication,
     auto: bool,
 ) -> Result<(), String> {
     let Some(own) = client.node_id() else {
@@ -145,6 +157,10 @@ async fn check(
         .as_ref()
         .and_then(|c| c.users.values().find(|u| u.admin).map(|u| u.name.clone()));
     let nodes = client.cluster_nodes().await.map_err(|e| with_causes(&e))?;
+    if let Some(why) = deletions_in_flight(settings, replication, &nodes, &own).await {
+        tracing::info!(reason = %why, "the catch-up check waits: a deletion is not yet on every node, and a copy could bring deleted points back");
+        return Ok(());
+    }
     let Some(peer) = nodes
         .iter()
         .filter(|n| n.alive && n.node_id != own && !n.http_addr.is_empty())
@@ -204,7 +220,44 @@ async fn check(
     );
     // Equal now? Checked at once, without copying again: points the node
     // refused would otherwise be copied over and over.
-    Box::pin(check(settings, state, client, influxd, false)).await
+    Box::pin(check(settings, state, client, influxd, replication, false)).await
+}
+
+/// Why nodes may differ by a deletion right now, if they may: one that
+/// this node or an alive peer still has queued, or a member that is down
+/// (it may hold one). See "Nothing resurrects" in docs/decisions.md.
+async fn deletions_in_flight(
+    settings: &CatchUpSettings,
+    replication: &Replication,
+    nodes: &[crate::proto::Node],
+    own: &str,
+) -> Option<String> {
+    let here = replication.queued_statements();
+    if here > 0 {
+        return Some(format!(
+            "{here} statement(s) that change points are queued here"
+        ));
+    }
+    if let Some(down) = nodes.iter().find(|n| !n.alive && n.node_id != own) {
+        return Some(format!("member {} is down", down.node_id));
+    }
+    for peer in nodes
+        .iter()
+        .filter(|n| n.node_id != own && !n.http_addr.is_empty())
+    {
+        let node = SignedNode::new(&peer.http_addr, settings.secret.clone(), None);
+        match node.queued_statements().await {
+            Ok(0) => {}
+            Ok(n) => {
+                return Some(format!(
+                    "{n} statement(s) that change points are queued on {}",
+                    peer.node_id
+                ))
+            }
+            Err(e) => return Some(format!("{}'s queues: {}", peer.node_id, with_causes(&e))),
+        }
+    }
+    None
 }
 
 /// `influxd` acting as `admin` in shared-secret mode without a user of its own.

@@ -28,7 +28,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use prost::Message;
 
 use crate::agent::frontdoor::replication::{
-    self, Batch, Hint, QueryCall, Receipt, QUERY_PATH, REPLICATE_PATH,
+    self, Batch, Hint, QueryCall, Queues, Receipt, PEER_QUEUES_PATH, QUERY_PATH, REPLICATE_PATH,
 };
 use crate::agent::influxql::{send_within, write_path, Chunks, Influxd, InfluxdError};
 use crate::clock::now_ms;
@@ -86,6 +86,49 @@ impl SignedNode {
         send_within(&self.http, &self.base, SIGNED_TIMEOUT, request).await
     }
 
+    /// Statements that change points still queued on the node, for any peer.
+    pub async fn queued_statements(&self) -> Result<u64, InfluxdError> {
+        let response = self.post(PEER_QUEUES_PATH, Bytes::new()).await?;
+        let (status, body) = self.answer(response).await?;
+        let refused = |status, answer| InfluxdError::Status {
+            base: self.base.clone(),
+            status,
+            answer,
+        };
+        if !status.is_success() {
+            return Err(refused(
+                status,
+                String::from_utf8_lossy(&body).trim().to_owned(),
+            ));
+        }
+        let queues: Queues = serde_json::from_slice(&body).map_err(|e| {
+            refused(
+                http::StatusCode::BAD_GATEWAY,
+                format!("unreadable queues: {e}"),
+            )
+        })?;
+        Ok(queues.queues.iter().map(|q| q.statements).sum())
+    }
+
+    /// A signed request's answer, read within [`SIGNED_TIMEOUT`].
+    async fn answer(
+        &self,
+        response: http::Response<hyper::body::Incoming>,
+    ) -> Result<(http::StatusCode, Bytes), InfluxdError> {
+        let status = response.status();
+        let body = tokio::time::timeout(SIGNED_TIMEOUT, response.into_body().collect())
+            .await
+            .map_err(|_| InfluxdError::Timeout {
+                base: self.base.clone(),
+            })?
+            .map_err(|source| InfluxdError::Body {
+                base: self.base.clone(),
+                source,
+            })?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     async fn read_chunked(&self, statement: &str) -> Result<Chunks, InfluxdError> {
         let form = format!("q={}", utf8_percent_encode(statement, NON_ALPHANUMERIC));
         let call = QueryCall {
@@ -114,17 +157,7 @@ impl SignedNode {
         let response = self
             .post(REPLICATE_PATH, Bytes::from(batch.encode_to_vec()))
             .await?;
-        let status = response.status();
-        let body = tokio::time::timeout(SIGNED_TIMEOUT, response.into_body().collect())
-            .await
-            .map_err(|_| InfluxdError::Timeout {
-                base: self.base.clone(),
-            })?
-            .map_err(|source| InfluxdError::Body {
-                base: self.base.clone(),
-                source,
-            })?
-            .to_bytes();
+        let (status, body) = self.answer(response).await?;
         let answer = String::from_utf8_lossy(&body).trim().to_owned();
         let refused = |status, answer| InfluxdError::Status {
             base: self.base.clone(),

@@ -13,7 +13,11 @@
 //! Each queue is bounded by `--hh-max-size` bytes (a write that does not fit
 //! is not queued for that peer) and `--hh-max-age` (older entries are
 //! expired); both drops are reported to the caller, which counts and logs
-//! them.
+//! them. An entry the owner's `kept` test holds for (a statement that
+//! deletes points: dropping it would bring the points back) is never
+//! dropped for a limit, and is counted apart ([`QueueStats::kept`]).
+//! [`Handoff::purge`] removes the entries the caller names from every queue
+//! (writes to a database that was dropped).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -70,6 +74,8 @@ pub struct QueueStats {
     pub points: u64,
     /// When the oldest entry was queued (`None` when empty).
     pub oldest_ms: Option<u64>,
+    /// Entries never dropped for a limit (see the module).
+    pub kept: u64,
 }
 
 /// A write to queue for some peers.
@@ -91,9 +97,9 @@ pub struct Appended {
     pub full: Vec<String>,
 }
 
-/// Entries dropped from one peer's queue for their age.
+/// Entries removed from one peer's queue (for their age, or purged).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Expired {
+pub struct Removed {
     pub peer: String,
     pub entries: u64,
     pub points: u64,
@@ -112,12 +118,19 @@ pub struct Queued {
 pub struct Handoff {
     db: Database,
     limits: Limits,
+    /// Which hints are never dropped for a limit.
+    kept: fn(&[u8]) -> bool,
     stats: Mutex<BTreeMap<String, QueueStats>>,
 }
 
 impl Handoff {
-    /// Opens (or creates) `dir/handoff.redb` and counts what each queue holds.
-    pub fn open(dir: &Path, limits: Limits) -> Result<Handoff, HandoffError> {
+    /// Opens (or creates) `dir/handoff.redb` and counts what each queue
+    /// holds; `kept` tells the hints that are never dropped for a limit.
+    pub fn open(
+        dir: &Path,
+        limits: Limits,
+        kept: fn(&[u8]) -> bool,
+    ) -> Result<Handoff, HandoffError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| HandoffError::Directory(dir.display().to_string(), e))?;
         let db = Database::create(dir.join("handoff.redb")).store()?;
@@ -135,6 +148,7 @@ impl Handoff {
                 s.entries += 1;
                 s.bytes += hint.len() as u64;
                 s.points += points;
+                s.kept += u64::from(kept(hint));
                 s.oldest_ms = Some(s.oldest_ms.map_or(queued_at, |o| o.min(queued_at)));
             }
         }
@@ -142,6 +156,7 @@ impl Handoff {
         Ok(Handoff {
             db,
             limits,
+            kept,
             stats: Mutex::new(stats),
         })
     }
@@ -166,13 +181,14 @@ impl Handoff {
             let mut hints = txn.open_table(HINTS).store()?;
             for (i, a) in appends.iter().enumerate() {
                 assigned(i, next);
+                let kept = (self.kept)(&a.hint);
                 let mut appended = Appended {
                     seq: next,
                     ..Appended::default()
                 };
                 for peer in &a.peers {
                     let s = stats.entry(peer.clone()).or_default();
-                    if s.bytes + a.hint.len() as u64 > self.limits.max_bytes {
+                    if !kept && s.bytes + a.hint.len() as u64 > self.limits.max_bytes {
                         appended.full.push(peer.clone());
                         continue;
                     }
@@ -185,6 +201,7 @@ impl Handoff {
                     s.entries += 1;
                     s.bytes += a.hint.len() as u64;
                     s.points += a.points;
+                    s.kept += u64::from(kept);
                     s.oldest_ms.get_or_insert(a.queued_at_ms);
                     appended.queued.push(peer.clone());
                 }
@@ -230,11 +247,11 @@ impl Handoff {
     /// Removes `peer`'s entries up to and including `seq` (delivered, or
     /// refused by the peer for good).
     pub fn remove_through(&self, peer: &str, seq: u64) -> Result<(), HandoffError> {
-        self.remove(peer, seq, |_, _| true).map(|_| ())
+        self.remove(peer, seq, |_, _, _| true).map(|_| ())
     }
 
-    /// Drops the entries queued before `now_ms - max_age`.
-    pub fn expire(&self, now_ms: u64) -> Result<Vec<Expired>, HandoffError> {
+    /// Drops the entries queued before `now_ms - max_age`, except kept ones.
+    pub fn expire(&self, now_ms: u64) -> Result<Vec<Removed>, HandoffError> {
         let max_age = u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms.saturating_sub(max_age);
         let old: Vec<String> = self
@@ -245,10 +262,11 @@ impl Handoff {
             .collect();
         let mut expired = Vec::new();
         for peer in old {
-            let (entries, points) =
-                self.remove(&peer, u64::MAX, |queued_at, _| queued_at < cutoff)?;
+            let (entries, points) = self.remove(&peer, u64::MAX, |queued_at, _, hint| {
+                queued_at < cutoff && !(self.kept)(hint)
+            })?;
             if entries > 0 {
-                expired.push(Expired {
+                expired.push(Removed {
                     peer,
                     entries,
                     points,
@@ -258,28 +276,45 @@ impl Handoff {
         Ok(expired)
     }
 
+    /// Removes from every queue the entries whose hint `drop` holds for.
+    pub fn purge(&self, drop: impl Fn(&[u8]) -> bool) -> Result<Vec<Removed>, HandoffError> {
+        let mut purged = Vec::new();
+        for peer in self.stats().into_keys() {
+            let (entries, points) = self.remove(&peer, u64::MAX, |_, _, hint| drop(hint))?;
+            if entries > 0 {
+                purged.push(Removed {
+                    peer,
+                    entries,
+                    points,
+                });
+            }
+        }
+        Ok(purged)
+    }
+
     /// Removes `peer`'s entries up to `seq` for which `drop(queued_at_ms,
-    /// points)` holds; returns how many entries and points went.
+    /// points, hint)` holds; returns how many entries and points went.
     fn remove(
         &self,
         peer: &str,
         seq: u64,
-        mut drop: impl FnMut(u64, u64) -> bool,
+        mut drop: impl FnMut(u64, u64, &[u8]) -> bool,
     ) -> Result<(u64, u64), HandoffError> {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = self.db.begin_write().store()?;
         // A removal lost in a crash is a write delivered twice, stored once.
         txn.set_durability(Durability::None).store()?;
-        let (mut entries, mut points, mut bytes) = (0, 0, 0);
+        let (mut entries, mut points, mut bytes, mut kept) = (0, 0, 0, 0);
         let mut oldest = None;
         {
             let mut hints = txn.open_table(HINTS).store()?;
             hints
                 .retain_in((peer, 0)..=(peer, seq), |_, (p, queued_at, hint)| {
-                    if drop(queued_at, p) {
+                    if drop(queued_at, p, hint) {
                         entries += 1;
                         points += p;
                         bytes += hint.len() as u64;
+                        kept += u64::from((self.kept)(hint));
                         false
                     } else {
                         true
@@ -296,6 +331,7 @@ impl Handoff {
             s.entries = s.entries.saturating_sub(entries);
             s.points = s.points.saturating_sub(points);
             s.bytes = s.bytes.saturating_sub(bytes);
+            s.kept = s.kept.saturating_sub(kept);
             s.oldest_ms = oldest;
         }
         Ok((entries, points))
@@ -431,6 +467,11 @@ mod tests {
         }
     }
 
+    /// The tests' kept hints.
+    fn deletion(hint: &[u8]) -> bool {
+        hint == b"DEL"
+    }
+
     fn hints(q: &[Queued]) -> Vec<String> {
         q.iter()
             .map(|e| String::from_utf8_lossy(&e.hint).into_owned())
@@ -440,7 +481,7 @@ mod tests {
     #[test]
     fn queues_in_order_per_peer_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let h = Handoff::open(dir.path(), limits(1 << 20)).unwrap();
+        let h = Handoff::open(dir.path(), limits(1 << 20), deletion).unwrap();
         let done = h
             .append(
                 &[append("a", 1, &["p1", "p2"]), append("b", 2, &["p1"])],
@@ -467,7 +508,7 @@ mod tests {
         );
         drop(h);
 
-        let h = Handoff::open(dir.path(), limits(1 << 20)).unwrap();
+        let h = Handoff::open(dir.path(), limits(1 << 20), deletion).unwrap();
         assert_eq!(hints(&h.peek("p1", 10, 1 << 20).unwrap()), ["b", "c"]);
         assert_eq!(h.stats()["p2"].entries, 2);
         // Sequence numbers keep growing after a reopen.
@@ -478,7 +519,7 @@ mod tests {
     #[test]
     fn a_full_queue_takes_nothing_more_and_old_entries_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let h = Handoff::open(dir.path(), limits(5)).unwrap();
+        let h = Handoff::open(dir.path(), limits(5), deletion).unwrap();
         let done = h
             .append(
                 &[
@@ -492,31 +533,74 @@ mod tests {
         assert_eq!(done[1].full, vec!["p1"]);
         assert_eq!(hints(&h.peek("p1", 10, 100).unwrap()), ["abc"]);
 
+        // A kept entry is queued past the limit, and never expires.
+        let kept = append("DEL", 1_500, &["p1"]);
+        assert_eq!(h.append(&[kept], |_, _| {}).unwrap()[0].queued, ["p1"]);
+        assert_eq!(h.stats()["p1"].kept, 1);
+
         // Max age 60 s: at 61.5 s the entry of 1 s is too old, that of 2 s not.
         let expired = h.expire(61_500).unwrap();
         assert_eq!(
             expired,
-            vec![Expired {
+            vec![Removed {
                 peer: "p1".into(),
                 entries: 1,
                 points: 1
             }]
         );
-        assert!(h.peek("p1", 10, 100).unwrap().is_empty());
-        assert_eq!(h.stats()["p1"], QueueStats::default());
+        assert_eq!(hints(&h.peek("p1", 10, 100).unwrap()), ["DEL"]);
         assert_eq!(h.stats()["p2"].entries, 1);
         assert!(h.expire(61_500).unwrap().is_empty());
+        assert_eq!(hints(&h.peek("p1", 10, 100).unwrap()), ["DEL"]);
+        let p1 = h.peek("p1", 1, 100).unwrap()[0].seq;
+        h.remove_through("p1", p1).unwrap();
+        assert_eq!(h.stats()["p1"], QueueStats::default());
+    }
+
+    #[test]
+    fn a_purge_removes_what_it_names_from_every_queue_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Handoff::open(dir.path(), limits(1 << 20), deletion).unwrap();
+        h.append(
+            &[
+                append("x1", 1, &["p1", "p2"]),
+                append("y1", 2, &["p1", "p2"]),
+                append("x2", 3, &["p2"]),
+                append("y2", 4, &["p1"]),
+            ],
+            |_, _| {},
+        )
+        .unwrap();
+        let purged = h.purge(|hint| hint.starts_with(b"x")).unwrap();
+        assert_eq!(
+            purged,
+            vec![
+                Removed {
+                    peer: "p1".into(),
+                    entries: 1,
+                    points: 1
+                },
+                Removed {
+                    peer: "p2".into(),
+                    entries: 2,
+                    points: 2
+                }
+            ]
+        );
+        assert_eq!(hints(&h.peek("p1", 10, 100).unwrap()), ["y1", "y2"]);
+        assert_eq!(hints(&h.peek("p2", 10, 100).unwrap()), ["y1"]);
+        assert_eq!(h.stats()["p2"].entries, 1);
     }
 
     #[test]
     fn peers_are_remembered() {
         let dir = tempfile::tempdir().unwrap();
-        let h = Handoff::open(dir.path(), limits(5)).unwrap();
+        let h = Handoff::open(dir.path(), limits(5), deletion).unwrap();
         let peers: BTreeMap<String, String> =
             [("n1".to_owned(), "10.0.0.1:8086".to_owned())].into();
         h.remember_peers(&peers).unwrap();
         drop(h);
-        let h = Handoff::open(dir.path(), limits(5)).unwrap();
+        let h = Handoff::open(dir.path(), limits(5), deletion).unwrap();
         assert_eq!(h.known_peers().unwrap(), peers);
         h.remember_peers(&BTreeMap::new()).unwrap();
         assert!(h.known_peers().unwrap().is_empty());
@@ -525,7 +609,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_appends_share_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let h = Arc::new(Handoff::open(dir.path(), limits(1 << 20)).unwrap());
+        let h = Arc::new(Handoff::open(dir.path(), limits(1 << 20), deletion).unwrap());
         let assigned = Arc::new(Mutex::new(BTreeMap::new()));
         let c = Committer::start(h.clone(), {
             let assigned = assigned.clone();

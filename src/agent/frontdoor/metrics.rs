@@ -312,7 +312,7 @@ impl ReplicationMetrics {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerTotals {
     pub delivered_points: u64,
-    /// By reason: full, expired, refused.
+    /// By reason: full, expired, refused, dropped_database.
     pub dropped_points: BTreeMap<String, u64>,
     /// Failed deliveries.
     pub errors: u64,

@@ -80,7 +80,8 @@ use crate::agent::frontdoor::authenticator::Authenticator;
 use crate::agent::frontdoor::metrics::FrontDoorMetrics;
 use crate::agent::frontdoor::proxy::Upstream;
 use crate::agent::frontdoor::replication::{
-    Replication, ReplicationError, ReplicationSettings, QUERY_PATH, REPLICATE_PATH,
+    Replication, ReplicationError, ReplicationSettings, PEER_QUEUES_PATH, QUERY_PATH,
+    REPLICATE_PATH,
 };
 use crate::influx::catalog::Catalog;
 
@@ -212,6 +213,10 @@ impl FrontDoor {
                 .route(
                     QUERY_PATH,
                     axum::routing::post(replication::answer_query).with_state(r.clone()),
+                )
+                .route(
+                    PEER_QUEUES_PATH,
+                    axum::routing::post(replication::peer_queues).with_state(r.clone()),
                 ),
             None => router,
         }

@@ -20,14 +20,21 @@ pub enum Kind {
     /// Shard IDs are each node's own: refused through a replicating front door.
     DropShard,
     SelectInto,
-    /// Reads, or catalog changes (which metadata sync carries).
+    /// Catalog changes that delete points: metadata sync carries them, and
+    /// the writes queued for the database or policy go with it.
+    DropDatabase,
+    DropRetentionPolicy,
+    /// Reads, or other catalog changes (which metadata sync carries).
     Other,
 }
 
 impl Kind {
     /// Whether every node must run it.
     pub fn is_replicated(self) -> bool {
-        !matches!(self, Kind::Other | Kind::DropShard)
+        matches!(
+            self,
+            Kind::Delete | Kind::DropSeries | Kind::DropMeasurement | Kind::SelectInto
+        )
     }
 }
 
@@ -51,6 +58,40 @@ pub fn split(query: &str) -> Vec<Statement> {
             kind: kind(query, s),
         })
         .collect()
+}
+
+impl Statement {
+    /// The database and (for `DROP RETENTION POLICY`) the policy a drop
+    /// names; `None` for any other statement, or a drop that cannot be read.
+    pub fn dropped(&self) -> Option<(String, Option<String>)> {
+        let tokens = lex(&self.text);
+        let name = |i: usize| {
+            tokens
+                .get(i)
+                .and_then(|t| unquote(&self.text[t.start..t.end], t.token))
+        };
+        match self.kind {
+            Kind::DropDatabase => Some((name(2)?, None)),
+            Kind::DropRetentionPolicy => Some((name(5)?, Some(name(3)?))),
+            _ => None,
+        }
+    }
+}
+
+/// An identifier's name: a word as it is, a double-quoted one unescaped.
+fn unquote(text: &str, token: Token) -> Option<String> {
+    match token {
+        Token::Word => Some(text.to_owned()),
+        Token::Quoted if text.len() >= 2 && text.starts_with('"') && text.ends_with('"') => {
+            let mut out = String::new();
+            let mut chars = text[1..text.len() - 1].chars();
+            while let Some(c) = chars.next() {
+                out.push(if c == '\\' { chars.next()? } else { c });
+            }
+            Some(out)
+        }
+        _ => None,
+    }
 }
 
 /// `statement` with every `now()` replaced by the instant `now_ns` (ns since
@@ -98,6 +139,8 @@ fn kind(query: &str, tokens: &[Lexed]) -> Kind {
             Some("SERIES") => Kind::DropSeries,
             Some("MEASUREMENT") => Kind::DropMeasurement,
             Some("SHARD") => Kind::DropShard,
+            Some("DATABASE") => Kind::DropDatabase,
+            Some("RETENTION") if word(2).as_deref() == Some("POLICY") => Kind::DropRetentionPolicy,
             _ => Kind::Other,
         },
         Some("SELECT") if (1..tokens.len()).any(|i| word(i).as_deref() == Some("INTO")) => {
@@ -255,9 +298,27 @@ mod tests {
         assert_eq!(k("SELECT \"into\" FROM cpu"), Kind::Other);
         assert_eq!(k("SELECT v / 2 FROM cpu WHERE a = 'INTO'"), Kind::Other);
         assert_eq!(k("DROP SHARD 3"), Kind::DropShard);
-        assert_eq!(k("DROP DATABASE x"), Kind::Other);
+        assert_eq!(k("DROP DATABASE x"), Kind::DropDatabase);
+        assert_eq!(k("drop retention policy r on x"), Kind::DropRetentionPolicy);
+        assert_eq!(k("DROP USER x"), Kind::Other);
         assert_eq!(k("SHOW MEASUREMENTS"), Kind::Other);
         assert!(split("  ;  -- nothing\n").is_empty());
+    }
+
+    #[test]
+    fn drops_name_their_database_and_policy() {
+        let dropped = |q: &str| split(q)[0].dropped();
+        assert_eq!(dropped("DROP DATABASE res_z"), Some(("res_z".into(), None)));
+        assert_eq!(
+            dropped(r#"DROP DATABASE "we\"ird db""#),
+            Some((r#"we"ird db"#.into(), None))
+        );
+        assert_eq!(
+            dropped(r#"DROP RETENTION POLICY "1 week" ON metrics"#),
+            Some(("metrics".into(), Some("1 week".into())))
+        );
+        assert_eq!(dropped("DROP DATABASE"), None);
+        assert_eq!(dropped("DELETE FROM cpu"), None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::agent::influxql::sign_jwt;
 use crate::clock::now_ms;
 
 /// The largest answer read back to learn which statements succeeded.
-const MAX_ANSWER_BYTES: usize = 64 << 20;
+pub(super) const MAX_ANSWER_BYTES: usize = 64 << 20;
 const FORM: &str = "application/x-www-form-urlencoded";
 
 /// A `/query` request's parameters, read as influxd reads them (Go's
@@ -282,7 +282,7 @@ fn replicated_path(params: &QueryParams) -> String {
 /// The statements (by position) influxd answered with an error; `None`
 /// when its answer cannot be read that way. A whole-query error (a parse
 /// error) fails them all.
-fn failed_statements(answer: &[u8], statements: usize) -> Option<BTreeSet<usize>> {
+pub(super) fn failed_statements(answer: &[u8], statements: usize) -> Option<BTreeSet<usize>> {
     let mut failed = BTreeSet::new();
     for document in serde_json::Deserializer::from_slice(answer).into_iter::<serde_json::Value>() {
         let document = document.ok()?;

@@ -54,6 +54,7 @@ use crate::agent::frontdoor::timestamps;
 use data_statements::QueryParams;
 
 mod data_statements;
+mod drops;
 use crate::agent::influxql::sign_jwt;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
@@ -66,6 +67,9 @@ pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
 pub const QUERY_PATH: &str = "/cflux/v1/query";
 /// Where a front door shows its queues (`cfluxctl queues`).
 pub const QUEUES_PATH: &str = "/cflux/v1/queues";
+/// Where a front door shows its queues to a peer (signed), whose catch-up
+/// check waits while deletions are still queued anywhere.
+pub const PEER_QUEUES_PATH: &str = "/cflux/v1/peer-queues";
 /// The node whose influxd answered a query.
 pub const SERVED_BY_HEADER: &str = "x-cflux-served-by";
 /// The queue of writes this node's own influxd could not take.
@@ -234,9 +238,10 @@ impl Replication {
     ) -> Result<Arc<Replication>, ReplicationError> {
         let dir = settings.dir.clone();
         let limits = settings.limits;
-        let handoff = tokio::task::spawn_blocking(move || Handoff::open(&dir, limits))
-            .await
-            .map_err(|_| HandoffError::Stopped)??;
+        let handoff =
+            tokio::task::spawn_blocking(move || Handoff::open(&dir, limits, is_statement_bytes))
+                .await
+                .map_err(|_| HandoffError::Stopped)??;
         let handoff = Arc::new(handoff);
         let known = handoff.known_peers()?;
         let pending = Arc::new(Pending::default());
@@ -281,6 +286,7 @@ impl Replication {
         addresses.insert(LOCAL.to_owned(), replication.own_address.clone());
         replication.set_addresses(addresses);
         tokio::spawn(replication.clone().expire_loop());
+        tokio::spawn(replication.clone().follow_drops());
         Ok(replication)
     }
 
@@ -363,6 +369,12 @@ impl Replication {
         }
     }
 
+    /// Statements that change points still queued for some peer: while
+    /// there are any, the nodes differ by what they delete.
+    pub fn queued_statements(&self) -> u64 {
+        self.handoff.stats().values().map(|s| s.kept).sum()
+    }
+
     /// The queues' figures, for `/metrics`.
     pub fn render_metrics(&self) -> String {
         self.metrics.render(&self.handoff.stats(), now_ms())
@@ -399,6 +411,7 @@ impl Replication {
                     address: addresses.get(peer).cloned(),
                     member: members.contains_key(peer),
                     writes: s.entries,
+                    statements: s.kept,
                     points: s.points,
                     bytes: s.bytes,
                     oldest_age_seconds: s.oldest_ms.map(|o| now.saturating_sub(o) as f64 / 1000.0),
@@ -697,6 +710,9 @@ impl Replication {
             return self
                 .data_statements(parts, body, params, statements, next)
                 .await;
+        }
+        if statements.iter().any(|s| s.dropped().is_some()) {
+            return self.drop_statements(parts, body, &statements, next).await;
         }
         let call = QueryCall {
             method: parts.method.to_string(),
@@ -1070,13 +1086,17 @@ pub struct Queue {
     pub address: Option<String>,
     /// Whether new writes are queued for it (the manager lists it).
     pub member: bool,
+    /// Queued entries, writes and statements that change points alike.
     pub writes: u64,
+    /// Of those, statements that change points (deletions, `SELECT INTO`).
+    #[serde(default)]
+    pub statements: u64,
     pub points: u64,
     pub bytes: u64,
     /// The oldest queued write's age (`None` when the queue is empty).
     pub oldest_age_seconds: Option<f64>,
     pub delivered_points: u64,
-    /// By reason: full, expired, refused.
+    /// By reason: full, expired, refused, dropped_database.
     pub dropped_points: BTreeMap<String, u64>,
     /// Failed deliveries (the writes stayed queued).
     pub errors: u64,
@@ -1111,6 +1131,26 @@ pub async fn replicate(
     }
 }
 
+/// The receiving end of [`PEER_QUEUES_PATH`].
+pub async fn peer_queues(
+    State(replication): State<Arc<Replication>>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return replication
+                .identity
+                .error(StatusCode::BAD_REQUEST, "cannot read the request")
+        }
+    };
+    if let Some(refused) = replication.refuse_unsigned(&parts, &body) {
+        return refused;
+    }
+    axum::Json(replication.queues()).into_response()
+}
+
 /// The receiving end of [`QUERY_PATH`].
 pub async fn answer_query(
     State(replication): State<Arc<Replication>>,
@@ -1126,6 +1166,23 @@ pub async fn receive(State(replication): State<Arc<Replication>>, request: Reque
 
 fn path_of(hint: &Hint) -> &str {
     hint.path_and_query.split('?').next().unwrap_or_default()
+}
+
+/// Whether an encoded hint is a statement that changes points rather than
+/// a write: never dropped for the queue limits (losing a deletion brings
+/// deleted points back). Reads only its first field (prost writes `path_and_query`, tag 1, first), so that a
+/// large write's body is never decoded for it.
+fn is_statement_bytes(hint: &[u8]) -> bool {
+    let Some((&0x0A, mut rest)) = hint.split_first() else {
+        return false;
+    };
+    let Ok(len) = prost::encoding::decode_varint(&mut rest) else {
+        return false;
+    };
+    let path = rest
+        .get(..usize::try_from(len).unwrap_or(usize::MAX))
+        .unwrap_or(rest);
+    path == b"/query" || path.starts_with(b"/query?")
 }
 
 /// The write paths of influxd's API: line protocol (1.x and the 2.x
@@ -1183,11 +1240,15 @@ fn now_ns() -> i64 {
 
 /// Whether influxd's answer `status` (not 2xx) to a peer's write queued
 /// `age` ago refuses it for good, so the peer drops it: a client error,
-/// except a 404 (database not found) younger than `missing_database_wait`,
-/// which this node's catalog may not have caught up with yet. 5xx: not now.
+/// except one this node's catalog may not have caught up with yet while it
+/// is younger than `missing_database_wait` — a database not found (404), a
+/// user or privilege not there yet (401, 403: the origin's influxd took the
+/// write, so the writer had the privilege there). 5xx: not now.
 fn refused_for_good(status: StatusCode, age: Duration, missing_database_wait: Duration) -> bool {
     match status {
-        StatusCode::NOT_FOUND => age >= missing_database_wait,
+        StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            age >= missing_database_wait
+        }
         s => s.is_client_error(),
     }
 }
@@ -1331,15 +1392,18 @@ mod tests {
         let wait = Duration::from_secs(60);
         let young = Duration::from_secs(59);
         let old = Duration::from_secs(60);
-        // A missing database: not yet while the catalog may catch up.
-        assert!(!refused_for_good(StatusCode::NOT_FOUND, young, wait));
-        assert!(refused_for_good(StatusCode::NOT_FOUND, old, wait));
-        // The client's own errors at once, whatever the age.
+        // A missing database, user or privilege: not yet while the
+        // catalog may catch up.
         for s in [
-            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
             StatusCode::UNAUTHORIZED,
             StatusCode::FORBIDDEN,
         ] {
+            assert!(!refused_for_good(s, young, wait), "{s}");
+            assert!(refused_for_good(s, old, wait), "{s}");
+        }
+        // The client's own errors at once, whatever the age.
+        for s in [StatusCode::BAD_REQUEST, StatusCode::PAYLOAD_TOO_LARGE] {
             assert!(refused_for_good(s, Duration::ZERO, wait), "{s}");
         }
         // influxd's own trouble never drops anything.
@@ -1349,6 +1413,23 @@ mod tests {
         ] {
             assert!(!refused_for_good(s, old * 1000, wait), "{s}");
         }
+    }
+
+    #[test]
+    fn statements_are_told_from_writes_without_decoding_the_body() {
+        let encoded = |path: &str| {
+            Hint {
+                path_and_query: path.into(),
+                body: Bytes::from_static(b"q=DELETE+FROM+cpu"),
+                ..Hint::default()
+            }
+            .encode_to_vec()
+        };
+        assert!(is_statement_bytes(&encoded("/query?db=x")));
+        assert!(is_statement_bytes(&encoded("/query")));
+        assert!(!is_statement_bytes(&encoded("/write?db=x")));
+        assert!(!is_statement_bytes(&encoded("/queryx")));
+        assert!(!is_statement_bytes(b""));
     }
 
     #[test]
