@@ -870,6 +870,91 @@ mod tests {
         );
     }
 
+    /// A catalog with database `d` (default policy `autogen`, and `other`)
+    /// whose `autogen` has an `ALL` subscription to `udp`.
+    fn catalog(udp: &str) -> Catalog {
+        use crate::influx::catalog::{Database, RetentionPolicy, Subscription};
+        let mut db = Database::new("d", "autogen");
+        let mut autogen = RetentionPolicy::new("autogen", 0, 0, 1);
+        autogen.subscriptions.insert(
+            "s".into(),
+            Subscription {
+                name: "s".into(),
+                mode: "ALL".into(),
+                destinations: vec![udp.to_owned()],
+            },
+        );
+        db.retention_policies.insert("autogen".into(), autogen);
+        db.retention_policies
+            .insert("other".into(), RetentionPolicy::new("other", 0, 0, 1));
+        let mut c = Catalog::default();
+        c.databases.insert("d".into(), db);
+        c
+    }
+
+    #[tokio::test]
+    async fn writes_reach_their_policys_subscriptions_only() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let udp = format!("udp://{}", socket.local_addr().unwrap());
+        let (_tx, rx) = watch::channel(Some(Arc::new(catalog(&udp))));
+        let subs = Subscriptions::new(rx, CancellationToken::new()).unwrap();
+        let send = |path: &str, body: &'static [u8], encoding: Option<&str>| {
+            subs.forward(Accepted {
+                path_and_query: path,
+                content_encoding: encoding,
+                body: &Bytes::from_static(body),
+                partial_answer: None,
+            })
+        };
+        // Not forwarded: another policy, another database, Prometheus.
+        send("/write?db=d&rp=other", b"no v=1 1", None);
+        send("/write?db=x", b"no v=2 2", None);
+        send("/api/v1/prom/write?db=d", b"no v=3 3", None);
+        // Forwarded: the default policy by name or by absence, the 2.x API,
+        // gzip; timestamps in nanoseconds.
+        send("/write?db=d&precision=s", b"a v=1 1", None);
+        send("/write?db=d&rp=autogen", b"b v=1 2", None);
+        send(
+            "/api/v2/write?bucket=d/autogen&precision=ms",
+            b"c v=1 3",
+            None,
+        );
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gzip, b"d v=1 4\n").unwrap();
+        let gz: &'static [u8] = Box::leak(gzip.finish().unwrap().into_boxed_slice());
+        send("/write?db=d", gz, Some("gzip"));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while got.len() < 4 {
+            let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+                .await
+                .expect("a datagram")
+                .unwrap();
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(
+            got,
+            vec![
+                "a v=1 1000000000\n",
+                "b v=1 2\n",
+                "c v=1 3000000\n",
+                "d v=1 4\n"
+            ]
+        );
+        // Counted once the send returned, a moment after the datagram left.
+        let sent =
+            format!("cflux_subscription_points_total{{destination=\"{udp}\",result=\"sent\"}} 4");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !subs.render_metrics().contains(&sent) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                subs.render_metrics()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[test]
     fn influxd_subscriber_activity() {
         let idle: serde_json::Value = serde_json::from_str(r#"{"results":[{"statement_id":0,"series":[{"name":"subscriber","columns":["createFailures","pointsWritten","writeFailures"],"values":[[0,0,0]]}]}]}"#).unwrap();
