@@ -175,6 +175,20 @@ impl Influxd {
         self.query(statement, shown, admin).await.map(drop)
     }
 
+    /// Runs a read-only statement (one influxd answers without a database,
+    /// e.g. `SHOW STATS`): its answer as JSON.
+    pub async fn query_json(
+        &self,
+        statement: &str,
+        admin: Option<&str>,
+    ) -> Result<serde_json::Value, InfluxdError> {
+        let body = self.query(statement, statement, admin).await?;
+        serde_json::from_slice(&body).map_err(|e| InfluxdError::Refused {
+            statement: statement.into(),
+            answer: format!("an answer that is not JSON: {e}"),
+        })
+    }
+
     /// The databases influxd lists (`SHOW DATABASES`), `_internal` included.
     pub async fn databases(&self, admin: Option<&str>) -> Result<Vec<String>, InfluxdError> {
         let statement = "SHOW DATABASES";

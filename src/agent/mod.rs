@@ -153,8 +153,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         }
     };
     let replicating = replication.clone();
+    let watch_subscriber = async {
+        if let Some(r) = &replication {
+            frontdoor::subscriptions::watch_influxd(
+                r.subscriptions(),
+                state.influxd.clone(),
+                shutdown.clone(),
+            )
+            .await;
+        }
+    };
     let follow = async {
-        if let Some(r) = replication {
+        if let Some(r) = replication.clone() {
             let client = &state.client;
             r.follow(|| peers(client), || client.heartbeat_interval())
                 .await;
@@ -174,12 +184,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .await;
         }
     };
-    let (served, (), (), (), ()) = tokio::join!(
+    let (served, (), (), (), (), ()) = tokio::join!(
         async { server.await },
         state.client.run(shutdown.clone()),
         front,
         follow,
-        check
+        check,
+        watch_subscriber
     );
     served.context("the health and metrics server failed")?;
     tracing::info!("agent stopped");

@@ -75,7 +75,13 @@ impl Cluster {
         let secret = secret_dir.path().join("replication.secret");
         std::fs::write(&secret, "members-only-credential\n").expect("write the secret");
         let ports = free_ports(n);
-        let nodes = start_nodes_with(n, &InfluxdOptions::auth(SECRET), |i| {
+        // As with `--replicate` in production: the front door fires the
+        // subscriptions, influxd's own subscriber service is off.
+        let mut influxd = InfluxdOptions::auth(SECRET);
+        influxd
+            .env
+            .push(("INFLUXDB_SUBSCRIBER_ENABLED".into(), "false".into()));
+        let nodes = start_nodes_with(n, &influxd, |i| {
             let mut options = AgentOptions::new(&manager.url(), CLUSTER);
             options.args = vec![
                 "--frontdoor-listen".into(),

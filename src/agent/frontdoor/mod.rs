@@ -42,7 +42,8 @@
 //! request tracing, the metrics ([`metrics`]), authentication
 //! ([`authentication`]), with `--replicate` replicated writes and read
 //! failover ([`replication`], its queues in [`handoff`], its answers in
-//! [`consistency`]), hop-by-hop headers and `X-Forwarded-*`
+//! [`consistency`], subscriptions fired once in [`subscriptions`]),
+//! hop-by-hop headers and `X-Forwarded-*`
 //! ([`forwarding`]), and influxd itself ([`proxy`]); the front door's own
 //! answers are shaped in [`answer`].
 
@@ -57,6 +58,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod replication;
 pub mod statements;
+pub mod subscriptions;
 pub mod timestamps;
 
 use std::sync::Arc;

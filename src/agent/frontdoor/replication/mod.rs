@@ -23,6 +23,9 @@
 //! The receiver writes them to its own influxd only (never forwarding them
 //! again), as the user who wrote them — a JWT for that user, so influxd
 //! enforces the user's privileges exactly as for a direct write.
+//!
+//! Subscriptions fire once, here, for the writes this front door accepted
+//! ([`super::subscriptions`]); replicated copies never reach a subscriber.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -50,6 +53,7 @@ use crate::agent::frontdoor::handoff::{Append, Committer, Handoff, HandoffError,
 use crate::agent::frontdoor::metrics::{ReplicationMetrics, UpstreamUnreachable};
 use crate::agent::frontdoor::proxy::Upstream;
 use crate::agent::frontdoor::statements::{self, Kind};
+use crate::agent::frontdoor::subscriptions::{Accepted, Subscriptions};
 use crate::agent::frontdoor::timestamps;
 use data_statements::QueryParams;
 
@@ -215,6 +219,8 @@ pub struct Replication {
     default_consistency: Consistency,
     /// The node's catalog: who may see the queues.
     catalog: watch::Receiver<Option<Arc<Catalog>>>,
+    /// Where accepted writes go on to subscribers.
+    subscriptions: Arc<Subscriptions>,
     shutdown: CancellationToken,
 }
 
@@ -223,6 +229,8 @@ pub struct Replication {
 pub enum ReplicationError {
     #[error("the hinted-handoff queues")]
     Handoff(#[from] HandoffError),
+    #[error("the subscriptions' TLS client")]
+    Tls(#[from] crate::client::tls::TlsError),
 }
 
 impl Replication {
@@ -255,6 +263,7 @@ impl Replication {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
+        let subscriptions = Subscriptions::new(catalog.clone(), shutdown.clone())?;
         let replication = Arc::new(Replication {
             secret: settings.secret,
             jwt_secret: jwt_secret.filter(|s| !s.is_empty()),
@@ -279,6 +288,7 @@ impl Replication {
             missing_database_wait: settings.missing_database_wait,
             default_consistency: settings.default_consistency,
             catalog,
+            subscriptions,
             shutdown,
         });
         replication.metrics.set_peers(known.len());
@@ -375,9 +385,16 @@ impl Replication {
         self.handoff.stats().values().map(|s| s.kept).sum()
     }
 
-    /// The queues' figures, for `/metrics`.
+    /// The queues' and the subscriptions' figures, for `/metrics`.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.handoff.stats(), now_ms())
+        let mut text = self.metrics.render(&self.handoff.stats(), now_ms());
+        text.push_str(&self.subscriptions.render_metrics());
+        text
+    }
+
+    /// The subscriptions this front door fires.
+    pub fn subscriptions(&self) -> Arc<Subscriptions> {
+        self.subscriptions.clone()
     }
 
     /// Every queue of this node: the members', those of former members
@@ -498,14 +515,16 @@ impl Replication {
         let local = next.run(Request::from_parts(parts, Body::from(body))).await;
         let status = local.status();
         let unreachable = local.extensions().get::<UpstreamUnreachable>().is_some();
+        let mut partial_answer = None;
         let (local, written_here) = if status.is_success() {
             (local, true)
         } else if status == StatusCode::BAD_REQUEST {
             // influxd writes the valid points of a partial write: so do the peers.
             let (local, partial) = is_partial_write(local).await;
-            if !partial {
+            let Some(answer) = partial else {
                 return local;
-            }
+            };
+            partial_answer = Some(answer);
             (local, true)
         } else if (unreachable || status.is_server_error()) && writer.vouched {
             (local, false)
@@ -515,10 +534,26 @@ impl Replication {
         // A partial write is answered as influxd answered it, whatever the peers do.
         let settle = status != StatusCode::BAD_REQUEST;
         let points = count_points(&hint);
-        match self
+        let (path_and_query, encoding, body) = (
+            hint.path_and_query.clone(),
+            hint.content_encoding.clone(),
+            hint.body.clone(),
+        );
+        let queued = self
             .queue(hint, points, written_here, consistency, settle)
-            .await
-        {
+            .await;
+        if written_here || queued.is_ok() {
+            // Stored here, or queued to be (influxd down): the points are
+            // the cluster's even when the consistency fell short, as an
+            // Enterprise coordinator fires subscriptions before it waits.
+            self.subscriptions.forward(Accepted {
+                path_and_query: &path_and_query,
+                content_encoding: encoding.as_deref(),
+                body: &body,
+                partial_answer: partial_answer.as_deref(),
+            });
+        }
+        match queued {
             Ok(()) if written_here => local,
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(error) => self.error(error),
@@ -1331,14 +1366,16 @@ fn without_param(uri: &http::Uri, name: &str) -> String {
 }
 
 /// Whether a 400 of influxd's is a partial write (the valid points were
-/// written); the answer is given back whole.
-async fn is_partial_write(response: Response) -> (Response, bool) {
+/// written): its body then; the answer is given back whole.
+async fn is_partial_write(response: Response) -> (Response, Option<Bytes>) {
     let (parts, body) = response.into_parts();
     let bytes = match Limited::new(body, 1 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let partial = String::from_utf8_lossy(&bytes).contains("partial write");
+    let partial = String::from_utf8_lossy(&bytes)
+        .contains("partial write")
+        .then(|| bytes.clone());
     (Response::from_parts(parts, Body::from(bytes)), partial)
 }
 
