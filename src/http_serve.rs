@@ -6,6 +6,8 @@
 //! (or its TLS handshake) within [`HEADER_READ_TIMEOUT`] is closed, as is an
 //! HTTP/1.1 connection idle that long between requests and an HTTP/2 peer
 //! that stops answering pings: slow or dead clients cannot pin connections.
+//! HTTP/1 request targets that Go's server takes and hyper refuses reach
+//! hyper percent-encoded ([`request_target`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::backoff::Backoff;
+
+mod request_target;
+use request_target::TargetEncoder;
 
 /// Back-off after a failed accept (out of file descriptors and the like).
 const ACCEPT_MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -111,15 +116,19 @@ pub async fn serve(
             }
             let result = match tls {
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn = builder.serve_connection_with_upgrades(
+                        TokioIo::new(TargetEncoder::new(stream)),
+                        service,
+                    );
                     watcher.watch(conn.into_owned()).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                            let conn = builder.serve_connection_with_upgrades(
+                                TokioIo::new(TargetEncoder::new(tls_stream)),
+                                service,
+                            );
                             watcher.watch(conn.into_owned()).await
                         }
                         Ok(Err(e)) => {
