@@ -102,8 +102,8 @@ $(for n in $(seq 1 "$NODES"); do echo "  node $n   front door http://127.0.0.1:1
 The first admin is 'admin', its password in $RUN_DIR/admin-password. Connect through any front door:
 $(for n in $(seq 1 "$NODES"); do echo "  influx -host 127.0.0.1 -port 1808$n -username admin -password $ADMIN_PASSWORD"; done)
 Try:  CREATE USER alice WITH PASSWORD 'pw1' on node 1, then log in as alice on node 2.
-      Writes replicate: INSERT on node 1, SELECT the same points on node 3.
-Writes are not replicated between nodes yet: each node keeps the points written to it.
+      Writes replicate: INSERT on node 1, SELECT the same points on node 3;
+      a DELETE on node 2 deletes them on every node.
 Ctrl-C stops everything.
 MSG
 wait

@@ -131,6 +131,7 @@ fn print_table(report: &[NodeQueues]) {
         "HOSTNAME",
         "PEER",
         "WRITES",
+        "STATEMENTS",
         "POINTS",
         "BYTES",
         "OLDEST",
@@ -163,6 +164,7 @@ fn print_table(report: &[NodeQueues]) {
                     row.extend([
                         peer,
                         q.writes.to_string(),
+                        q.statements.to_string(),
                         q.points.to_string(),
                         q.bytes.to_string(),
                         q.oldest_age_seconds
