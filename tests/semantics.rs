@@ -263,14 +263,20 @@ async fn a_write_before_a_drop_never_reappears_after_it() {
     assert_eq!(unsafe { libc::kill(b_agent, libc::SIGCONT) }, 0);
 
     // The marker comes after `old` in every queue: once it is everywhere,
-    // `old` was delivered or removed. Well within --hh-missing-database-wait.
+    // `old` was delivered or removed, and nothing waited for
+    // --hh-missing-database-wait (60 s). A delivery A sent while B was
+    // stopped may wait for its answer up to its 15 s timeout first.
     for n in &c.nodes {
-        eventually(DEADLINE, &format!("the marker on {}", n.door), || async {
-            match n.count_in("res_z", "marker").await {
-                1 => Ok(()),
-                have => Err(format!("{have} markers")),
-            }
-        })
+        eventually(
+            DEADLINE + Duration::from_secs(15),
+            &format!("the marker on {}", n.door),
+            || async {
+                match n.count_in("res_z", "marker").await {
+                    1 => Ok(()),
+                    have => Err(format!("{have} markers")),
+                }
+            },
+        )
         .await;
     }
     wait_everywhere(&c, "kept", "", 10).await;

@@ -54,6 +54,7 @@ pub mod consistency;
 pub mod credentials;
 pub mod forwarding;
 pub mod handoff;
+pub mod line_protocol;
 pub mod metrics;
 pub mod proxy;
 pub mod replication;

@@ -41,6 +41,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::frontdoor::line_protocol::{points, Point};
 use crate::agent::frontdoor::timestamps;
 use crate::agent::influxql::Influxd;
 use crate::client::tls;
@@ -453,76 +454,6 @@ fn rejected_lines(answer: &[u8]) -> HashSet<Vec<u8>> {
         rest = &rest[end..];
     }
     rejected
-}
-
-/// One point of line protocol: its text, and where its timestamp is in it.
-#[derive(Debug, PartialEq)]
-struct Point<'a> {
-    text: &'a [u8],
-    timestamp: Option<std::ops::Range<usize>>,
-}
-
-/// The points of `body`, read as influxd reads line protocol (a string
-/// field may hold a newline); blank lines and `#` comments left out.
-fn points(b: &[u8]) -> Vec<Point<'_>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
-            i += 1;
-        }
-        if i >= b.len() {
-            break;
-        }
-        let start = i;
-        if b[i] == b'#' {
-            i = line_end(b, i);
-            continue;
-        }
-        // The series key, to the first unescaped space.
-        while i < b.len() && b[i] != b' ' && b[i] != b'\n' {
-            i += if b[i] == b'\\' { 2 } else { 1 };
-        }
-        i = i.min(b.len());
-        // The fields, strings quoted.
-        while i < b.len() && b[i] == b' ' {
-            i += 1;
-        }
-        let mut quoted = false;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => i += 1,
-                b'"' => quoted = !quoted,
-                b' ' | b'\n' if !quoted => break,
-                _ => {}
-            }
-            i += 1;
-        }
-        i = i.min(b.len());
-        // The timestamp, if any, to the end of the line.
-        let end = line_end(b, i);
-        let mut text_end = end;
-        while text_end > start && b[text_end - 1].is_ascii_whitespace() {
-            text_end -= 1;
-        }
-        let text = &b[start..text_end];
-        let mut ts = i.min(text_end);
-        while ts < text_end && b[ts] == b' ' {
-            ts += 1;
-        }
-        let timestamp = (ts < text_end).then(|| ts - start..text_end - start);
-        out.push(Point { text, timestamp });
-        i = end;
-    }
-    out
-}
-
-/// Past the end of the line `i` is on.
-fn line_end(b: &[u8], i: usize) -> usize {
-    b[i.min(b.len())..]
-        .iter()
-        .position(|&c| c == b'\n')
-        .map_or(b.len(), |p| i + p + 1)
 }
 
 /// The points of `plain` not in `rejected`, one a line, and how many.

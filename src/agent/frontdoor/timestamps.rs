@@ -5,14 +5,13 @@
 //! request's precision (influxd's own rounding), before the write is
 //! written here or queued for any peer.
 //!
-//! The scan follows line protocol as influxd reads it: the series key ends
-//! at the first unescaped space, the fields at the next unescaped space
-//! outside a double-quoted string (a string field may hold spaces and
-//! newlines), and whatever follows is the timestamp. Blank lines and `#`
-//! comments are left alone, and so is a line without fields, for influxd to
-//! refuse in its own words.
+//! Lines are read as influxd reads them ([`line_protocol`]); blank lines
+//! and `#` comments are left alone, and so is a line without fields, for
+//! influxd to refuse in its own words.
 
 use bytes::{Bytes, BytesMut};
+
+use super::line_protocol;
 
 /// The nanoseconds in one unit of a write's `precision` parameter, as
 /// `/write` (`n`, `u`, `ms`, `s`, `m`, `h`) and `/api/v2/write` (`ns`,
@@ -55,82 +54,14 @@ pub fn stamp(body: &[u8], stamp: i64) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-/// Where each line without a timestamp ends its fields: the offsets to
+/// Where each point with fields and no timestamp ends: the offsets to
 /// insert a timestamp at.
 fn missing_timestamps(b: &[u8]) -> Vec<usize> {
-    let mut missing = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        // Leading blanks, then a blank line or a comment.
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r') {
-            i += 1;
-        }
-        if i >= b.len() {
-            break;
-        }
-        if b[i] == b'\n' {
-            i += 1;
-            continue;
-        }
-        if b[i] == b'#' {
-            i = line_end(b, i);
-            continue;
-        }
-        // The series key.
-        i = unescaped(b, i, |c| c == b' ' || c == b'\n');
-        if i >= b.len() || b[i] == b'\n' {
-            continue;
-        }
-        i = skip_spaces(b, i);
-        // The fields, strings quoted.
-        let fields = i;
-        let mut quoted = false;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => i += 1,
-                b'"' => quoted = !quoted,
-                b' ' | b'\n' if !quoted => break,
-                _ => {}
-            }
-            i += 1;
-        }
-        let fields_end = i.min(b.len());
-        if fields_end == fields {
-            i = line_end(b, i);
-            continue;
-        }
-        i = skip_spaces(b, fields_end);
-        let rest = line_end(b, i);
-        let has_time = b[i..rest].iter().any(|c| !c.is_ascii_whitespace());
-        if !has_time {
-            missing.push(fields_end);
-        }
-        i = rest;
-    }
-    missing
-}
-
-/// The first byte from `i` that `stop` accepts, skipping `\`-escaped ones.
-fn unescaped(b: &[u8], mut i: usize, stop: impl Fn(u8) -> bool) -> usize {
-    while i < b.len() && !stop(b[i]) {
-        i += if b[i] == b'\\' { 2 } else { 1 };
-    }
-    i.min(b.len())
-}
-
-fn skip_spaces(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r') {
-        i += 1;
-    }
-    i
-}
-
-/// Past the end of the line `i` is on.
-fn line_end(b: &[u8], i: usize) -> usize {
-    b[i.min(b.len())..]
+    line_protocol::points(b)
         .iter()
-        .position(|&c| c == b'\n')
-        .map_or(b.len(), |p| i + p + 1)
+        .filter(|p| p.fields && p.timestamp.is_none())
+        .map(|p| p.start + p.text.len())
+        .collect()
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use crate::agent::influxql::sign_jwt;
 use crate::clock::now_ms;
 
 /// The largest answer read back to learn which statements succeeded.
-pub(super) const MAX_ANSWER_BYTES: usize = 64 << 20;
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 const FORM: &str = "application/x-www-form-urlencoded";
 
 /// A `/query` request's parameters, read as influxd reads them (Go's
@@ -172,21 +172,14 @@ impl Replication {
         if !local.status().is_success() {
             return local;
         }
-        let (head, answer) = local.into_parts();
-        let answer = match Limited::new(answer, MAX_ANSWER_BYTES).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => Bytes::new(),
-        };
-        // influxd ran what it could; what it could not is not sent on. An
-        // answer that cannot be read sends every statement on.
-        let failed = failed_statements(&answer, pinned.len()).unwrap_or_default();
+        // influxd ran what it could; what it could not is not sent on.
+        let (local, failed) = failures(local, pinned.len()).await;
         let replicated: Vec<&Statement> = pinned
             .iter()
             .enumerate()
             .filter(|(i, s)| s.kind.is_replicated() && !failed.contains(i))
             .map(|(_, s)| s)
             .collect();
-        let local = Response::from_parts(head, Body::from(answer));
         if replicated.is_empty() {
             return local;
         }
@@ -279,10 +272,23 @@ fn replicated_path(params: &QueryParams) -> String {
     }
 }
 
+/// influxd's answer to a query of `statements` statements, read back whole,
+/// and the statements (by position) it answered with an error; none when
+/// the answer cannot be read that way (influxd may have run them all).
+pub(super) async fn failures(local: Response, statements: usize) -> (Response, BTreeSet<usize>) {
+    let (head, answer) = local.into_parts();
+    let answer = match Limited::new(answer, MAX_ANSWER_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let failed = failed_statements(&answer, statements).unwrap_or_default();
+    (Response::from_parts(head, Body::from(answer)), failed)
+}
+
 /// The statements (by position) influxd answered with an error; `None`
 /// when its answer cannot be read that way. A whole-query error (a parse
 /// error) fails them all.
-pub(super) fn failed_statements(answer: &[u8], statements: usize) -> Option<BTreeSet<usize>> {
+fn failed_statements(answer: &[u8], statements: usize) -> Option<BTreeSet<usize>> {
     let mut failed = BTreeSet::new();
     for document in serde_json::Deserializer::from_slice(answer).into_iter::<serde_json::Value>() {
         let document = document.ok()?;

@@ -22,10 +22,9 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use prost::Message;
 
-use super::data_statements::{failed_statements, MAX_ANSWER_BYTES};
+use super::data_statements::failures;
 use super::{path_of, Hint, Replication};
 use crate::agent::frontdoor::statements::Statement;
 use crate::influx::catalog::Catalog;
@@ -91,20 +90,14 @@ impl Replication {
         if !local.status().is_success() {
             return local;
         }
-        let (head, answer) = local.into_parts();
-        let answer = match Limited::new(answer, MAX_ANSWER_BYTES).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => Bytes::new(),
-        };
-        // An answer that cannot be read: influxd may have dropped them all.
-        let failed = failed_statements(&answer, statements.len()).unwrap_or_default();
+        let (local, failed) = failures(local, statements.len()).await;
         let done = drops
             .into_iter()
             .filter(|(i, _)| !failed.contains(i))
             .map(|(_, d)| d)
             .collect();
         self.purge(done).await;
-        Response::from_parts(head, Body::from(answer))
+        local
     }
 
     /// Removes what was queued for `dropped` from every queue, counted and
