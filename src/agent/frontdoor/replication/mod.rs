@@ -1,8 +1,9 @@
 //! Replicated writes (`--replicate`): every node of a cluster holds all of
 //! the cluster's points.
 //!
-//! A client's write (`POST /write`, `/api/v2/write`) goes to the local
-//! influxd first, as the user who sent it. What influxd took is then queued
+//! A client's write (`POST /write`, `/api/v2/write`, Prometheus'
+//! `/api/v1/prom/write`) goes to the local influxd first, as the user who
+//! sent it, its lines without a timestamp stamped here ([`timestamps`]). What influxd took is then queued
 //! durably, in one group commit, for every other node of the cluster
 //! ([`super::handoff`]), before the client hears 204: an acknowledged write
 //! is on disk here twice — in influxd and in the queues — so a SIGKILL right
@@ -26,6 +27,11 @@
 //!
 //! Subscriptions fire once, here, for the writes this front door accepted
 //! ([`super::subscriptions`]); replicated copies never reach a subscriber.
+//!
+//! Statements that change points (`DELETE`, `DROP SERIES`, `DROP
+//! MEASUREMENT`, `SELECT … INTO`) travel through the same queues, in order
+//! with the writes ([`data_statements`]); a dropped database or policy
+//! takes its queued writes with it ([`drops`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -55,15 +61,15 @@ use crate::agent::frontdoor::proxy::Upstream;
 use crate::agent::frontdoor::statements::{self, Kind};
 use crate::agent::frontdoor::subscriptions::{Accepted, Subscriptions};
 use crate::agent::frontdoor::timestamps;
-use data_statements::QueryParams;
-
-mod data_statements;
-mod drops;
 use crate::agent::influxql::sign_jwt;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::influx::catalog::Catalog;
 use crate::telemetry::with_causes;
+use data_statements::QueryParams;
+
+mod data_statements;
+mod drops;
 
 /// Where a front door takes replicated writes from its peers.
 pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
