@@ -10,6 +10,7 @@ mod clusters;
 mod delete_cluster;
 mod deregister;
 mod diff;
+mod front_door_queues;
 mod history;
 mod nodes;
 mod queues;

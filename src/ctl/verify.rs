@@ -100,6 +100,11 @@ struct Report {
     /// Field values counted on each node.
     values: BTreeMap<String, u64>,
     differences: Vec<Difference>,
+    /// When the nodes differ: the statements that change points (deletions,
+    /// `SELECT … INTO`) still queued on them, which the differences may be;
+    /// `None` when no node's queues could be read (they need an admin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statements_queued: Option<u64>,
 }
 
 /// A measurement whose counts differ between nodes.
@@ -133,7 +138,16 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     }
     let counts = count_nodes(&nodes, &auth, args.database.as_deref(), bucket_seconds).await?;
     let ids: Vec<String> = nodes.iter().map(|n| n.node_id.clone()).collect();
-    let report = compare(cluster, &ids, &counts, bucket_seconds);
+    let mut report = compare(cluster, &ids, &counts, bucket_seconds);
+    if !report.same {
+        let queues = super::front_door_queues::ask_all(&nodes, &auth).await;
+        let read: Vec<u64> = queues
+            .iter()
+            .flatten()
+            .map(|q| q.queues.iter().map(|q| q.statements).sum())
+            .collect();
+        report.statements_queued = (!read.is_empty()).then(|| read.iter().sum());
+    }
     ctx.output.print(&report, print_table)?;
     Ok(if report.same {
         ExitCode::SUCCESS
@@ -196,6 +210,7 @@ fn compare(cluster: &str, ids: &[String], counts: &[Counts], bucket_seconds: u64
         measurements: measured.len(),
         values: per_node(&values),
         differences,
+        statements_queued: None,
     }
 }
 
@@ -247,6 +262,12 @@ fn print_table(report: &Report) {
         report.measurements,
         report.bucket_seconds
     );
+    if let Some(n) = report.statements_queued.filter(|n| *n > 0) {
+        println!(
+            "{n} statement(s) that change points (deletions, SELECT INTO) are still queued \
+             (cfluxctl queues): the nodes differ by those until they are delivered"
+        );
+    }
 }
 
 #[cfg(test)]
