@@ -25,9 +25,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::agent::start_nodes_with;
-use support::influxd::{eventually, AgentOptions, InfluxApi, InfluxdOptions};
-use support::process::free_ports;
+use support::influxd::{eventually, InfluxApi, InfluxdOptions};
 use support::replicated::*;
 use support::Manager;
 
@@ -322,38 +320,22 @@ async fn points_without_a_timestamp_are_the_same_point_on_every_node() {
     }
 }
 
-/// Three nodes, auth off, replicating; nothing waited for.
-async fn start_open(manager: &Manager, secret: &std::path::Path) -> Vec<Node> {
-    let ports = free_ports(3);
-    let nodes = start_nodes_with(3, &InfluxdOptions::default(), |i| {
-        let mut options = AgentOptions::new(&manager.url(), "open");
-        options.args = vec![
-            "--frontdoor-listen".into(),
-            format!("127.0.0.1:{}", ports[i]),
-            "--replicate".into(),
-            "--replication-secret-file".into(),
-            secret.display().to_string(),
-        ];
-        options
-    })
-    .await;
-    nodes
-        .into_iter()
-        .zip(ports)
-        .map(|(node, port)| Node {
-            door: format!("http://127.0.0.1:{port}"),
-            node,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_from_the_first_moment_are_on_every_node() {
     let manager = Manager::start_with(&["--heartbeat-interval", "1s"]).await;
     let dir = tempfile::tempdir().expect("a temp dir");
     let secret = dir.path().join("replication.secret");
     std::fs::write(&secret, "members-only-credential\n").expect("write the secret");
-    let nodes = start_open(&manager, &secret).await;
+    // Three nodes, auth off, replicating; nothing waited for.
+    let nodes = start_doors(
+        3,
+        &manager,
+        "open",
+        InfluxdOptions::default(),
+        &secret,
+        |_| Vec::new(),
+    )
+    .await;
     let door = nodes[0].door.clone();
     let api = InfluxApi::new(&door);
     // As soon as the front door answers: the database, then batches, each

@@ -66,6 +66,46 @@ pub struct Cluster {
     _secret_dir: tempfile::TempDir,
 }
 
+/// `n` influxd servers, each behind an agent with a front door and
+/// `--replicate` in `cluster`; `extra(i)` adds flags to node `i`'s agent.
+/// Waits until every agent answers, nothing more.
+pub async fn start_doors(
+    n: usize,
+    manager: &Manager,
+    cluster: &str,
+    mut influxd: InfluxdOptions,
+    secret: &std::path::Path,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Vec<Node> {
+    let ports = free_ports(n);
+    // As with `--replicate` in production: the front door fires the
+    // subscriptions, influxd's own subscriber service is off.
+    influxd
+        .env
+        .push(("INFLUXDB_SUBSCRIBER_ENABLED".into(), "false".into()));
+    let nodes = start_nodes_with(n, &influxd, |i| {
+        let mut options = AgentOptions::new(&manager.url(), cluster);
+        options.args = vec![
+            "--frontdoor-listen".into(),
+            format!("127.0.0.1:{}", ports[i]),
+            "--replicate".into(),
+            "--replication-secret-file".into(),
+            secret.display().to_string(),
+        ];
+        options.args.extend(extra(i));
+        options
+    })
+    .await;
+    nodes
+        .into_iter()
+        .zip(ports)
+        .map(|(node, port)| Node {
+            door: format!("http://127.0.0.1:{port}"),
+            node,
+        })
+        .collect()
+}
+
 impl Cluster {
     /// A manager (1 s heartbeats) and `n` replicating nodes; `extra(i)` adds
     /// flags to node `i`'s agent.
@@ -74,34 +114,8 @@ impl Cluster {
         let secret_dir = tempfile::tempdir().expect("a temp dir");
         let secret = secret_dir.path().join("replication.secret");
         std::fs::write(&secret, "members-only-credential\n").expect("write the secret");
-        let ports = free_ports(n);
-        // As with `--replicate` in production: the front door fires the
-        // subscriptions, influxd's own subscriber service is off.
-        let mut influxd = InfluxdOptions::auth(SECRET);
-        influxd
-            .env
-            .push(("INFLUXDB_SUBSCRIBER_ENABLED".into(), "false".into()));
-        let nodes = start_nodes_with(n, &influxd, |i| {
-            let mut options = AgentOptions::new(&manager.url(), CLUSTER);
-            options.args = vec![
-                "--frontdoor-listen".into(),
-                format!("127.0.0.1:{}", ports[i]),
-                "--replicate".into(),
-                "--replication-secret-file".into(),
-                secret.display().to_string(),
-            ];
-            options.args.extend(extra(i));
-            options
-        })
-        .await;
-        let nodes: Vec<Node> = nodes
-            .into_iter()
-            .zip(ports)
-            .map(|(node, port)| Node {
-                door: format!("http://127.0.0.1:{port}"),
-                node,
-            })
-            .collect();
+        let influxd = InfluxdOptions::auth(SECRET);
+        let nodes = start_doors(n, &manager, CLUSTER, influxd, &secret, extra).await;
         let c = Cluster {
             nodes,
             manager,
