@@ -33,9 +33,7 @@ use http_body_util::{BodyExt, Limited};
 use super::{
     now_ns, refused_for_good, Consistency, Hint, Replication, UpstreamUnreachable, Writer,
 };
-use crate::agent::frontdoor::authentication::JWT_LIFETIME;
 use crate::agent::frontdoor::statements::{self, Kind, Statement};
-use crate::agent::influxql::sign_jwt;
 use crate::clock::now_ms;
 
 /// The largest answer read back to learn which statements succeeded.
@@ -202,25 +200,13 @@ impl Replication {
     /// A statement queued by a peer, run on the local influxd as its user:
     /// `Ok(true)` ran, `Ok(false)` refused for good, `Err` not now.
     pub(super) async fn run_statement(&self, hint: &Hint) -> Result<bool, String> {
-        let mut request = Request::post(&hint.path_and_query).header(header::CONTENT_TYPE, FORM);
-        if let (Some(user), Some(secret)) = (&hint.user, &self.jwt_secret) {
-            let jwt = sign_jwt(secret, user, JWT_LIFETIME);
-            request = request.header(header::AUTHORIZATION, format!("Bearer {jwt}"));
-        }
-        let Ok(request) = request.body(Body::from(hint.body.clone())) else {
+        let request = Request::post(&hint.path_and_query).header(header::CONTENT_TYPE, FORM);
+        let sent = self
+            .send_as(request, hint.user.as_deref(), hint.body.clone())
+            .await?;
+        let Some((status, answer)) = sent else {
             return Ok(false);
         };
-        let response = self.upstream.send(request).await;
-        if response.extensions().get::<UpstreamUnreachable>().is_some() {
-            return Err("influxd cannot be reached".to_owned());
-        }
-        let status = response.status();
-        let answer = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
         let age = Duration::from_millis(now_ms().saturating_sub(hint.queued_at_ms));
         let error = if status.is_success() {
             match first_error(answer.as_bytes()) {

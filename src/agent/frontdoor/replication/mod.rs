@@ -916,27 +916,12 @@ impl Replication {
         if let Some(encoding) = &first.content_encoding {
             request = request.header(header::CONTENT_ENCODING, encoding);
         }
-        if let (Some(user), Some(secret)) = (&first.user, &self.jwt_secret) {
-            let jwt = sign_jwt(secret, user, JWT_LIFETIME);
-            request = request.header(header::AUTHORIZATION, format!("Bearer {jwt}"));
-        }
-        let Ok(request) = request.body(Body::from(body)) else {
+        let Some((status, text)) = self.send_as(request, first.user.as_deref(), body).await? else {
             return Ok(false);
         };
-        let response = self.upstream.send(request).await;
-        let status = response.status();
-        if response.extensions().get::<UpstreamUnreachable>().is_some() {
-            return Err("influxd cannot be reached".to_owned());
-        }
         if status.is_success() {
             return Ok(true);
         }
-        let text = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
         let age = Duration::from_millis(now_ms().saturating_sub(first.queued_at_ms));
         if refused_for_good(status, age, self.missing_database_wait) {
             tracing::warn!(user = first.user.as_deref().unwrap_or("-"), path, %status, answer = %text.trim(), "influxd refused a replicated write");
@@ -944,6 +929,37 @@ impl Replication {
         } else {
             Err(format!("influxd: {status} {}", text.trim()))
         }
+    }
+
+    /// A peer's request (`request` with `body`) sent to the local influxd
+    /// as `user` (a JWT for them): influxd's status and answer; `Ok(None)`
+    /// for a request that cannot be built, `Err` when influxd cannot be
+    /// reached.
+    async fn send_as(
+        &self,
+        mut request: http::request::Builder,
+        user: Option<&str>,
+        body: Bytes,
+    ) -> Result<Option<(StatusCode, String)>, String> {
+        if let (Some(user), Some(secret)) = (user, &self.jwt_secret) {
+            let jwt = sign_jwt(secret, user, JWT_LIFETIME);
+            request = request.header(header::AUTHORIZATION, format!("Bearer {jwt}"));
+        }
+        let Ok(request) = request.body(Body::from(body)) else {
+            return Ok(None);
+        };
+        let response = self.upstream.send(request).await;
+        if response.extensions().get::<UpstreamUnreachable>().is_some() {
+            return Err("influxd cannot be reached".to_owned());
+        }
+        let status = response.status();
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        Ok(Some((status, text)))
     }
 
     /// One peer's delivery task: sends its queue in order whenever woken
