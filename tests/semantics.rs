@@ -13,6 +13,9 @@
 //! - A write accepted before a `DROP DATABASE` never reappears after it on a
 //!   node that lagged (its influxd down), even once the database is
 //!   created again, and does not hold up the writes behind it.
+//! - A catalog change answered at one front door is in effect at every
+//!   node when the client has its answer (a node whose influxd is down is
+//!   not waited for).
 //! - Points written without a timestamp are the same points on every node.
 //! - Writes from the first moment the agents run are on every node.
 //!
@@ -27,7 +30,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use support::influxd::{eventually, InfluxApi, InfluxdOptions};
 use support::replicated::*;
-use support::Manager;
+use support::{metric, Manager};
 
 const ADMIN: (&str, &str) = ("admin", ADMIN_PW);
 
@@ -283,6 +286,69 @@ async fn a_write_before_a_drop_never_reappears_after_it() {
             n.door
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_change_is_in_effect_at_every_node_once_answered() {
+    // A wait long enough that a test run never sees it pass by itself.
+    let mut c = Cluster::start(3, |_| vec!["--catalog-wait".into(), "5m".into()]).await;
+    // Each step at another front door, as a load balancer spreads one
+    // client; every check reads each influxd right after the answer.
+    for round in 0..6 {
+        let at = &c.nodes[round % 3];
+        let next = &c.nodes[(round + 1) % 3];
+        let db = format!("barrier_{round}");
+        run(&at.door, &format!("CREATE DATABASE {db}")).await;
+        for n in &c.nodes {
+            assert!(
+                n.databases().await.contains(&db),
+                "{db}, answered at {}, is missing on {}",
+                at.door,
+                n.door
+            );
+        }
+        let (status, answer) = write_to(&next.door, ADMIN, &db, "", "m v=1 1\n".into()).await;
+        assert_eq!(
+            status,
+            StatusCode::NO_CONTENT,
+            "a write at the next door: {answer}"
+        );
+        run(&next.door, &format!("DROP DATABASE {db}")).await;
+        for n in &c.nodes {
+            assert!(
+                !n.databases().await.contains(&db),
+                "{db}, dropped at {}, is still on {}",
+                next.door,
+                n.door
+            );
+        }
+    }
+    run(&c.nodes[0].door, "CREATE USER carol WITH PASSWORD 'c-pw'").await;
+    run(&c.nodes[1].door, &format!("GRANT READ ON {DB} TO carol")).await;
+    let (status, answer) = InfluxApi::new(&c.nodes[2].door)
+        .login("carol", "c-pw")
+        .raw_query("SELECT count(v) FROM nothing_yet", Some(DB))
+        .await;
+    assert_eq!(status, 200, "carol at the third door at once: {answer}");
+    let applied = |text: &str| metric(text, "cflux_catalog_barrier_total{outcome=\"applied\"}");
+    assert!(
+        applied(&c.nodes[0].metrics().await) >= Some(3.0),
+        "the first door's answers waited for every node"
+    );
+
+    // A node whose influxd is down cannot apply anything: the answer does
+    // not wait for it (5 minutes), and the others have the change.
+    c.nodes[2].node.influxd.kill();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(&c.nodes[0].door, "CREATE DATABASE while_c_is_down"),
+    )
+    .await;
+    assert!(
+        answered.is_ok(),
+        "the answer waited for a node that cannot apply it"
+    );
+    assert!(c.nodes[1].databases().await.contains("while_c_is_down"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,11 @@ pub struct AgentArgs {
     #[serde(default, deserialize_with = "consistency_option")]
     pub default_consistency: Option<Consistency>,
 
+    /// With --replicate: how long the answer to a statement that changes the catalog (CREATE, DROP, ALTER, GRANT, REVOKE, SET PASSWORD) waits until every alive node has applied it, so that the next request at any front door finds it in effect; past this the answer goes out anyway and the change reaches the slower nodes later. 0s answers at once [default: 10s].
+    #[arg(long, env = "CFLUX_CATALOG_WAIT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde::option")]
+    pub catalog_wait: Option<Duration>,
+
     /// With --replicate: how often the node compares its points with a peer's, to tell whether it needs catch-up [default: 10m].
     #[arg(long, env = "CFLUX_CATCH_UP_CHECK_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde::option")]
@@ -190,6 +195,9 @@ pub const DEFAULT_CATCH_UP_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 pub const DEFAULT_HH_MAX_SIZE: u64 = 10 << 30;
 /// Default `--hh-max-age`: Enterprise's `max-age`, 7 days.
 pub const DEFAULT_HH_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default `--catalog-wait`: a catalog change usually reaches every node
+/// well under a second; a node that takes longer is not waited for.
+pub const DEFAULT_CATALOG_WAIT: Duration = Duration::from_secs(10);
 /// Default `--hh-missing-database-wait`: long enough for a catalog change to
 /// reach every node, short enough that a dropped database does not stall a
 /// queue.
@@ -257,6 +265,8 @@ pub struct ReplicationConfig {
     pub missing_database_wait: Duration,
     /// `--default-consistency`.
     pub default_consistency: Consistency,
+    /// `--catalog-wait`.
+    pub catalog_wait: Duration,
     /// `--catch-up-check-interval` and `--auto-catch-up`.
     pub catch_up_check_interval: Duration,
     pub auto_catch_up: bool,
@@ -424,6 +434,10 @@ impl AgentArgs {
                         .default_consistency
                         .or(f.default_consistency)
                         .unwrap_or_default(),
+                    catalog_wait: a
+                        .catalog_wait
+                        .or(f.catalog_wait)
+                        .unwrap_or(DEFAULT_CATALOG_WAIT),
                     catch_up_check_interval: a
                         .catch_up_check_interval
                         .or(f.catch_up_check_interval)
@@ -588,11 +602,17 @@ mod tests {
         let r = c.replication.unwrap();
         assert_eq!(r.secret, b"members-only");
         assert_eq!(
-            (r.max_size, r.max_age, r.missing_database_wait),
+            (
+                r.max_size,
+                r.max_age,
+                r.missing_database_wait,
+                r.catalog_wait
+            ),
             (
                 DEFAULT_HH_MAX_SIZE,
                 DEFAULT_HH_MAX_AGE,
-                DEFAULT_HH_MISSING_DATABASE_WAIT
+                DEFAULT_HH_MISSING_DATABASE_WAIT,
+                DEFAULT_CATALOG_WAIT
             )
         );
         // The front door is the node's address for the others.
@@ -611,6 +631,8 @@ mod tests {
                     "1h",
                     "--hh-missing-database-wait",
                     "2s",
+                    "--catalog-wait",
+                    "0s",
                 ],
             ]
             .concat(),
@@ -619,8 +641,18 @@ mod tests {
         assert_eq!(c.http_addr, "127.0.0.1:9086");
         let r = c.replication.unwrap();
         assert_eq!(
-            (r.max_size, r.max_age, r.missing_database_wait),
-            (512 << 20, Duration::from_secs(3600), Duration::from_secs(2))
+            (
+                r.max_size,
+                r.max_age,
+                r.missing_database_wait,
+                r.catalog_wait
+            ),
+            (
+                512 << 20,
+                Duration::from_secs(3600),
+                Duration::from_secs(2),
+                Duration::ZERO
+            )
         );
         assert!(
             parse(&[&door[..], &["127.0.0.1:9086", "--replicate=false"]].concat())

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::catch_up::auto::{CatchUpSettings, CatchUpState};
 use crate::agent::config::{AgentConfig, InfluxAuth};
 use crate::agent::frontdoor::handoff::Limits;
-use crate::agent::frontdoor::replication::{Members, ReplicationSettings};
+use crate::agent::frontdoor::replication::{CatalogSync, Members, ReplicationSettings};
 use crate::agent::frontdoor::{FrontDoor, FrontDoorSettings};
 use crate::agent::influxd::InfluxdMeta;
 use crate::agent::influxql::Influxd;
@@ -109,6 +109,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                     missing_database_wait: r.missing_database_wait,
                     default_consistency: r.default_consistency,
                     own_address: own.to_string(),
+                    catalog_wait: r.catalog_wait,
+                    catalog_sync: Some(CatalogSync {
+                        push_now: client.push_now(),
+                        state: client.sync_state(),
+                    }),
                 };
                 replication = Some(
                     door.start_replication(settings, shutdown.clone())

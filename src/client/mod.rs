@@ -7,7 +7,8 @@
 //!   managers through [`tls`].
 //! - [`node`]: [`Client`], registration and heartbeats; [`sync`]: the sync
 //!   task (watch, push, merge); [`state`]: what it keeps on disk; [`meta`]:
-//!   the [`MetaClient`] it wraps; [`health`]: what `/health` reports.
+//!   the [`MetaClient`] it wraps; [`health`]: what `/health` reports;
+//!   [`push_now`]: a push on request, for the front door's catalog barrier.
 
 pub mod call;
 pub mod grpc;
@@ -17,6 +18,7 @@ pub mod manager;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod push_now;
 pub mod retry;
 pub mod state;
 pub mod sync;

@@ -25,6 +25,7 @@ use crate::client::health::NodeHealth;
 use crate::client::manager::{ManagerClient, ManagerSettings};
 use crate::client::meta::MetaClient;
 use crate::client::metrics::NodeMetrics;
+use crate::client::push_now::PushNow;
 use crate::client::state::StateDir;
 use crate::client::sync::SyncTask;
 use crate::influx::catalog::Catalog;
@@ -78,6 +79,8 @@ pub struct Client<M> {
     node_id: watch::Sender<Option<String>>,
     /// The heartbeat interval the manager last handed out, in ms.
     heartbeat_ms: AtomicU64,
+    /// Pushes on request, served by the sync task.
+    pub(crate) push_now: Arc<PushNow>,
 }
 
 impl<M: MetaClient> Client<M> {
@@ -107,6 +110,7 @@ impl<M: MetaClient> Client<M> {
             catch_up: std::sync::Mutex::default(),
             node_id: watch::channel(None).0,
             heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
+            push_now: Arc::default(),
         })
     }
 
@@ -141,6 +145,11 @@ impl<M: MetaClient> Client<M> {
     pub fn report_catch_up(&self, reason: &str) {
         *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) =
             crate::names::sync_error_line(reason);
+    }
+
+    /// Where the node's metadata is pushed on request (see [`PushNow`]).
+    pub fn push_now(&self) -> Arc<PushNow> {
+        self.push_now.clone()
     }
 
     pub(crate) fn report_sync_state(&self, state: proto::SyncState) {

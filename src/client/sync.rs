@@ -75,6 +75,8 @@ enum Event {
     ReopenDue,
     /// The wait after a failed apply is over.
     ApplyDue,
+    /// Someone asked for the node's metadata to be pushed now.
+    PushAsked,
     Shutdown,
 }
 
@@ -102,6 +104,8 @@ pub(crate) struct SyncTask<'a, M> {
     client: &'a Client<M>,
     base: Synced,
     changes: watch::Receiver<u64>,
+    /// Push requests ([`crate::client::push_now`]).
+    push_requests: watch::Receiver<u64>,
     watch: Option<SnapshotStream>,
     /// Waits between failed attempts to open the watch.
     reopen: Backoff,
@@ -145,6 +149,7 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             client,
             base,
             changes: client.meta.changes(),
+            push_requests: client.push_now.requests(),
             watch: None,
             reopen: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             reopen_wait: Duration::ZERO,
@@ -233,6 +238,7 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
                 }
                 Event::LocalChange
             }
+            Ok(()) = self.push_requests.changed() => Event::PushAsked,
             _ = tokio::time::sleep(self.client.settings.resync_interval) => Event::ResyncTick,
         }
     }
@@ -244,6 +250,7 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             Event::LocalChange => self.on_local_change().await,
             Event::ResyncTick => self.on_resync_tick().await,
             Event::ApplyDue => self.on_apply_due().await,
+            Event::PushAsked => self.on_push_asked().await,
             // The loop opens the watch again before the next event.
             Event::ReopenDue | Event::Shutdown => {}
         }
@@ -291,6 +298,20 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
         }
         let r = self.reconcile().await;
         self.step("push", r);
+    }
+
+    /// A push on request: the answer is the version that holds the node's
+    /// metadata as it is now, unless the push failed or a cluster catalog
+    /// still waits to be applied here.
+    async fn on_push_asked(&mut self) {
+        let ticket = *self.push_requests.borrow_and_update();
+        self.on_local_change().await;
+        let answer = match (&self.last_error, &self.unapplied) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(_)) => Err("a cluster catalog waits to be applied here".to_owned()),
+            (None, None) => Ok(self.base.version),
+        };
+        self.client.push_now.answer(ticket, answer);
     }
 
     async fn on_resync_tick(&mut self) {

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use prometheus::core::Collector;
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::agent::frontdoor::consistency::Consistency;
@@ -127,6 +127,8 @@ pub struct ReplicationMetrics {
     writes: IntCounterVec,
     forged: IntCounter,
     peers: IntGauge,
+    barriers: IntCounterVec,
+    barrier_seconds: Histogram,
 }
 
 impl Default for ReplicationMetrics {
@@ -226,6 +228,26 @@ impl Default for ReplicationMetrics {
                     "The cluster's other nodes new writes are queued for, as the manager last listed them.",
                 ),
             ),
+            barriers: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_catalog_barrier_total",
+                        "Answers to catalog changes by how their wait for the other nodes ended: applied (every alive node applied it), timeout (--catalog-wait passed), unpushed (the change could not be pushed to the manager now).",
+                    ),
+                    &["outcome"],
+                ),
+            ),
+            barrier_seconds: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "cflux_catalog_barrier_seconds",
+                        "How long the answer to a catalog change waited for the other nodes to apply it.",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                ),
+            ),
             registry: r,
         }
     }
@@ -275,6 +297,12 @@ impl ReplicationMetrics {
 
     pub fn forged(&self) {
         self.forged.inc();
+    }
+
+    /// A catalog barrier ended with `outcome` after `seconds`.
+    pub fn barrier(&self, outcome: &str, seconds: f64) {
+        self.barriers.with_label_values(&[outcome]).inc();
+        self.barrier_seconds.observe(seconds);
     }
 
     pub fn set_peers(&self, n: usize) {

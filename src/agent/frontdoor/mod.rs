@@ -83,8 +83,8 @@ use crate::agent::frontdoor::authenticator::Authenticator;
 use crate::agent::frontdoor::metrics::FrontDoorMetrics;
 use crate::agent::frontdoor::proxy::Upstream;
 use crate::agent::frontdoor::replication::{
-    Replication, ReplicationError, ReplicationSettings, PEER_QUEUES_PATH, QUERY_PATH,
-    REPLICATE_PATH,
+    Replication, ReplicationError, ReplicationSettings, PEER_CATALOG_PATH, PEER_QUEUES_PATH,
+    QUERY_PATH, REPLICATE_PATH,
 };
 use crate::influx::catalog::Catalog;
 
@@ -220,6 +220,10 @@ impl FrontDoor {
                 .route(
                     PEER_QUEUES_PATH,
                     axum::routing::post(replication::peer_queues).with_state(r.clone()),
+                )
+                .route(
+                    PEER_CATALOG_PATH,
+                    axum::routing::post(replication::peer_catalog).with_state(r.clone()),
                 ),
             None => router,
         }

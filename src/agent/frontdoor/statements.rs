@@ -2,7 +2,9 @@
 //! `DELETE`, `DROP SERIES`, `DROP MEASUREMENT` and `SELECT … INTO`. Metadata
 //! sync never carries them (they leave `meta.db` alone), so with
 //! `--replicate` the front door runs them on its influxd and queues them for
-//! every peer, in order with the writes ([`super::replication`]).
+//! every peer, in order with the writes ([`super::replication`]). It also
+//! tells the statements that change the catalog, whose answer waits until
+//! every node has applied them (the catalog barrier).
 //!
 //! This module only reads the text, as InfluxQL's scanner would: it splits
 //! a query into statements (a `;` inside a string, a quoted identifier, a
@@ -24,7 +26,11 @@ pub enum Kind {
     /// the writes queued for the database or policy go with it.
     DropDatabase,
     DropRetentionPolicy,
-    /// Reads, or other catalog changes (which metadata sync carries).
+    /// Any other catalog change (`CREATE`, `ALTER`, `GRANT`, `REVOKE`,
+    /// `SET PASSWORD`, `DROP USER`, `DROP CONTINUOUS QUERY`, `DROP
+    /// SUBSCRIPTION`), which metadata sync carries.
+    Catalog,
+    /// Reads.
     Other,
 }
 
@@ -34,6 +40,14 @@ impl Kind {
         matches!(
             self,
             Kind::Delete | Kind::DropSeries | Kind::DropMeasurement | Kind::SelectInto
+        )
+    }
+
+    /// Whether it changes the catalog (and so `meta.db`).
+    pub fn changes_catalog(self) -> bool {
+        matches!(
+            self,
+            Kind::Catalog | Kind::DropDatabase | Kind::DropRetentionPolicy
         )
     }
 }
@@ -141,8 +155,10 @@ fn kind(query: &str, tokens: &[Lexed]) -> Kind {
             Some("SHARD") => Kind::DropShard,
             Some("DATABASE") => Kind::DropDatabase,
             Some("RETENTION") if word(2).as_deref() == Some("POLICY") => Kind::DropRetentionPolicy,
+            Some("USER" | "CONTINUOUS" | "SUBSCRIPTION") => Kind::Catalog,
             _ => Kind::Other,
         },
+        Some("CREATE" | "ALTER" | "GRANT" | "REVOKE" | "SET") => Kind::Catalog,
         Some("SELECT") if (1..tokens.len()).any(|i| word(i).as_deref() == Some("INTO")) => {
             Kind::SelectInto
         }
@@ -300,8 +316,17 @@ mod tests {
         assert_eq!(k("DROP SHARD 3"), Kind::DropShard);
         assert_eq!(k("DROP DATABASE x"), Kind::DropDatabase);
         assert_eq!(k("drop retention policy r on x"), Kind::DropRetentionPolicy);
-        assert_eq!(k("DROP USER x"), Kind::Other);
+        assert_eq!(k("DROP USER x"), Kind::Catalog);
+        assert_eq!(k("drop continuous query c on x"), Kind::Catalog);
+        assert_eq!(k("CREATE DATABASE x"), Kind::Catalog);
+        assert_eq!(k("alter retention policy r on x default"), Kind::Catalog);
+        assert_eq!(k("GRANT ALL TO bob"), Kind::Catalog);
+        assert_eq!(k("SET PASSWORD FOR bob = 'x'"), Kind::Catalog);
         assert_eq!(k("SHOW MEASUREMENTS"), Kind::Other);
+        assert_eq!(k("SHOW DATABASES"), Kind::Other);
+        let changes = |q: &str| split(q)[0].kind.changes_catalog();
+        assert!(changes("DROP DATABASE x") && changes("revoke all from bob"));
+        assert!(!changes("DROP SERIES FROM cpu") && !changes("SELECT * FROM cpu"));
         assert!(split("  ;  -- nothing\n").is_empty());
     }
 

@@ -68,8 +68,11 @@ use crate::influx::catalog::Catalog;
 use crate::telemetry::with_causes;
 use data_statements::QueryParams;
 
+mod catalog_barrier;
 mod data_statements;
 mod drops;
+
+pub use catalog_barrier::{peer_catalog, AppliedCatalog, CatalogSync, PEER_CATALOG_PATH};
 
 /// Where a front door takes replicated writes from its peers.
 pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
@@ -157,6 +160,12 @@ pub struct ReplicationSettings {
     pub default_consistency: Consistency,
     /// This front door, as its own `(local)` queue reaches it.
     pub own_address: String,
+    /// How long the answer to a catalog change waits for the other nodes
+    /// to apply it (`--catalog-wait`).
+    pub catalog_wait: Duration,
+    /// The node's catalog sync, which the catalog barrier pushes and peers
+    /// ask about; `None` where the node syncs no catalog.
+    pub catalog_sync: Option<CatalogSync>,
 }
 
 /// The cluster's other nodes as the manager lists them.
@@ -223,6 +232,8 @@ pub struct Replication {
     expiry_interval: Duration,
     missing_database_wait: Duration,
     default_consistency: Consistency,
+    catalog_wait: Duration,
+    catalog_sync: Option<CatalogSync>,
     /// The node's catalog: who may see the queues.
     catalog: watch::Receiver<Option<Arc<Catalog>>>,
     /// Where accepted writes go on to subscribers.
@@ -293,6 +304,8 @@ impl Replication {
                 .max(Duration::from_millis(100)),
             missing_database_wait: settings.missing_database_wait,
             default_consistency: settings.default_consistency,
+            catalog_wait: settings.catalog_wait,
+            catalog_sync: settings.catalog_sync,
             catalog,
             subscriptions,
             shutdown,
@@ -724,9 +737,13 @@ impl Replication {
         )
     }
 
-    /// A query: answered by the local influxd, or by an alive peer when it
-    /// cannot be reached (only for a user the front door verified, or a
-    /// query without credentials); the answer names the node that served it.
+    /// A query: statements that change points go to every node
+    /// ([`data_statements`]), drops take their queued writes with them
+    /// ([`drops`]), the rest is answered by the local influxd or, when it
+    /// cannot be reached, by an alive peer (only for a user the front door
+    /// verified, or a query without credentials); the answer names the node
+    /// that served it. A catalog change is answered once every alive node
+    /// has applied it ([`catalog_barrier`]).
     async fn query(&self, request: Request, next: Next) -> Response {
         let writer = request
             .extensions()
@@ -744,17 +761,37 @@ impl Replication {
         };
         let params = QueryParams::read(&parts, &body);
         let statements = params.get("q").map(statements::split).unwrap_or_default();
-        if statements
+        let changes_catalog = statements.iter().any(|s| s.kind.changes_catalog());
+        let count = statements.len();
+        let response = if statements
             .iter()
             .any(|s| s.kind.is_replicated() || s.kind == Kind::DropShard)
         {
-            return self
-                .data_statements(parts, body, params, statements, next)
-                .await;
+            self.data_statements(parts, body, params, statements, next)
+                .await
+        } else if statements.iter().any(|s| s.dropped().is_some()) {
+            self.drop_statements(parts, body, &statements, next).await
+        } else {
+            self.read_or_change(parts, body, writer, next).await
+        };
+        if changes_catalog && response.status().is_success() {
+            // influxd answers 200 before it runs the statements: its answer
+            // is read whole first, so the change is in `meta.db` by then.
+            let (response, _) = data_statements::failures(response, count).await;
+            self.catalog_barrier().await;
+            return response;
         }
-        if statements.iter().any(|s| s.dropped().is_some()) {
-            return self.drop_statements(parts, body, &statements, next).await;
-        }
+        response
+    }
+
+    /// A query without statements that change points.
+    async fn read_or_change(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        writer: Writer,
+        next: Next,
+    ) -> Response {
         let call = QueryCall {
             method: parts.method.to_string(),
             path_and_query: parts
