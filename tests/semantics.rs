@@ -16,6 +16,8 @@
 //! - A catalog change answered at one front door is in effect at every
 //!   node when the client has its answer (a node whose influxd is down is
 //!   not waited for).
+//! - The valid points of a partial write with `consistency=all` are on
+//!   every node when the client has influxd's 400.
 //! - Points written without a timestamp are the same points on every node.
 //! - Writes from the first moment the agents run are on every node.
 //!
@@ -349,6 +351,34 @@ async fn a_catalog_change_is_in_effect_at_every_node_once_answered() {
         "the answer waited for a node that cannot apply it"
     );
     assert!(c.nodes[1].databases().await.contains("while_c_is_down"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_write_reaches_its_consistency_before_its_answer() {
+    let c = Cluster::start(3, |_| Vec::new()).await;
+    let (status, answer) = write(
+        &c.nodes[0].door,
+        WRITER,
+        "&consistency=all",
+        "part,k=0 v=1 1\npart broken\npart,k=1 v=2 2\n".into(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer.contains("partial write"), "{answer}");
+    // A field type conflict is a partial write too.
+    let (status, answer) = write(
+        &c.nodes[1].door,
+        WRITER,
+        "&consistency=all",
+        "part,k=2 v=3 3\npart,k=3 v=\"text\" 4\npart,k=4 v=5 5\n".into(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer.contains("field type conflict"), "{answer}");
+    // Read at once, straight from every influxd: no waiting.
+    for n in &c.nodes {
+        assert_eq!(n.count("part").await, 4, "the valid points on {}", n.door);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

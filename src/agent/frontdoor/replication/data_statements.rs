@@ -191,7 +191,7 @@ impl Replication {
             body: Bytes::from(form),
             queued_at_ms: now_ms(),
         };
-        match self.queue(hint, 0, true, consistency, true).await {
+        match self.queue(hint, 0, true, consistency).await {
             Ok(()) => local,
             Err(error) => self.error(error),
         }

@@ -550,17 +550,13 @@ impl Replication {
         } else {
             return local;
         };
-        // A partial write is answered as influxd answered it, whatever the peers do.
-        let settle = status != StatusCode::BAD_REQUEST;
         let points = count_points(&hint);
         let (path_and_query, encoding, body) = (
             hint.path_and_query.clone(),
             hint.content_encoding.clone(),
             hint.body.clone(),
         );
-        let queued = self
-            .queue(hint, points, written_here, consistency, settle)
-            .await;
+        let queued = self.queue(hint, points, written_here, consistency).await;
         if written_here || queued.is_ok() {
             // Stored here, or queued to be (influxd down): the points are
             // the cluster's even when the consistency fell short, as an
@@ -573,6 +569,10 @@ impl Replication {
             });
         }
         match queued {
+            // A partial write is answered as influxd answered it, once the
+            // valid points reached the consistency or it fell short: a
+            // client that reads them next at another front door finds them.
+            _ if partial_answer.is_some() => local,
             Ok(()) if written_here => local,
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(error) => self.error(error),
@@ -580,15 +580,14 @@ impl Replication {
     }
 
     /// Queues `hint` durably for every member (and for `(local)` when it
-    /// was not `written_here`) and, with `settle`, waits until
-    /// `consistency` is reached; the error to answer when it falls short.
+    /// was not `written_here`) and waits until `consistency` is reached;
+    /// the error to answer when it falls short.
     async fn queue(
         &self,
         mut hint: Hint,
         points: u64,
         written_here: bool,
         consistency: Consistency,
-        settle: bool,
     ) -> Result<(), &'static str> {
         let mut targets: Vec<String> = self
             .members
@@ -630,10 +629,6 @@ impl Replication {
             tracing::warn!(%peer, points, "the peer's hinted-handoff queue is full (--hh-max-size): the write is not queued for it");
         }
         self.wake(&appended.queued);
-        if !settle {
-            self.pending.forget(appended.seq);
-            return Ok(());
-        }
         let queued: BTreeSet<String> = appended.queued.iter().cloned().collect();
         let verdict = consistency::settle(
             &tally,
