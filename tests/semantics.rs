@@ -16,6 +16,9 @@
 //! - A catalog change answered at one front door is in effect at every
 //!   node when the client has its answer (a node whose influxd is down is
 //!   not waited for).
+//! - A database created while the manager is out of reach keeps the writes
+//!   made to it: the peers wait for it past `--hh-missing-database-wait`
+//!   and never refuse them for good.
 //! - The valid points of a partial write with `consistency=all` are on
 //!   every node when the client has influxd's 400.
 //! - Points written without a timestamp are the same points on every node.
@@ -351,6 +354,60 @@ async fn a_catalog_change_is_in_effect_at_every_node_once_answered() {
         "the answer waited for a node that cannot apply it"
     );
     assert!(c.nodes[1].databases().await.contains("while_c_is_down"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_created_while_the_manager_is_out_of_reach_keeps_its_writes() {
+    let mut c = Cluster::start(3, |_| {
+        ["--hh-missing-database-wait", "1s", "--catalog-wait", "2s"]
+            .map(String::from)
+            .to_vec()
+    })
+    .await;
+    c.manager.kill();
+    let a = &c.nodes[0];
+    run(&a.door, "CREATE DATABASE cut_off").await;
+    let (status, answer) = write_to(&a.door, ADMIN, "cut_off", "", "early v=1 1\n".into()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let (status, answer) = write(&a.door, WRITER, "", tagged("behind", "a", 1, 10)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    // The peers lack the database for longer than --hh-missing-database-wait.
+    eventually(DEADLINE, "a write queued for 3 s at A", || async {
+        let oldest = a
+            .metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("cflux_handoff_oldest_age_seconds{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        if oldest >= 3.0 {
+            Ok(())
+        } else {
+            Err(format!("oldest {oldest} s"))
+        }
+    })
+    .await;
+    c.manager.start_again_on_same_port().await;
+    for n in &c.nodes {
+        eventually(
+            DEADLINE,
+            &format!("the early write on {}", n.door),
+            || async {
+                match n.count_in("cut_off", "early").await {
+                    1 => Ok(()),
+                    have => Err(format!("{have} points")),
+                }
+            },
+        )
+        .await;
+    }
+    wait_everywhere(&c, "behind", "", 10).await;
+    let metrics = a.metrics().await;
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("cflux_replication_dropped_points_total{"))
+        .collect();
+    assert!(refused.is_empty(), "writes dropped for a peer: {refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

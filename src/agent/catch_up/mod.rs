@@ -153,6 +153,8 @@ impl SignedNode {
                 body: lines,
                 queued_at_ms: now_ms(),
             }],
+            // A copy, not a write of this node's: the age rule decides.
+            origin: None,
         };
         let response = self
             .post(REPLICATE_PATH, Bytes::from(batch.encode_to_vec()))

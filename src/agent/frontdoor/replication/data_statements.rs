@@ -19,7 +19,6 @@
 //! any other error refuses the statement for good, logged.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -30,9 +29,7 @@ use http::header;
 use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 
-use super::{
-    now_ns, refused_for_good, Consistency, Hint, Replication, UpstreamUnreachable, Writer,
-};
+use super::{now_ns, Consistency, Hint, OriginCatalog, Replication, UpstreamUnreachable, Writer};
 use crate::agent::frontdoor::statements::{self, Kind, Statement};
 use crate::clock::now_ms;
 
@@ -199,7 +196,11 @@ impl Replication {
 
     /// A statement queued by a peer, run on the local influxd as its user:
     /// `Ok(true)` ran, `Ok(false)` refused for good, `Err` not now.
-    pub(super) async fn run_statement(&self, hint: &Hint) -> Result<bool, String> {
+    pub(super) async fn run_statement(
+        &self,
+        hint: &Hint,
+        origin: Option<&OriginCatalog>,
+    ) -> Result<bool, String> {
         let request = Request::post(&hint.path_and_query).header(header::CONTENT_TYPE, FORM);
         let sent = self
             .send_as(request, hint.user.as_deref(), hint.body.clone())
@@ -207,7 +208,6 @@ impl Replication {
         let Some((status, answer)) = sent else {
             return Ok(false);
         };
-        let age = Duration::from_millis(now_ms().saturating_sub(hint.queued_at_ms));
         let error = if status.is_success() {
             match first_error(answer.as_bytes()) {
                 None => return Ok(true),
@@ -226,7 +226,7 @@ impl Replication {
         } else {
             status
         };
-        if refused_for_good(status, age, self.missing_database_wait) {
+        if self.refused_for_good(status, hint.queued_at_ms, origin) {
             tracing::warn!(user = hint.user.as_deref().unwrap_or("-"), %status, answer = %error, "influxd refused a replicated statement");
             Ok(false)
         } else {

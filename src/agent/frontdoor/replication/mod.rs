@@ -71,8 +71,10 @@ use data_statements::QueryParams;
 mod catalog_barrier;
 mod data_statements;
 mod drops;
+mod origin_catalog;
 
 pub use catalog_barrier::{peer_catalog, AppliedCatalog, CatalogSync, PEER_CATALOG_PATH};
+pub use origin_catalog::OriginCatalog;
 
 /// Where a front door takes replicated writes from its peers.
 pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
@@ -131,6 +133,9 @@ pub struct Hint {
 pub struct Batch {
     #[prost(message, repeated, tag = "1")]
     pub hints: Vec<Hint>,
+    /// The sender's catalog; none from an agent that does not say it.
+    #[prost(message, optional, tag = "2")]
+    pub origin: Option<OriginCatalog>,
 }
 
 /// What the receiver did with each write of a batch, in order; fewer than
@@ -691,7 +696,7 @@ impl Replication {
                     .error(StatusCode::BAD_REQUEST, "not a replication batch")
             }
         };
-        let receipt = self.write_locally(batch.hints).await;
+        let receipt = self.write_locally(batch.hints, batch.origin.as_ref()).await;
         axum::Json(receipt).into_response()
     }
 
@@ -889,7 +894,7 @@ impl Replication {
 
     /// Writes `hints` in order (runs of the same target and user as one
     /// request); stops at the first influxd cannot take now.
-    async fn write_locally(&self, hints: Vec<Hint>) -> Receipt {
+    async fn write_locally(&self, hints: Vec<Hint>, origin: Option<&OriginCatalog>) -> Receipt {
         let mut receipt = Receipt::default();
         let mut i = 0;
         while i < hints.len() {
@@ -908,7 +913,7 @@ impl Replication {
                 }
             }
             let run = &hints[i..end];
-            match self.write_run(run).await {
+            match self.write_run(run, origin).await {
                 Ok(written) => receipt
                     .outcomes
                     .extend(std::iter::repeat_n(written, run.len())),
@@ -923,11 +928,15 @@ impl Replication {
     }
 
     /// `Ok(true)` written, `Ok(false)` refused for good, `Err` not now.
-    async fn write_run(&self, run: &[Hint]) -> Result<bool, String> {
+    async fn write_run(
+        &self,
+        run: &[Hint],
+        origin: Option<&OriginCatalog>,
+    ) -> Result<bool, String> {
         let first = &run[0];
         let path = path_of(first);
         if path == "/query" {
-            return self.run_statement(first).await;
+            return self.run_statement(first, origin).await;
         }
         if !is_write_path(path) {
             return Ok(false);
@@ -954,8 +963,7 @@ impl Replication {
         if status.is_success() {
             return Ok(true);
         }
-        let age = Duration::from_millis(now_ms().saturating_sub(first.queued_at_ms));
-        if refused_for_good(status, age, self.missing_database_wait) {
+        if self.refused_for_good(status, first.queued_at_ms, origin) {
             tracing::warn!(user = first.user.as_deref().unwrap_or("-"), path, %status, answer = %text.trim(), "influxd refused a replicated write");
             Ok(false)
         } else {
@@ -999,8 +1007,9 @@ impl Replication {
     async fn deliver(self: Arc<Self>, peer: String, wake: Arc<Notify>) {
         let mut backoff =
             Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter(0.5);
+        let mut retry = false;
         loop {
-            let wait = match self.deliver_queue(&peer).await {
+            let wait = match self.deliver_queue(&peer, retry).await {
                 Ok(()) => {
                     backoff.reset();
                     None
@@ -1013,6 +1022,7 @@ impl Replication {
                     Some(wait)
                 }
             };
+            retry = wait.is_some();
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = wake.notified(), if wait.is_none() => {}
@@ -1021,8 +1031,11 @@ impl Replication {
         }
     }
 
-    /// Sends `peer`'s queue until it is empty, or fails.
-    async fn deliver_queue(&self, peer: &str) -> Result<(), String> {
+    /// Sends `peer`'s queue until it is empty, or fails; a `retry` pushes
+    /// this node's catalog first, so that the peer can tell a database it
+    /// lacks for good from one its catalog has not caught up with.
+    async fn deliver_queue(&self, peer: &str, retry: bool) -> Result<(), String> {
+        let origin = self.origin_catalog(retry).await;
         loop {
             let handoff = self.handoff.clone();
             let p = peer.to_owned();
@@ -1047,7 +1060,16 @@ impl Replication {
             for q in &batch {
                 hints.push(Hint::decode(&q.hint[..]).map_err(|e| e.to_string())?);
             }
-            let receipt = self.send(&address, Batch { hints }).await;
+            let batch_origin = origin.clone();
+            let receipt = self
+                .send(
+                    &address,
+                    Batch {
+                        hints,
+                        origin: batch_origin,
+                    },
+                )
+                .await;
             let receipt = match receipt {
                 Ok(r) => r,
                 Err(e) => {
@@ -1327,21 +1349,6 @@ fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Whether influxd's answer `status` (not 2xx) to a peer's write queued
-/// `age` ago refuses it for good, so the peer drops it: a client error,
-/// except one this node's catalog may not have caught up with yet while it
-/// is younger than `missing_database_wait` — a database not found (404), a
-/// user or privilege not there yet (401, 403: the origin's influxd took the
-/// write, so the writer had the privilege there). 5xx: not now.
-fn refused_for_good(status: StatusCode, age: Duration, missing_database_wait: Duration) -> bool {
-    match status {
-        StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            age >= missing_database_wait
-        }
-        s => s.is_client_error(),
-    }
-}
-
 /// HMAC-SHA256 over the timestamp and the body.
 pub(crate) fn sign(secret: &[u8], ts: u64, body: &[u8]) -> Vec<u8> {
     mac(secret, ts, body).finalize().into_bytes().to_vec()
@@ -1479,34 +1486,6 @@ mod tests {
     }
 
     #[test]
-    fn what_a_receiver_refuses_for_good() {
-        let wait = Duration::from_secs(60);
-        let young = Duration::from_secs(59);
-        let old = Duration::from_secs(60);
-        // A missing database, user or privilege: not yet while the
-        // catalog may catch up.
-        for s in [
-            StatusCode::NOT_FOUND,
-            StatusCode::UNAUTHORIZED,
-            StatusCode::FORBIDDEN,
-        ] {
-            assert!(!refused_for_good(s, young, wait), "{s}");
-            assert!(refused_for_good(s, old, wait), "{s}");
-        }
-        // The client's own errors at once, whatever the age.
-        for s in [StatusCode::BAD_REQUEST, StatusCode::PAYLOAD_TOO_LARGE] {
-            assert!(refused_for_good(s, Duration::ZERO, wait), "{s}");
-        }
-        // influxd's own trouble never drops anything.
-        for s in [
-            StatusCode::INTERNAL_SERVER_ERROR,
-            StatusCode::SERVICE_UNAVAILABLE,
-        ] {
-            assert!(!refused_for_good(s, old * 1000, wait), "{s}");
-        }
-    }
-
-    #[test]
     fn statements_are_told_from_writes_without_decoding_the_body() {
         let encoded = |path: &str| {
             Hint {
@@ -1533,7 +1512,21 @@ mod tests {
                 body: Bytes::from_static(b"cpu v=1"),
                 queued_at_ms: 7,
             }],
+            origin: Some(OriginCatalog {
+                version: 12,
+                history_id: "h".into(),
+                pushed: true,
+            }),
         };
         assert_eq!(Batch::decode(&batch.encode_to_vec()[..]).unwrap(), batch);
+        // A batch from an agent that does not say its catalog.
+        let older = Batch {
+            origin: None,
+            ..batch.clone()
+        };
+        assert_eq!(
+            Batch::decode(&older.encode_to_vec()[..]).unwrap().origin,
+            None
+        );
     }
 }
