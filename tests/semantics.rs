@@ -10,6 +10,9 @@
 //! - A deletion taken while a node's influxd is down, with writes before
 //!   and after it, reaches that node in order once it is back, across a
 //!   SIGKILL of the agent that took it.
+//! - `--auto-catch-up` never copies back what a deletion removed while the
+//!   deletion is still queued for a node, and `cfluxctl verify` finds the
+//!   nodes equal once it arrived.
 //! - A write accepted before a `DROP DATABASE` never reappears after it on a
 //!   node that lagged (its influxd down), even once the database is
 //!   created again, and does not hold up the writes behind it.
@@ -245,6 +248,108 @@ async fn a_deletion_reaches_a_node_that_was_down_in_order_with_the_writes_around
             n.door
         );
         assert_eq!(count_where(n, "cpu", "").await, 50, "{}", n.door);
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to the process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_catch_up_never_copies_back_what_a_queued_deletion_removed() {
+    let mut c = Cluster::start(3, |_| {
+        ["--auto-catch-up", "--catch-up-check-interval", "300ms"]
+            .map(String::from)
+            .to_vec()
+    })
+    .await;
+    let (status, answer) = write(&c.nodes[0].door, WRITER, "", tagged("gone", "a", 1, 20)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let (status, answer) = write(&c.nodes[0].door, WRITER, "", tagged("kept", "a", 1, 20)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    wait_everywhere(&c, "gone", "", 20).await;
+    wait_everywhere(&c, "kept", "", 20).await;
+    // (Copies so far were of writes on their way: the points are in 1970,
+    // long settled.)
+    let mut copies = Vec::new();
+    for n in &c.nodes {
+        copies.push(metric(&n.metrics().await, "cflux_node_catch_ups_total"));
+    }
+    // A (the oldest node, every check's peer) misses the deletion B takes:
+    // its influxd is down, and B is paused while the deletion is queued.
+    c.nodes[0].node.influxd.kill();
+    run(&c.nodes[1].door, "DELETE FROM gone").await;
+    let a_id = c.nodes[0].node.agent.node_id().await.expect("A registered");
+    let queued_for_a = format!("cflux_handoff_queue_writes{{peer=\"{a_id}\"}}");
+    eventually(DEADLINE, "the deletion queued at B for A", || async {
+        let queued = metric(&c.nodes[1].metrics().await, &queued_for_a);
+        let here = c.nodes[1].count("gone").await;
+        if queued >= Some(1.0) && here == 0 {
+            Ok(())
+        } else {
+            Err(format!("queued {queued:?}, {here} left at B"))
+        }
+    })
+    .await;
+    let b = c.nodes[1].node.agent.pid();
+    signal(b, "STOP");
+    c.nodes[0].node.influxd.start_again().await;
+    // C holds fewer points than A now, which is what the check looks for;
+    // it must wait (B cannot say what it has queued: each ask times out
+    // after 10 s) for two checks.
+    let c_node = &c.nodes[2];
+    let waits = || {
+        c_node
+            .node
+            .agent
+            .log()
+            .matches("the catch-up check waits")
+            .count()
+    };
+    let before = waits();
+    eventually(DEADLINE * 2, "C's checks wait", || async {
+        if waits() >= before + 2 {
+            Ok(())
+        } else {
+            Err(format!("{} waits", waits() - before))
+        }
+    })
+    .await;
+    assert_eq!(
+        c_node.count("gone").await,
+        0,
+        "C copied deleted points back"
+    );
+    signal(b, "CONT");
+    // The deletion reaches A; then every node is equal, and stays so.
+    wait_everywhere(&c, "gone", "", 0).await;
+    wait_everywhere(&c, "kept", "", 20).await;
+    let out = c
+        .manager
+        .ctl_command(Some(CLUSTER), &["-o", "json", "verify"])
+        .env("INFLUX_USERNAME", ADMIN.0)
+        .env("INFLUX_PASSWORD", ADMIN.1)
+        .output()
+        .expect("run cfluxctl verify");
+    assert_eq!(out.status.code(), Some(0), "verify: {out:?}");
+    for (n, before) in c.nodes.iter().zip(copies) {
+        assert_eq!(
+            n.count("gone").await,
+            0,
+            "deleted points back on {}",
+            n.door
+        );
+        assert_eq!(
+            metric(&n.metrics().await, "cflux_node_catch_ups_total"),
+            before,
+            "{} copied after the deletion",
+            n.door
+        );
     }
 }
 
