@@ -149,7 +149,7 @@ fn sync_state(applied_version: u64, history_id: &str, sync_error: &str) -> SyncS
         applied_version,
         applied_history_id: history_id.into(),
         sync_error: sync_error.into(),
-        catch_up: String::new(),
+        ..SyncState::default()
     }
 }
 
@@ -237,6 +237,19 @@ async fn nodes_and_status_show_who_is_behind_or_failing() {
     assert_eq!(elsewhere[0]["sync"], "behind", "{elsewhere}");
     assert_eq!(elsewhere[0]["lag"], serde_json::Value::Null, "{elsewhere}");
     assert_eq!(status(&[]).status.code(), Some(3));
+
+    // In sync, but a deletion it took is not on every node yet.
+    let deleting = SyncState {
+        queued_statements: 2,
+        ..sync_state(2, &history, "")
+    };
+    report(&manager, &node, Some(deleting)).await;
+    let differ = status(&[]);
+    assert_eq!(differ.status.code(), Some(3), "{differ:?}");
+    assert!(
+        stdout(&differ).contains("2 statement(s) that change points"),
+        "{differ:?}"
+    );
 
     // Caught up.
     report(&manager, &node, Some(sync_state(2, &history, ""))).await;

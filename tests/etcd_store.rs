@@ -560,8 +560,7 @@ fn synced(version: u64) -> SyncReport {
     SyncReport {
         applied_version: version,
         applied_history_id: "h".into(),
-        sync_error: String::new(),
-        catch_up: String::new(),
+        ..SyncReport::default()
     }
 }
 

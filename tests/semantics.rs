@@ -233,6 +233,17 @@ async fn a_deletion_reaches_a_node_that_was_down_in_order_with_the_writes_around
     assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
     let (status, answer) = write(&door, WRITER, "", tagged("other", "kept", 1, 20)).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    // The cluster does not call itself in sync meanwhile.
+    eventually(DEADLINE, "status tells the queued deletion", || async {
+        let out = c.manager.ctl_in(Some(CLUSTER), &["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.code() == Some(3) && text.contains("1 statement(s) that change points") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
 
     // The agent that took them dies before C is back: its queue holds them.
     c.nodes[0].node.agent.kill();

@@ -820,6 +820,8 @@ async fn sync_reports(s: Subject) {
         applied_history_id: history_id.clone(),
         sync_error: "pull: influxd refused a statement".into(),
         catch_up: String::new(),
+        // Kept as reported, like the rest.
+        queued_statements: 3,
     };
     assert!(store
         .heartbeat(c, "n1", now_ms(), Some(behind.clone()))
@@ -846,8 +848,7 @@ async fn sync_reports(s: Subject) {
     let elsewhere = SyncReport {
         applied_version: 9,
         applied_history_id: "another-history".into(),
-        sync_error: String::new(),
-        catch_up: String::new(),
+        ..SyncReport::default()
     };
     assert!(store
         .heartbeat(c, "n1", now_ms(), Some(elsewhere))

@@ -200,7 +200,7 @@ async fn nodes_that_report_nothing_are_unknown_and_legacy_listings_keep_their_sh
             applied_version: 0,
             applied_history_id: String::new(),
             sync_error: "pull: influxd is down".into(),
-            catch_up: String::new(),
+            ..SyncState::default()
         }),
     })
     .await

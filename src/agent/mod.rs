@@ -168,6 +168,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .await;
         }
     };
+    let count_statements = async {
+        if let Some(r) = &replication {
+            // For the heartbeats: `cfluxctl status` tells nodes that may
+            // differ by a deletion on its way.
+            while !shutdown.is_cancelled() {
+                state.client.report_queued_statements(r.queued_statements());
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     let follow = async {
         if let Some(r) = replication.clone() {
             let client = &state.client;
@@ -189,13 +202,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .await;
         }
     };
-    let (served, (), (), (), (), ()) = tokio::join!(
+    let (served, (), (), (), (), (), ()) = tokio::join!(
         async { server.await },
         state.client.run(shutdown.clone()),
         front,
         follow,
         check,
-        watch_subscriber
+        watch_subscriber,
+        count_statements
     );
     served.context("the health and metrics server failed")?;
     tracing::info!("agent stopped");

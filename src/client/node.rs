@@ -81,6 +81,9 @@ pub struct Client<M> {
     heartbeat_ms: AtomicU64,
     /// Pushes on request, served by the sync task.
     pub(crate) push_now: Arc<PushNow>,
+    /// Statements that change points queued for other nodes, as the agent
+    /// last counted them; every heartbeat carries it.
+    queued_statements: AtomicU64,
 }
 
 impl<M: MetaClient> Client<M> {
@@ -111,6 +114,7 @@ impl<M: MetaClient> Client<M> {
             node_id: watch::channel(None).0,
             heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
             push_now: Arc::default(),
+            queued_statements: AtomicU64::new(0),
         })
     }
 
@@ -145,6 +149,12 @@ impl<M: MetaClient> Client<M> {
     pub fn report_catch_up(&self, reason: &str) {
         *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) =
             crate::names::sync_error_line(reason);
+    }
+
+    /// How many statements that change points the node has queued for
+    /// other nodes, for the next heartbeats.
+    pub fn report_queued_statements(&self, n: u64) {
+        self.queued_statements.store(n, Ordering::Relaxed);
     }
 
     /// Where the node's metadata is pushed on request (see [`PushNow`]).
@@ -243,11 +253,11 @@ impl<M: MetaClient> Client<M> {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .clone();
-                    let sync = self
-                        .sync_state
-                        .borrow()
-                        .clone()
-                        .map(|s| proto::SyncState { catch_up, ..s });
+                    let sync = self.sync_state.borrow().clone().map(|s| proto::SyncState {
+                        catch_up,
+                        queued_statements: self.queued_statements.load(Ordering::Relaxed),
+                        ..s
+                    });
                     match self
                         .manager
                         .heartbeat(&self.settings.cluster, id, sync)

@@ -172,7 +172,9 @@ impl<'a, M: MetaClient> SyncTask<'a, M> {
             applied_version: self.base.version,
             applied_history_id: self.base.history_id.clone(),
             sync_error: self.last_error.clone().unwrap_or_default(),
+            // The agent's own reports, added by each heartbeat.
             catch_up: String::new(),
+            queued_statements: 0,
         });
     }
 

@@ -145,13 +145,24 @@ fn cluster_status(
                 }
             }
         };
-        // Holding fewer points than a peer is a problem of its own.
+        // Holding fewer points than a peer is a problem of its own, and so
+        // is a deletion not yet on every node: the nodes hold different data.
         let catch_up = n
             .sync
             .as_ref()
             .filter(|r| n.alive && !r.catch_up.is_empty())
             .map(|r| format!("needs catch-up: {}", r.catch_up));
-        for problem in problem.into_iter().chain(catch_up) {
+        let queued = n
+            .sync
+            .as_ref()
+            .filter(|r| r.queued_statements > 0)
+            .map(|r| {
+                format!(
+                    "{} statement(s) that change points (a DELETE, a DROP SERIES ...) not yet delivered to every node",
+                    r.queued_statements
+                )
+            });
+        for problem in problem.into_iter().chain(catch_up).chain(queued) {
             s.problems.push(Problem {
                 node_id: n.node_id.clone(),
                 hostname: n.hostname.clone(),

@@ -162,6 +162,7 @@ fn node_message(n: ListedNode) -> proto::Node {
             applied_history_id: s.applied_history_id,
             sync_error: s.sync_error,
             catch_up: s.catch_up,
+            queued_statements: s.queued_statements,
         }),
         lag: n.lag,
     }
@@ -245,6 +246,7 @@ impl Clusterflux for GrpcService {
                 applied_history_id: s.applied_history_id,
                 sync_error: s.sync_error,
                 catch_up: s.catch_up,
+                queued_statements: s.queued_statements,
             });
             self.plane.heartbeat(&r.cluster, &r.node_id, sync).await?;
             Ok(proto::HeartbeatResponse {})

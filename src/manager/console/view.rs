@@ -343,7 +343,7 @@ mod tests {
             applied_version: 3,
             applied_history_id: "h".into(),
             sync_error: "pull: influxd is down".into(),
-            catch_up: String::new(),
+            ..SyncReport::default()
         };
         let synced = SyncReport {
             sync_error: String::new(),

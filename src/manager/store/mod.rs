@@ -49,6 +49,14 @@ pub struct SyncReport {
     /// check). Reports written before it existed decode as empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub catch_up: String,
+    /// Statements that change points the node has queued for others and
+    /// not delivered yet. Reports written before it existed decode as 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queued_statements: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SyncReport {
@@ -369,8 +377,7 @@ mod tests {
         let report = |version: u64, history: &str| SyncReport {
             applied_version: version,
             applied_history_id: history.into(),
-            sync_error: String::new(),
-            catch_up: String::new(),
+            ..SyncReport::default()
         };
         assert_eq!(report(7, "h1").lag(&current), Some(0));
         assert_eq!(report(4, "h1").lag(&current), Some(3));
