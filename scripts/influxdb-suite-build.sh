@@ -54,11 +54,23 @@ rm -f "$bin" "$cache/stamp"
 #    Sources index is checked against Debian's signed Release file, and the
 #    tarball against the index's SHA256.
 apt_dir=$cache/apt
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$cache/download"
-cat >"$apt_dir/src.sources" <<'EOF'
+# (--print-uris leaves out files already in the current directory: it runs
+# in an empty one.)
+mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/empty" "$cache/download"
+# The release this machine runs (its influxdb is that release's), with its
+# updates and security suites, where a newer influxdb may come from.
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+[ -n "$codename" ] || fail "no VERSION_CODENAME in /etc/os-release: not Debian?"
+cat >"$apt_dir/src.sources" <<EOF
 Types: deb-src
 URIs: http://deb.debian.org/debian
-Suites: bookworm
+Suites: $codename $codename-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian-security
+Suites: $codename-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
@@ -66,11 +78,11 @@ apt_opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt_dir"
   -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
   -o Debug::NoLocking=true -o APT::Sandbox::User=root)
 uris=
-if ! uris=$(cd "$cache/download" && apt-get "${apt_opts[@]}" -qq --print-uris source "influxdb=$version" 2>/dev/null) ||
+if ! uris=$(cd "$apt_dir/empty" && apt-get "${apt_opts[@]}" -qq --print-uris source "influxdb=$version" 2>/dev/null) ||
   ! grep -q '\.orig\.tar\.' <<<"$uris"; then
   echo "influxdb-suite-build: fetching Debian's Sources index (deb.debian.org)" >&2
   apt-get "${apt_opts[@]}" -qq update >&2 || fail "apt-get update of $apt_dir failed"
-  uris=$(cd "$cache/download" && apt-get "${apt_opts[@]}" -qq --print-uris source "influxdb=$version" 2>/dev/null) ||
+  uris=$(cd "$apt_dir/empty" && apt-get "${apt_opts[@]}" -qq --print-uris source "influxdb=$version" 2>/dev/null) ||
     fail "apt-get source --print-uris influxdb=$version failed"
 fi
 # A line: 'URL' FILE SIZE SHA256:HEX. Only the orig tarball is needed.
