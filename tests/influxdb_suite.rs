@@ -22,8 +22,9 @@
 //! Runs 2 and 3 must give run 1's outcome for every test. After every test
 //! of runs 2 and 3 (before the next one drops every database), every node
 //! must come to hold what node 1 holds, read from each influxd directly:
-//! the databases, their retention policies, and every point of every
-//! measurement (`_internal`, node-local, aside). The pass lists are printed
+//! the databases, their retention policies, the count of every field of
+//! every measurement, and the points themselves of every measurement of up
+//! to 10,000 points (`_internal`, node-local, aside). The pass lists are printed
 //! side by side and written to `target/influxdb-suite/side-by-side.txt`,
 //! with how long each run took.
 
@@ -37,7 +38,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::influxd::{ident, InfluxApi, Influxd, InfluxdOptions, PolicyRow};
+use support::influxd::{ident, strings, InfluxApi, Influxd, InfluxdOptions, PolicyRow, Series};
 use support::replicated::{start_doors, Node};
 use support::wait::poll;
 use support::{eventually, metric, Manager};
@@ -280,37 +281,63 @@ async fn run_suite(
 }
 
 /// What one influxd holds of a database: its retention policies, and for
-/// every (policy, measurement) the columns and the sorted rows of
-/// `SELECT *`.
+/// every (policy, measurement) the rows of `SELECT count(*)` and, when there
+/// are at most [`POINTS_COMPARED`] of them, the points themselves: the
+/// sorted rows of `SELECT *`.
 #[derive(Debug, PartialEq)]
 struct Holdings {
     policies: Vec<PolicyRow>,
-    points: BTreeMap<(String, String), (Vec<String>, Vec<String>)>,
+    measurements: BTreeMap<(String, String), Measurement>,
 }
+
+#[derive(Debug, PartialEq)]
+struct Measurement {
+    counts: Series,
+    points: Option<Series>,
+}
+
+/// A measurement with more points than this (one test writes 500,000) is
+/// compared by its counts only: reading it whole on every node after every
+/// poll would take longer than the suite.
+const POINTS_COMPARED: u64 = 10_000;
 
 /// Every database but `_internal` of one influxd, asked directly.
 async fn holdings(api: &InfluxApi) -> Result<BTreeMap<String, Holdings>, String> {
-    let databases = support::influxd::strings(&api.try_query("SHOW DATABASES").await?, "name");
+    let databases = strings(&api.try_query("SHOW DATABASES").await?, "name");
     let mut out = BTreeMap::new();
     for db in databases.into_iter().filter(|d| d != "_internal") {
         let policies = api.retention_policies(&db).await?;
-        let mut points = BTreeMap::new();
+        let mut measurements = BTreeMap::new();
         for rp in &policies {
-            let q = format!("SELECT * FROM {}.{}./.*/", ident(&db), ident(&rp.name));
-            for s in api.try_query_db(&q, Some(&db)).await? {
-                let mut rows: Vec<String> = s
-                    .values
-                    .iter()
-                    .map(|r| Value::Array(r.clone()).to_string())
-                    .collect();
-                rows.sort();
-                let key = (rp.name.clone(), s.name.clone().unwrap_or_default());
-                let entry = points.entry(key).or_insert((s.columns.clone(), Vec::new()));
-                entry.1.extend(rows);
-                entry.1.sort();
+            let from = format!("{}.{}", ident(&db), ident(&rp.name));
+            let q = format!("SELECT count(*) FROM {from}./.*/");
+            for counts in api.try_query_db(&q, Some(&db)).await? {
+                let name = counts.name.clone().unwrap_or_default();
+                let most = (counts.values.iter().flatten())
+                    .filter_map(Value::as_u64)
+                    .max()
+                    .unwrap_or(0);
+                let mut points = None;
+                if most <= POINTS_COMPARED {
+                    let q = format!("SELECT * FROM {from}.{}", ident(&name));
+                    let mut all = api.try_query_db(&q, Some(&db)).await?;
+                    for s in &mut all {
+                        s.values
+                            .sort_by_key(|r| Value::Array(r.clone()).to_string());
+                    }
+                    points = all.pop();
+                }
+                let key = (rp.name.clone(), name);
+                measurements.insert(key, Measurement { counts, points });
             }
         }
-        out.insert(db, Holdings { policies, points });
+        out.insert(
+            db,
+            Holdings {
+                policies,
+                measurements,
+            },
+        );
     }
     Ok(out)
 }
@@ -357,6 +384,21 @@ fn crash_report(log: &str) -> String {
     )
 }
 
+/// `count_f=N, …` of a measurement.
+fn counts(m: &Measurement) -> String {
+    let row = m
+        .counts
+        .values
+        .first()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let pairs: Vec<String> = (m.counts.columns.iter().zip(row))
+        .skip(1) // time
+        .map(|(c, v)| format!("{c}={v}"))
+        .collect();
+    pairs.join(", ")
+}
+
 /// A short account of how node `n`'s holdings `b` differ from node 1's `a`.
 fn difference(a: &BTreeMap<String, Holdings>, b: &BTreeMap<String, Holdings>, n: usize) -> String {
     let dbs = |m: &BTreeMap<String, Holdings>| m.keys().cloned().collect::<BTreeSet<_>>();
@@ -373,20 +415,37 @@ fn difference(a: &BTreeMap<String, Holdings>, b: &BTreeMap<String, Holdings>, n:
                 ha.policies, hb.policies
             );
         }
-        let keys: BTreeSet<_> = ha.points.keys().chain(hb.points.keys()).collect();
+        let keys: BTreeSet<_> = ha
+            .measurements
+            .keys()
+            .chain(hb.measurements.keys())
+            .collect();
         for key in keys {
-            let (pa, pb) = (ha.points.get(key), hb.points.get(key));
-            if pa != pb {
-                let rows = |p: Option<&(Vec<String>, Vec<String>)>| p.map_or(0, |p| p.1.len());
-                let _ = write!(
-                    out,
-                    "{db}.{}.{}: {} rows on node 1, {} on node {n}; ",
-                    key.0,
-                    key.1,
-                    rows(pa),
-                    rows(pb)
-                );
+            let (ma, mb) = (ha.measurements.get(key), hb.measurements.get(key));
+            if ma == mb {
+                continue;
             }
+            let show = |m: Option<&Measurement>| match m {
+                None => "nothing".to_owned(),
+                Some(m) => {
+                    let points = m.points.as_ref().map_or(0, |p| p.values.len());
+                    format!("{} ({points} rows)", counts(m))
+                }
+            };
+            let (rp, name) = key;
+            let _ = match (ma, mb) {
+                (Some(x), Some(y)) if x.counts == y.counts => write!(
+                    out,
+                    "{db}.{rp}.{name}: the same counts {}, other points; ",
+                    counts(x)
+                ),
+                _ => write!(
+                    out,
+                    "{db}.{rp}.{name}: counts {} on node 1, {} on node {n}; ",
+                    show(ma),
+                    show(mb)
+                ),
+            };
         }
     }
     out
