@@ -43,8 +43,10 @@ use support::replicated::{start_doors, Node};
 use support::wait::poll;
 use support::{eventually, metric, Manager};
 
-/// How long the nodes may take to agree after a test.
-const CONVERGE_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the nodes may take to agree after a test: replicating the
+/// 500,000 points of `ShowSeriesCardinalityEstimation` to two peers has
+/// taken 23 s on a loaded 2-core machine.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a fresh cluster may take until every node knows its peers.
 const SETUP_DEADLINE: Duration = Duration::from_secs(30);
 /// What a bare influxd 1.6.7 passes is about 118 of 134 tests
