@@ -23,8 +23,8 @@
 //! of runs 2 and 3 (before the next one drops every database), every node
 //! must come to hold what node 1 holds, read from each influxd directly:
 //! the databases, their retention policies, the count of every field of
-//! every measurement, and the points themselves of every measurement of up
-//! to 10,000 points (`_internal`, node-local, aside). The pass lists are printed
+//! every measurement, and the points themselves while a policy holds at most
+//! 10,000 points (`_internal`, node-local, aside). The pass lists are printed
 //! side by side and written to `target/influxdb-suite/side-by-side.txt`,
 //! with how long each run took.
 
@@ -283,9 +283,9 @@ async fn run_suite(
 }
 
 /// What one influxd holds of a database: its retention policies, and for
-/// every (policy, measurement) the rows of `SELECT count(*)` and, when there
-/// are at most [`POINTS_COMPARED`] of them, the points themselves: the
-/// sorted rows of `SELECT *`.
+/// every (policy, measurement) the row of `SELECT count(*)` and, while the
+/// policy holds at most [`POINTS_COMPARED`] points, the points themselves:
+/// the sorted rows of `SELECT *`.
 #[derive(Debug, PartialEq)]
 struct Holdings {
     policies: Vec<PolicyRow>,
@@ -298,12 +298,13 @@ struct Measurement {
     points: Option<Series>,
 }
 
-/// A measurement with more points than this (one test writes 500,000) is
-/// compared by its counts only: reading it whole on every node after every
-/// poll would take longer than the suite.
+/// A policy with more points than this is compared by its counts only: one
+/// test writes 500,000 points, another 100,000 measurements, and reading
+/// them whole from three nodes at every poll would take minutes.
 const POINTS_COMPARED: u64 = 10_000;
 
-/// Every database but `_internal` of one influxd, asked directly.
+/// Every database but `_internal` of one influxd, asked directly: per
+/// policy one `SELECT count(*)` and at most one `SELECT *`.
 async fn holdings(api: &InfluxApi) -> Result<BTreeMap<String, Holdings>, String> {
     let databases = strings(&api.try_query("SHOW DATABASES").await?, "name");
     let mut out = BTreeMap::new();
@@ -311,24 +312,26 @@ async fn holdings(api: &InfluxApi) -> Result<BTreeMap<String, Holdings>, String>
         let policies = api.retention_policies(&db).await?;
         let mut measurements = BTreeMap::new();
         for rp in &policies {
-            let from = format!("{}.{}", ident(&db), ident(&rp.name));
-            let q = format!("SELECT count(*) FROM {from}./.*/");
-            for counts in api.try_query_db(&q, Some(&db)).await? {
-                let name = counts.name.clone().unwrap_or_default();
-                let most = (counts.values.iter().flatten())
-                    .filter_map(Value::as_u64)
-                    .max()
-                    .unwrap_or(0);
-                let mut points = None;
-                if most <= POINTS_COMPARED {
-                    let q = format!("SELECT * FROM {from}.{}", ident(&name));
-                    let mut all = api.try_query_db(&q, Some(&db)).await?;
-                    for s in &mut all {
-                        s.values
-                            .sort_by_key(|r| Value::Array(r.clone()).to_string());
-                    }
-                    points = all.pop();
+            let from = format!("{}.{}./.*/", ident(&db), ident(&rp.name));
+            let q = format!("SELECT count(*) FROM {from}");
+            let counts = api.try_query_db(&q, Some(&db)).await?;
+            // A measurement's points: its largest count of one field.
+            let total: u64 = (counts.iter())
+                .map(|s| s.values.iter().flatten().filter_map(Value::as_u64).max())
+                .map(Option::unwrap_or_default)
+                .sum();
+            let mut points = BTreeMap::new();
+            if total <= POINTS_COMPARED {
+                let q = format!("SELECT * FROM {from}");
+                for mut s in api.try_query_db(&q, Some(&db)).await? {
+                    s.values
+                        .sort_by_key(|r| Value::Array(r.clone()).to_string());
+                    points.insert(s.name.clone().unwrap_or_default(), s);
                 }
+            }
+            for counts in counts {
+                let name = counts.name.clone().unwrap_or_default();
+                let points = points.remove(&name);
                 let key = (rp.name.clone(), name);
                 measurements.insert(key, Measurement { counts, points });
             }
