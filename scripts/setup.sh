@@ -13,6 +13,11 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler) # etcd-client's bu
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 python3 -c 'import venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# InfluxDB's own HTTP suite (tests/influxdb_suite.rs): Go, and the packaged
+# sources of influxdb and its dependencies it compiles against
+# (scripts/influxdb-suite-build.sh fetches the suite itself).
+command -v go >/dev/null || need_apt+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/influxdata/influxdb ] || need_apt+=(golang-github-influxdb-influxdb-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
