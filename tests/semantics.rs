@@ -24,6 +24,8 @@
 //!   and never refuse them for good.
 //! - The valid points of a partial write with `consistency=all` are on
 //!   every node when the client has influxd's 400.
+//! - A continuous query gives the same output on every node (each computes
+//!   over its own copy).
 //! - Points written without a timestamp are the same points on every node.
 //! - Writes from the first moment the agents run are on every node.
 //!
@@ -551,6 +553,54 @@ async fn a_partial_write_reaches_its_consistency_before_its_answer() {
     // Read at once, straight from every influxd: no waiting.
     for n in &c.nodes {
         assert_eq!(n.count("part").await, 4, "the valid points on {}", n.door);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_query_gives_the_same_output_on_every_node() {
+    let c = Cluster::start(3, |_| Vec::new()).await;
+    run(
+        &c.nodes[1].door,
+        &format!(
+            "CREATE CONTINUOUS QUERY per10s ON {DB} RESAMPLE EVERY 1s FOR 2m BEGIN \
+             SELECT count(v) AS n INTO {DB}.autogen.cq_out FROM cq_in GROUP BY time(10s) END"
+        ),
+    )
+    .await;
+    // Four full 10 s buckets of 10 points each, ending 10 s ago, written at
+    // another front door.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let first = (now - 50) / 10 * 10;
+    let lines: String = (0..40)
+        .map(|i| format!("cq_in v={i} {}\n", first + i))
+        .collect();
+    let (status, answer) = write(&c.nodes[0].door, WRITER, "&consistency=all", lines).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let want: BTreeSet<String> = (0..4)
+        .map(|b| {
+            let t = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(first + b * 10),
+            );
+            format!("[\"{t}\",10]")
+        })
+        .collect();
+    for n in &c.nodes {
+        eventually(
+            DEADLINE,
+            &format!("the CQ's output on {}", n.door),
+            || async {
+                let have: BTreeSet<String> = rows(n, "cq_out").await;
+                if have == want {
+                    Ok(())
+                } else {
+                    Err(format!("{have:?}"))
+                }
+            },
+        )
+        .await;
     }
 }
 
