@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use notify::Watcher;
+
+use crate::agent::turns::Turns;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -105,6 +107,8 @@ pub struct InfluxdMeta {
     seen: Mutex<Option<(Catalog, MetaIdentity)>>,
     changes: watch::Sender<u64>,
     status: ApplyStatus,
+    /// Taken for each apply: replicated deletions wait for it.
+    turns: Turns,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -114,6 +118,7 @@ impl InfluxdMeta {
         influxd: Influxd,
         meta_dir: &Path,
         state_dir: &Path,
+        turns: Turns,
     ) -> Result<Self, MetaError> {
         tokio::fs::create_dir_all(state_dir)
             .await
@@ -134,6 +139,7 @@ impl InfluxdMeta {
             seen: Mutex::new(None),
             changes,
             status: ApplyStatus::new(),
+            turns,
             _watcher: watcher,
         })
     }
@@ -407,6 +413,7 @@ impl MetaClient for InfluxdMeta {
     }
 
     async fn apply(&self, target: &Catalog) -> Result<(), MetaError> {
+        let _turn = self.turns.take().await;
         let before = self.read_raw().await?;
         let now = self.to_cluster_terms(before.clone());
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();

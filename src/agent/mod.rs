@@ -8,6 +8,7 @@ pub mod frontdoor;
 pub mod influxd;
 pub mod influxql;
 pub mod metadb;
+pub mod turns;
 
 use std::sync::Arc;
 
@@ -48,9 +49,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             )
         })?;
     let influxd = Influxd::new(&config.influxdb_url, config.auth.clone());
-    let meta = InfluxdMeta::new(influxd.clone(), &config.meta_dir, &config.state_dir)
-        .await
-        .context("cannot set up the InfluxDB adapter")?;
+    let turns = turns::Turns::default();
+    let meta = InfluxdMeta::new(
+        influxd.clone(),
+        &config.meta_dir,
+        &config.state_dir,
+        turns.clone(),
+    )
+    .await
+    .context("cannot set up the InfluxDB adapter")?;
     let settings = NodeSettings {
         cluster: config.cluster.clone(),
         hostname: config.hostname.clone(),
@@ -110,6 +117,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                     default_consistency: r.default_consistency,
                     own_address: own.to_string(),
                     catalog_wait: r.catalog_wait,
+                    turns: turns.clone(),
                     catalog_sync: Some(CatalogSync {
                         push_now: client.push_now(),
                         state: client.sync_state(),

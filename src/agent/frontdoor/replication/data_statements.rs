@@ -202,6 +202,7 @@ impl Replication {
         origin: Option<&OriginCatalog>,
     ) -> Result<bool, String> {
         let request = Request::post(&hint.path_and_query).header(header::CONTENT_TYPE, FORM);
+        let _turn = self.turns.take().await;
         let sent = self
             .send_as(request, hint.user.as_deref(), hint.body.clone())
             .await?;

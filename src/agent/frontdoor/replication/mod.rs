@@ -62,6 +62,7 @@ use crate::agent::frontdoor::statements::{self, Kind};
 use crate::agent::frontdoor::subscriptions::{Accepted, Subscriptions};
 use crate::agent::frontdoor::timestamps;
 use crate::agent::influxql::sign_jwt;
+use crate::agent::turns::Turns;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::influx::catalog::Catalog;
@@ -171,6 +172,8 @@ pub struct ReplicationSettings {
     /// The node's catalog sync, which the catalog barrier pushes and peers
     /// ask about; `None` where the node syncs no catalog.
     pub catalog_sync: Option<CatalogSync>,
+    /// Taken for each peer's statement, as catalog applies take it.
+    pub turns: Turns,
 }
 
 /// The cluster's other nodes as the manager lists them.
@@ -239,6 +242,7 @@ pub struct Replication {
     default_consistency: Consistency,
     catalog_wait: Duration,
     catalog_sync: Option<CatalogSync>,
+    turns: Turns,
     /// The node's catalog: who may see the queues.
     catalog: watch::Receiver<Option<Arc<Catalog>>>,
     /// Where accepted writes go on to subscribers.
@@ -311,6 +315,7 @@ impl Replication {
             default_consistency: settings.default_consistency,
             catalog_wait: settings.catalog_wait,
             catalog_sync: settings.catalog_sync,
+            turns: settings.turns,
             catalog,
             subscriptions,
             shutdown,
