@@ -1071,17 +1071,33 @@ async fn node_watches(s: Subject) {
     let (first, mut every) = here.watch_nodes("").await.unwrap();
     assert_eq!(shown(&first), ["a:alive"]);
     assert_eq!(
-        here.watch_nodes("bad\ncluster").await.err().map(|e| e.to_string()),
-        here.list_nodes("bad\ncluster").await.err().map(|e| e.to_string()),
+        here.watch_nodes("bad\ncluster")
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        here.list_nodes("bad\ncluster")
+            .await
+            .err()
+            .map(|e| e.to_string()),
         "refused as ListNodes refuses it"
     );
 
     // Registered through the other manager: sent at once, to both watches.
     there.register(registration(c, "b")).await.unwrap();
     until_list(&mut watch, &["a:alive", "b:alive"], "a registration").await;
-    until_list(&mut every, &["a:alive", "b:alive"], "a registration, every cluster").await;
+    until_list(
+        &mut every,
+        &["a:alive", "b:alive"],
+        "a registration, every cluster",
+    )
+    .await;
     here.register(registration("other", "x")).await.unwrap();
-    until_list(&mut every, &["x:alive", "a:alive", "b:alive"], "another cluster").await;
+    until_list(
+        &mut every,
+        &["x:alive", "a:alive", "b:alive"],
+        "another cluster",
+    )
+    .await;
 
     // a keeps beating, b falls silent: the next list is b's death, however
     // many heartbeats came before it.
@@ -1105,19 +1121,14 @@ async fn node_watches(s: Subject) {
         ["a:alive", "b:alive"]
     );
     there.deregister(c, "b").await.unwrap();
-    assert_eq!(
-        next_list(&mut watch, "a deregistration").await,
-        ["a:alive"]
-    );
+    assert_eq!(next_list(&mut watch, "a deregistration").await, ["a:alive"]);
     beating.abort();
 
     // Shutdown ends every stream.
     here.end_watches();
     for sub in [&mut watch, &mut every] {
-        let end = tokio::time::timeout(DEADLINE, async {
-            while sub.next().await.is_some() {}
-        })
-        .await;
+        let end =
+            tokio::time::timeout(DEADLINE, async { while sub.next().await.is_some() {} }).await;
         assert!(end.is_ok(), "the watch ended at shutdown");
     }
     there.end_watches();
