@@ -70,6 +70,10 @@ use data_statements::QueryParams;
 
 mod data_statements;
 mod drops;
+mod joining;
+mod membership;
+
+pub use membership::{follow_members, Learned, MemberSource, WATCH_RETRY};
 
 /// Where a front door takes replicated writes from its peers.
 pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
@@ -215,6 +219,8 @@ pub struct Replication {
     couriers: std::sync::Mutex<HashMap<String, Courier>>,
     /// Woken after a failed delivery: ask the manager again.
     refresh: Notify,
+    /// Whether every alive peer queues new writes for this node yet.
+    join: joining::JoinState,
     upstream: Arc<Upstream>,
     identity: Arc<InfluxdIdentity>,
     http: Client<HttpConnector, Full<Bytes>>,
@@ -284,6 +290,7 @@ impl Replication {
             addresses: RwLock::new(BTreeMap::new()),
             couriers: std::sync::Mutex::new(HashMap::new()),
             refresh: Notify::new(),
+            join: joining::JoinState::default(),
             upstream,
             identity,
             http,
@@ -306,34 +313,9 @@ impl Replication {
         Ok(replication)
     }
 
-    /// Keeps the membership current: asks `members` every `interval()` (the
-    /// heartbeat interval) and right after a failed delivery, until shutdown.
-    pub async fn follow<F, Fut>(self: Arc<Self>, mut members: F, interval: impl Fn() -> Duration)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<Members>>,
-    {
-        loop {
-            let wait = match members().await {
-                Some(m) => {
-                    self.set_members(m).await;
-                    interval()
-                }
-                // Not registered yet, or no manager answered: soon again.
-                None => interval().min(Duration::from_secs(1)),
-            };
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.refresh.notified() => {
-                    // A burst of failures asks once.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-
-    async fn set_members(self: &Arc<Self>, m: Members) {
+    /// Takes the manager's word on the members (`learned` from its watch or
+    /// a listing): who new writes are queued for, and who is alive.
+    async fn set_members(self: &Arc<Self>, m: Members, learned: Learned) {
         *self.own_id.write().unwrap_or_else(|e| e.into_inner()) =
             HeaderValue::from_str(&m.node_id).ok();
         *self.alive.write().unwrap_or_else(|e| e.into_inner()) = m.alive.clone();
@@ -342,7 +324,8 @@ impl Replication {
             self.members_known.send_replace(true);
             return;
         }
-        tracing::info!(peers = ?m.peers, "replicating to these peers");
+        tracing::info!(peers = ?m.peers, from = learned.label(), "replicating to these peers");
+        self.metrics.membership_changed(learned.label());
         self.metrics.set_peers(m.peers.len());
         *self.members.write().unwrap_or_else(|e| e.into_inner()) = m.peers.clone();
         let mut addresses = self
