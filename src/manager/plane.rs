@@ -381,7 +381,7 @@ impl ControlPlane {
     pub async fn watch_nodes(
         self: &Arc<Self>,
         cluster: &str,
-    ) -> PlaneResult<(Arc<Vec<ListedNode>>, roster::Subscription)> {
+    ) -> PlaneResult<(Arc<roster::NodeList>, roster::Subscription)> {
         if !cluster.is_empty() {
             validate_cluster(cluster)?;
         }

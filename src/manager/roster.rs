@@ -21,7 +21,7 @@
 //! A follower ends when its last stream has gone, or at shutdown (every
 //! stream then ends too).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,12 +39,45 @@ use crate::telemetry::with_causes;
 /// could not be read (later failures keep the last list announced).
 #[derive(Clone, Debug)]
 pub enum Listing {
-    Nodes(Arc<Vec<ListedNode>>),
+    Nodes(Arc<NodeList>),
     /// No list yet: the store failed (the message says why).
     Failed(String),
 }
 
 type Slot = Option<Listing>;
+
+/// One announced node list, with its dead nodes at hand: every heartbeat
+/// asks whether its node is among them ([`Roster::listed_dead`]).
+#[derive(Debug)]
+pub struct NodeList {
+    nodes: Vec<ListedNode>,
+    /// (cluster, node ID) of every node listed dead.
+    dead: HashSet<(String, String)>,
+}
+
+impl NodeList {
+    fn new(nodes: Vec<ListedNode>) -> Self {
+        let dead = nodes
+            .iter()
+            .filter(|n| !n.status.alive)
+            .map(|n| {
+                (
+                    n.status.record.cluster.clone(),
+                    n.status.record.node_id.clone(),
+                )
+            })
+            .collect();
+        NodeList { nodes, dead }
+    }
+}
+
+impl std::ops::Deref for NodeList {
+    type Target = [ListedNode];
+
+    fn deref(&self) -> &[ListedNode] {
+        &self.nodes
+    }
+}
 
 /// Wait this much past a TTL's end before listing, so the node is dead by then.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
@@ -87,13 +120,10 @@ impl Roster {
     /// then a change to signal).
     pub fn listed_dead(&self, cluster: &str, node_id: &str) -> bool {
         let lists = self.lock();
-        [cluster, ""].iter().any(|key| {
-            lists.get(*key).is_some_and(|tx| match &*tx.borrow() {
-                Some(Listing::Nodes(nodes)) => nodes.iter().any(|n| {
-                    !n.status.alive
-                        && n.status.record.node_id == node_id
-                        && n.status.record.cluster == cluster
-                }),
+        let key = (cluster.to_owned(), node_id.to_owned());
+        [cluster, ""].iter().any(|list| {
+            lists.get(*list).is_some_and(|tx| match &*tx.borrow() {
+                Some(Listing::Nodes(nodes)) => nodes.dead.contains(&key),
                 _ => false,
             })
         })
@@ -206,7 +236,7 @@ async fn follow(
                 let wake = next_expiry(&nodes, now_ms(), ttl).map_or(resync, |w| w.min(resync));
                 let now = membership(&nodes);
                 if last.as_ref() != Some(&now) {
-                    tx.send_replace(Some(Listing::Nodes(Arc::new(nodes))));
+                    tx.send_replace(Some(Listing::Nodes(Arc::new(NodeList::new(nodes)))));
                     last = Some(now);
                 }
                 wake
