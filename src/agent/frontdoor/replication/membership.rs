@@ -16,6 +16,13 @@
 //! checks the watch against a listing, and a difference (the stream went
 //! quiet without breaking) opens the watch again; while listing, it lists
 //! at once.
+//!
+//! At the start, writes wait for the manager's first list even when the
+//! queues remember the members of the last run: a node that joined while
+//! this one was down is not among them, and a write acknowledged for the
+//! remembered members alone would skip it. Only when no manager has listed
+//! the members within [`REMEMBERED_GRACE`] are the remembered ones used
+//! (a manager outage must not stop the writes).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +47,10 @@ pub const WATCH_RETRY: Duration = Duration::from_secs(600);
 const REFRESH_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A watch that stayed open this long starts its reopening backoff over.
 const STABLE_WATCH: Duration = Duration::from_secs(10);
+/// How long writes wait for the manager's first list before the members
+/// remembered from the last run are used (less than the wait a write
+/// accepts, so they are not refused meanwhile).
+pub const REMEMBERED_GRACE: Duration = Duration::from_secs(5);
 
 /// Where the members come from: the node's manager client.
 pub trait MemberSource: Send + Sync {
@@ -129,6 +140,22 @@ impl Replication {
             },
         )
         .await
+    }
+}
+
+impl Replication {
+    /// Uses the `n` members remembered from the last run if no manager has
+    /// listed the members within [`REMEMBERED_GRACE`] of the start.
+    pub(super) async fn remembered_unless_listed(self: Arc<Self>, n: usize) {
+        let mut known = self.members_known.subscribe();
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = known.wait_for(|k| *k) => {}
+            _ = tokio::time::sleep(REMEMBERED_GRACE) => {
+                tracing::warn!(peers = n, grace = ?REMEMBERED_GRACE, "no manager has listed the members yet: queuing writes for the peers remembered from the last run (a node that joined meanwhile gets what is acknowledged until then only through catch-up)");
+                self.members_known.send_replace(true);
+            }
+        }
     }
 }
 

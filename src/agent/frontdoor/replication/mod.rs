@@ -94,8 +94,8 @@ pub const MAX_WRITE_BYTES: usize = 32 << 20;
 const MAX_PLAIN_WRITE_BYTES: usize = 4 * MAX_WRITE_BYTES;
 /// How long a write waits for its consistency (Enterprise's write-timeout).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a write waits for the first listing of the members when the
-/// front door starts with none remembered, before it is refused.
+/// How long a write waits for the first listing of the members (or, with
+/// no manager answering, for the remembered ones) before it is refused.
 const MEMBERS_WAIT: Duration = Duration::from_secs(10);
 /// How far a replication request's timestamp may be from the receiver's clock.
 const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
@@ -207,8 +207,9 @@ pub struct Replication {
     pending: Arc<Pending>,
     /// Node ID → address: who new writes are queued for.
     members: RwLock<BTreeMap<String, String>>,
-    /// Whether `members` is known: listed by a manager, or remembered
-    /// from the last run. Until then writes wait, then are refused.
+    /// Whether `members` is known: listed by a manager, or, when none
+    /// answers soon after the start, remembered from the last run (see
+    /// [`membership`]). Until then writes wait, then are refused.
     members_known: watch::Sender<bool>,
     /// This node's ID as a header value, once registered.
     own_id: RwLock<Option<HeaderValue>>,
@@ -283,7 +284,7 @@ impl Replication {
             handoff,
             committer,
             pending,
-            members_known: watch::Sender::new(!known.is_empty()),
+            members_known: watch::Sender::new(false),
             members: RwLock::new(known.clone()),
             own_id: RwLock::new(None),
             alive: RwLock::new(BTreeSet::new()),
@@ -305,6 +306,9 @@ impl Replication {
             shutdown,
         });
         replication.metrics.set_peers(known.len());
+        if !known.is_empty() {
+            tokio::spawn(replication.clone().remembered_unless_listed(known.len()));
+        }
         let mut addresses = known;
         addresses.insert(LOCAL.to_owned(), replication.own_address.clone());
         replication.set_addresses(addresses);
