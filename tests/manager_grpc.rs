@@ -10,11 +10,11 @@ use std::time::Duration;
 use cflux::proto::clusterflux_client::ClusterfluxClient;
 use cflux::proto::{
     push_meta_response, GetMetaRequest, ListNodesRequest, MetaSnapshot, PushMetaRequest,
-    RegisterRequest, WatchMetaRequest,
+    RegisterRequest, WatchMetaRequest, WatchNodesRequest, WatchNodesResponse,
 };
 use support::{
     deregister, get_meta, heartbeat, list_clusters, list_nodes, meta, push_request, register,
-    wait_until, watch, within, Manager,
+    scrape, wait_until, watch, within, Manager,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
@@ -597,4 +597,87 @@ async fn ttl_expiry_marks_a_node_dead_and_a_heartbeat_revives_it() {
     assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
     stop.cancel();
     beating.await.expect("heartbeat task");
+}
+
+/// The next node list of a node watch, as `hostname:alive|dead`.
+async fn next_nodes(stream: &mut Streaming<WatchNodesResponse>) -> Vec<String> {
+    let list = within(DEADLINE, "the next list on a node watch", stream.message())
+        .await
+        .expect("the node watch failed")
+        .expect("the node watch ended");
+    list.nodes
+        .iter()
+        .map(|n| format!("{}:{}", n.hostname, if n.alive { "alive" } else { "dead" }))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_nodes_sends_the_list_at_once_then_every_change_of_membership() {
+    let m = Manager::start_with(&["--node-ttl", "1s", "--heartbeat-interval", "200ms"]).await;
+    let mut c = m.grpc_client().await;
+    let a = register(&mut c, registration("prod", "", "influx-1")).await;
+    let watch = |cluster: &str| WatchNodesRequest {
+        cluster: cluster.into(),
+    };
+    let mut prod = c
+        .watch_nodes(watch("prod"))
+        .await
+        .expect("WatchNodes")
+        .into_inner();
+    assert_eq!(next_nodes(&mut prod).await, ["influx-1:alive"]);
+    let mut every = c
+        .watch_nodes(watch(""))
+        .await
+        .expect("WatchNodes")
+        .into_inner();
+    assert_eq!(next_nodes(&mut every).await, ["influx-1:alive"]);
+    let err = c
+        .watch_nodes(watch("bad\ncluster"))
+        .await
+        .expect_err("a bad cluster name");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let metrics = scrape(&m).await;
+    assert!(metrics.contains("cflux_node_watch_streams 2"), "{metrics}");
+
+    // A registration is sent at once, as is a node of another cluster to
+    // the watch of every cluster.
+    let b = register(&mut c, registration("prod", "", "influx-2")).await;
+    let mut both = next_nodes(&mut prod).await;
+    both.sort();
+    assert_eq!(both, ["influx-1:alive", "influx-2:alive"]);
+    register(&mut c, registration("staging", "", "influx-3")).await;
+    let mut all = Vec::new();
+    while all.len() < 3 {
+        all = next_nodes(&mut every).await;
+    }
+    all.sort();
+    assert_eq!(all, ["influx-1:alive", "influx-2:alive", "influx-3:alive"]);
+
+    // influx-1 keeps beating, influx-2 falls silent: its death is the next
+    // list, its heartbeat brings it back, its deregistration removes it.
+    let beating = tokio::spawn({
+        let mut c = c.clone();
+        async move {
+            loop {
+                heartbeat(&mut c, "prod", &a).await.expect("heartbeat");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    });
+    let mut dead = next_nodes(&mut prod).await;
+    dead.sort();
+    assert_eq!(dead, ["influx-1:alive", "influx-2:dead"]);
+    heartbeat(&mut c, "prod", &b).await.expect("heartbeat");
+    let mut back = next_nodes(&mut prod).await;
+    back.sort();
+    assert_eq!(back, ["influx-1:alive", "influx-2:alive"]);
+    deregister(&mut c, "prod", &b).await.expect("deregister");
+    assert_eq!(next_nodes(&mut prod).await, ["influx-1:alive"]);
+    beating.abort();
+
+    drop((prod, every));
+    wait_until(DEADLINE, "the node watch gauge back to 0", || async {
+        scrape(&m).await.contains("cflux_node_watch_streams 0")
+    })
+    .await;
 }

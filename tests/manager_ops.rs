@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cflux::proto::clusterflux_client::ClusterfluxClient;
-use cflux::proto::{push_meta_response, ListClustersRequest, ListNodesRequest, WatchMetaRequest};
+use cflux::proto::{
+    push_meta_response, ListClustersRequest, ListNodesRequest, WatchMetaRequest, WatchNodesRequest,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::{
@@ -203,6 +205,15 @@ async fn a_token_guards_every_call_but_health_reflection_and_metrics() {
             .await
             .expect_err("watch without the token");
         assert_eq!(err.code(), Code::Unauthenticated, "{token:?}: {err:?}");
+        let nodes = WatchNodesRequest::default();
+        let err = c
+            .watch_nodes(match token {
+                None => tonic::Request::new(nodes),
+                Some(t) => with_token(nodes, t),
+            })
+            .await
+            .expect_err("node watch without the token");
+        assert_eq!(err.code(), Code::Unauthenticated, "{token:?}: {err:?}");
     }
     let err = c
         .list_nodes(ListNodesRequest::default())
@@ -218,6 +229,16 @@ async fn a_token_guards_every_call_but_health_reflection_and_metrics() {
         .into_inner()
         .nodes;
     assert!(nodes.is_empty());
+    let mut watching = c
+        .watch_nodes(with_token(WatchNodesRequest::default(), TOKEN))
+        .await
+        .expect("WatchNodes with the token")
+        .into_inner();
+    let first = within(DEADLINE, "the first node list", watching.message())
+        .await
+        .expect("the node watch")
+        .expect("a first list");
+    assert!(first.nodes.is_empty());
     c.register(with_token(registration("prod", "", "h"), TOKEN))
         .await
         .expect("register with the token");

@@ -16,17 +16,28 @@
 //! - `cfluxctl queues` shows each node's queues, to admins only.
 //! - Writes queued to a database dropped meanwhile are dropped for the
 //!   peer, and nothing else.
+//! - A fourth node registers and joins while a client writes continuously
+//!   at the front doors (heartbeats every 30 s): every front door learns it
+//!   from the manager's node watch; it holds, through the queues alone,
+//!   every point acknowledged after it joined, and after `cfluxctl
+//!   catch-up` every node holds exactly the acknowledged points.
 //!
 //! Conditions are awaited with deadlines, never fixed sleeps.
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use support::influxd::eventually;
-use support::metric;
 use support::replicated::*;
+use support::{metric, Manager};
+
+/// A front door's membership changes its node watch told, and those listed.
+const WATCHED_CHANGES: &str = r#"cflux_replication_membership_changes_total{source="watch"}"#;
+const LISTED_CHANGES: &str = r#"cflux_replication_membership_changes_total{source="list"}"#;
 
 impl Cluster {
     /// `cfluxctl queues -o json`, as `user`: the exit code and the report.
@@ -483,4 +494,243 @@ async fn writes_to_a_dropped_database_are_dropped_for_the_peer_and_nothing_else(
         assert!(!n.databases().await.contains("doomed"), "{}", n.door);
         assert_eq!(n.count_in("doomed", "hh").await, 0);
     }
+}
+
+/// Points of `measurement` at or after `from_s` (seconds) stored in `node`'s
+/// influxd, asked directly.
+async fn count_since(node: &Node, measurement: &str, from_s: u64) -> u64 {
+    node.node
+        .influxd
+        .api()
+        .jwt(SECRET, "admin")
+        .select_number(
+            DB,
+            &format!("SELECT count(v) FROM {measurement} WHERE time >= {from_s}s"),
+        )
+        .await
+        .map_or(0, |n| n as u64)
+}
+
+/// One acknowledged write of the continuous writer: its points' first
+/// timestamp (seconds) and how many.
+#[derive(Clone, Copy, Debug)]
+struct Acked {
+    from: u64,
+    points: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_while_writes_go_on_gets_every_acknowledged_point() {
+    // Heartbeats every 30 s: a member a front door learns sooner than that
+    // came from the manager's node watch.
+    let manager = Manager::start_with(&["--heartbeat-interval", "30s", "--node-ttl", "90s"]).await;
+    let mut c = Cluster::start_on(manager, 3, |_| Vec::new()).await;
+    const POINTS: u64 = 20;
+    let doors: Arc<std::sync::Mutex<Vec<String>>> = Arc::new(std::sync::Mutex::new(
+        c.nodes.iter().map(|n| n.door.clone()).collect(),
+    ));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<Acked>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // One client, one write at a time, each a batch of new points (one
+    // timestamp per point, never reused), round the front doors.
+    let writer = tokio::spawn({
+        let (doors, acked, stop) = (doors.clone(), acked.clone(), stop.clone());
+        async move {
+            let mut write = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let door = {
+                    let doors = doors.lock().unwrap();
+                    doors[write as usize % doors.len()].clone()
+                };
+                let from = write * POINTS + 1;
+                let (status, body) = support::replicated::write(
+                    &door,
+                    WRITER,
+                    "",
+                    lines("joining", write, from, POINTS),
+                )
+                .await;
+                assert_eq!(
+                    status,
+                    StatusCode::NO_CONTENT,
+                    "write {write} at {door}: {body}"
+                );
+                acked.lock().unwrap().push(Acked {
+                    from,
+                    points: POINTS,
+                });
+                write += 1;
+            }
+        }
+    });
+    let acked_count = || acked.lock().unwrap().len();
+    eventually(DEADLINE, "writes go on", || async {
+        let n = acked_count();
+        if n >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} writes"))
+        }
+    })
+    .await;
+
+    // D registers and joins while the writes go on.
+    let changes_before: Vec<Option<f64>> = futures::future::join_all(
+        c.nodes
+            .iter()
+            .map(|n| async { metric(&n.metrics().await, WATCHED_CHANGES) }),
+    )
+    .await;
+    let joining = std::time::Instant::now();
+    c.add(1, |_| Vec::new()).await;
+    let d = &c.nodes[3];
+    let d_id = d.node.agent.wait_registered(DEADLINE).await;
+    let registered = joining.elapsed();
+    let after_registration = acked_count();
+    // Every front door learned D from its node watch: the peer count moved
+    // through a change the watch told, nothing was listed, and well before
+    // a heartbeat interval (30 s) passed.
+    for (n, before) in c.nodes[..3].iter().zip(&changes_before) {
+        let learned = eventually(
+            Duration::from_secs(20),
+            &format!("{} queues for D", n.door),
+            || async {
+                let text = n.metrics().await;
+                match metric(&text, "cflux_replication_peers") {
+                    Some(3.0) => Ok(text),
+                    other => Err(format!("peers {other:?}")),
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            metric(&learned, WATCHED_CHANGES),
+            Some(before.unwrap_or(0.0) + 1.0),
+            "{}: one more change from the watch",
+            n.door
+        );
+        assert_eq!(
+            metric(&learned, LISTED_CHANGES),
+            None,
+            "{}: nothing listed",
+            n.door
+        );
+        assert_eq!(
+            metric(&learned, "cflux_replication_membership_watch"),
+            Some(1.0)
+        );
+    }
+    let learned = joining.elapsed();
+    let health = eventually(DEADLINE, "D has joined", || async {
+        let health = d.node.agent.health().await.unwrap_or_default();
+        if health["joined_at_ms"].is_u64() {
+            Ok(health)
+        } else {
+            Err(format!("{health}"))
+        }
+    })
+    .await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(
+        metric(&d.metrics().await, "cflux_replication_joined"),
+        Some(1.0)
+    );
+    let joined = joining.elapsed();
+    // Every write that starts from now on is acknowledged after D joined.
+    let after_join = acked_count();
+    // Writes at D too, once its catalog has the writer (/health does not
+    // wait for the first catalog).
+    eventually(DEADLINE, "D knows the writer", || async {
+        let grants = d
+            .node
+            .influxd
+            .api()
+            .jwt(SECRET, "admin")
+            .grants("writer")
+            .await?;
+        if grants.contains_key(DB) {
+            Ok(())
+        } else {
+            Err(format!("writer's grants {grants:?}"))
+        }
+    })
+    .await;
+    doors.lock().unwrap().push(d.door.clone());
+    eventually(
+        DEADLINE,
+        "writes go on after the join, at D too",
+        || async {
+            let n = acked_count() - after_join;
+            if n >= 40 {
+                Ok(())
+            } else {
+                Err(format!("{n} writes since the join"))
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("the writer");
+    let acked = acked.lock().unwrap().clone();
+    let total: u64 = acked.iter().map(|a| a.points).sum();
+    let first_after_join = acked[after_join + 1].from;
+    let since_join: u64 = acked[after_join + 1..].iter().map(|a| a.points).sum();
+
+    // A, B and C hold every acknowledged point; D, through the queues alone,
+    // every point acknowledged after it joined.
+    let all: Vec<&Node> = c.nodes.iter().collect();
+    wait_counts(&all[..3], "joining", total).await;
+    eventually(
+        DEADLINE,
+        "D holds every point written after it joined",
+        || async {
+            let have = count_since(d, "joining", first_after_join).await;
+            if have == since_join {
+                Ok(())
+            } else {
+                Err(format!("{have} of {since_join}"))
+            }
+        },
+    )
+    .await;
+    let before_catch_up = d.count("joining").await;
+    // Measured, not asserted (it is a race of milliseconds): the points
+    // acknowledged after D registered that reached it through the queues.
+    let since_registration: u64 = acked[after_registration + 1..]
+        .iter()
+        .map(|a| a.points)
+        .sum();
+    let window = count_since(d, "joining", acked[after_registration + 1].from).await;
+
+    // What came before the join comes through catch-up, as an operator runs it.
+    let state = tempfile::tempdir().expect("a temp dir");
+    let mut command = c.manager.ctl_command(Some(CLUSTER), &["catch-up", &d_id]);
+    command
+        .env("INFLUX_USERNAME", "admin")
+        .env("INFLUX_PASSWORD", ADMIN_PW)
+        .env("CFLUX_REPLICATION_SECRET_FILE", c.secret_file())
+        .env("CFLUX_CATCH_UP_STATE_DIR", state.path());
+    let out = tokio::task::spawn_blocking(move || command.output().expect("run cfluxctl"))
+        .await
+        .expect("cfluxctl");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every acknowledged point on every node, and nothing else.
+    for n in &all {
+        assert_eq!(n.count("joining").await, total, "{}", n.door);
+    }
+    eprintln!(
+        "{} writes ({total} points) acknowledged; D registered {registered:?} after it started, \
+         every front door queued for it by {learned:?}, it joined at {joined:?}; \
+         of the {since_registration} points acknowledged after it registered, {window} reached it \
+         through the queues; all {since_join} acknowledged after it joined did; \
+         before catch-up it held {before_catch_up} points, {} came through catch-up",
+        acked.len(),
+        total - before_catch_up
+    );
 }

@@ -1,7 +1,8 @@
 //! The [`Store`] contract: one suite of behaviours, written once and run
 //! against the embedded store (a redb file in a temporary directory) and the
 //! etcd store (a real three-member etcd cluster): nodes, liveness,
-//! compare-and-swap, watches, large catalogs, restarts and deleting a cluster.
+//! compare-and-swap, watches (of catalogs and of nodes), large catalogs,
+//! restarts and deleting a cluster.
 //!
 //! Watches are a property of a store together with the control plane that
 //! publishes its own writes: they are checked through [`ControlPlane`]s over
@@ -27,7 +28,10 @@ use bytes::Bytes;
 use cflux::clock::now_ms;
 use cflux::manager::hub::{Announced, Hub, Subscription};
 use cflux::manager::metrics::Metrics;
-use cflux::manager::plane::{CatalogPush, ControlPlane, Deletion, Layer, Limits};
+use cflux::manager::plane::{
+    CatalogPush, ControlPlane, Deletion, Layer, Limits, ListedNode, Registration,
+};
+use cflux::manager::roster;
 use cflux::manager::store::embedded::EmbeddedStore;
 use cflux::manager::store::etcd::EtcdStore;
 use cflux::manager::store::{
@@ -1004,6 +1008,135 @@ async fn delete_cluster(s: Subject) {
     s.store.close().await;
 }
 
+/// A registration of `id` in `cluster`, as a layer hands it in.
+fn registration(cluster: &str, id: &str) -> Registration {
+    Registration {
+        cluster: cluster.to_owned(),
+        node_id: id.to_owned(),
+        hostname: format!("host-{id}"),
+        http_addr: format!("{id}.example:8086"),
+        ..Registration::default()
+    }
+}
+
+/// The nodes of a list, as `id:alive|dead`, in order.
+fn shown(nodes: &[ListedNode]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| {
+            let state = if n.status.alive { "alive" } else { "dead" };
+            format!("{}:{state}", n.status.record.node_id)
+        })
+        .collect()
+}
+
+/// The next list a node watch sends, within [`DEADLINE`].
+async fn next_list(sub: &mut roster::Subscription, what: &str) -> Vec<String> {
+    match tokio::time::timeout(DEADLINE, sub.next()).await {
+        Ok(Some(roster::Listing::Nodes(nodes))) => shown(&nodes),
+        Ok(Some(roster::Listing::Failed(why))) => panic!("{what}: the listing failed: {why}"),
+        Ok(None) => panic!("{what}: the watch ended"),
+        Err(_) => panic!("{what}: nothing within {DEADLINE:?}"),
+    }
+}
+
+/// Reads a node watch until it sends `want` (earlier lists may come first,
+/// but only lists of earlier states).
+async fn until_list(sub: &mut roster::Subscription, want: &[&str], what: &str) {
+    loop {
+        let got = next_list(sub, what).await;
+        if got == want {
+            return;
+        }
+    }
+}
+
+/// `WatchNodes` through control planes over the store: the current list at
+/// once; a registration, a death, a revival and a deregistration each sent
+/// as they happen, whichever manager they went through; heartbeats alone
+/// send nothing; the watch of every cluster sees every cluster; shutdown
+/// ends the streams.
+async fn node_watches(s: Subject) {
+    let here = Arc::new(plane(s.store.clone(), s.hub.clone()));
+    let (peer_store, peer_hub) = s.peer().await;
+    // The embedded store has one manager: "another" is the same one.
+    let there = if Arc::ptr_eq(&peer_hub, &s.hub) {
+        here.clone()
+    } else {
+        Arc::new(plane(peer_store.clone(), peer_hub))
+    };
+    let c = "watched/é";
+    here.register(registration(c, "a")).await.unwrap();
+    let (first, mut watch) = here.watch_nodes(c).await.unwrap();
+    assert_eq!(shown(&first), ["a:alive"]);
+    let (first, mut every) = here.watch_nodes("").await.unwrap();
+    assert_eq!(shown(&first), ["a:alive"]);
+    assert_eq!(
+        here.watch_nodes("bad\ncluster")
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        here.list_nodes("bad\ncluster")
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        "refused as ListNodes refuses it"
+    );
+
+    // Registered through the other manager: sent at once, to both watches.
+    there.register(registration(c, "b")).await.unwrap();
+    until_list(&mut watch, &["a:alive", "b:alive"], "a registration").await;
+    until_list(
+        &mut every,
+        &["a:alive", "b:alive"],
+        "a registration, every cluster",
+    )
+    .await;
+    here.register(registration("other", "x")).await.unwrap();
+    until_list(
+        &mut every,
+        &["x:alive", "a:alive", "b:alive"],
+        "another cluster",
+    )
+    .await;
+
+    // a keeps beating, b falls silent: the next list is b's death, however
+    // many heartbeats came before it.
+    let beating = tokio::spawn({
+        let here = here.clone();
+        async move {
+            loop {
+                here.heartbeat(c, "a", None).await.unwrap();
+                tokio::time::sleep(NODE_TTL / 8).await;
+            }
+        }
+    });
+    assert_eq!(
+        next_list(&mut watch, "a death").await,
+        ["a:alive", "b:dead"]
+    );
+    // A heartbeat through the other manager revives it, told at once.
+    there.heartbeat(c, "b", None).await.unwrap();
+    assert_eq!(
+        next_list(&mut watch, "a revival").await,
+        ["a:alive", "b:alive"]
+    );
+    there.deregister(c, "b").await.unwrap();
+    assert_eq!(next_list(&mut watch, "a deregistration").await, ["a:alive"]);
+    beating.abort();
+
+    // Shutdown ends every stream.
+    here.end_watches();
+    for sub in [&mut watch, &mut every] {
+        let end =
+            tokio::time::timeout(DEADLINE, async { while sub.next().await.is_some() {} }).await;
+        assert!(end.is_ok(), "the watch ended at shutdown");
+    }
+    there.end_watches();
+    peer_store.close().await;
+    s.store.close().await;
+}
+
 /// One test per behaviour and store.
 macro_rules! contract {
     ($($behaviour:ident),* $(,)?) => {
@@ -1031,6 +1164,7 @@ contract!(
     liveness,
     compare_and_swap,
     watches,
+    node_watches,
     large_catalogs,
     restart,
     history,

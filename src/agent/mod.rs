@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::catch_up::auto::{CatchUpSettings, CatchUpState};
 use crate::agent::config::{AgentConfig, InfluxAuth};
 use crate::agent::frontdoor::handoff::Limits;
-use crate::agent::frontdoor::replication::{CatalogSync, Members, ReplicationSettings};
+use crate::agent::frontdoor::replication::{CatalogSync, Replication, ReplicationSettings};
 use crate::agent::frontdoor::{FrontDoor, FrontDoorSettings};
 use crate::agent::influxd::InfluxdMeta;
 use crate::agent::influxql::Influxd;
@@ -34,6 +34,8 @@ struct AgentState {
     frontdoor: Option<Arc<FrontDoor>>,
     /// With `--replicate`: whether the node needs catch-up.
     catch_up: Option<Arc<CatchUpState>>,
+    /// With `--replicate`: whether the node has joined.
+    replication: Option<Arc<Replication>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -146,6 +148,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         influxd,
         frontdoor: frontdoor.as_ref().map(|(door, _, _)| door.clone()),
         catch_up: catch_up.as_ref().map(|_| Arc::default()),
+        replication: replication.clone(),
     });
     let app = axum::Router::new()
         .route("/health", get(health))
@@ -191,9 +194,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let follow = async {
         if let Some(r) = replication.clone() {
-            let client = &state.client;
-            r.follow(|| peers(client), || client.heartbeat_interval())
-                .await;
+            r.follow(&state.client).await;
         }
     };
     let check = async {
@@ -224,40 +225,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     Ok(())
 }
 
-/// The other nodes of the cluster and their front doors, as the manager
-/// lists them (`None` before this node registered, or when no manager
-/// answers: the peers known stay as they are).
-async fn peers(client: &Client<InfluxdMeta>) -> Option<Members> {
-    let own = client.node_id()?;
-    match client.cluster_nodes().await {
-        Ok(nodes) => {
-            let others: Vec<_> = nodes
-                .into_iter()
-                .filter(|n| n.node_id != own && !n.http_addr.is_empty())
-                .collect();
-            Some(Members {
-                alive: others
-                    .iter()
-                    .filter(|n| n.alive)
-                    .map(|n| n.node_id.clone())
-                    .collect(),
-                peers: others
-                    .into_iter()
-                    .map(|n| (n.node_id, n.http_addr))
-                    .collect(),
-                node_id: own,
-            })
-        }
-        Err(e) => {
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "cannot list the cluster's nodes for replication"
-            );
-            None
-        }
-    }
-}
-
 /// The host's IPv4 addresses, as the original node reported them.
 async fn host_ips(hostname: &str) -> Vec<String> {
     match tokio::net::lookup_host((hostname, 0)).await {
@@ -279,13 +246,21 @@ async fn host_ips(hostname: &str) -> Vec<String> {
 
 /// 200 with the node's state when it serves its cluster truthfully; 503
 /// with the reasons when influxd is down, `meta.db` cannot be read (or is not
-/// influxd's), no manager has answered for three heartbeat intervals, or the
-/// last apply of the cluster's catalog failed.
+/// influxd's), no manager has answered for three heartbeat intervals, the
+/// last apply of the cluster's catalog failed, or (with `--replicate`) the
+/// node has not joined yet: some alive peer does not queue new writes for
+/// it (see `frontdoor::replication::joining`).
 async fn health(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
     let up = s.influxd.ping().await;
     let mut problems = s.client.health().problems();
     if !up {
         problems.insert(0, format!("influxd at {} is down", s.influxd.url()));
+    }
+    let joining = s.replication.as_ref().and_then(|r| r.joining());
+    if let Some(why) = &joining {
+        problems.push(format!(
+            "joining: not every alive peer queues new writes for this node yet ({why})"
+        ));
     }
     let mut body = serde_json::json!({
         "status": if problems.is_empty() { "ok" } else { "failing" },
@@ -296,6 +271,7 @@ async fn health(State(s): State<Arc<AgentState>>) -> impl IntoResponse {
         "influxdb": if up { "up" } else { "down" },
         "last_apply_error": s.client.meta().last_apply_error(),
         "needs_catch_up": s.catch_up.as_ref().and_then(|c| c.reason()),
+        "joined_at_ms": s.replication.as_ref().and_then(|r| r.joined_at_ms()),
     });
     let code = if problems.is_empty() {
         StatusCode::OK

@@ -20,6 +20,8 @@ pub enum Call {
     PushMeta(proto::PushMetaRequest),
     /// Opens a watch: the reply is a stream of snapshots.
     WatchMeta(proto::WatchMetaRequest),
+    /// Opens a watch of the nodes: the reply is a stream of node lists.
+    WatchNodes(proto::WatchNodesRequest),
     ListHistory(proto::ListHistoryRequest),
     GetVersion(proto::GetVersionRequest),
     RestoreVersion(proto::RestoreVersionRequest),
@@ -38,6 +40,7 @@ impl Call {
             Call::GetMeta(_) => "GetMeta",
             Call::PushMeta(_) => "PushMeta",
             Call::WatchMeta(_) => "WatchMeta",
+            Call::WatchNodes(_) => "WatchNodes",
             Call::ListHistory(_) => "ListHistory",
             Call::GetVersion(_) => "GetVersion",
             Call::RestoreVersion(_) => "RestoreVersion",
@@ -50,6 +53,10 @@ impl Call {
 pub type SnapshotStream =
     Pin<Box<dyn Stream<Item = Result<proto::MetaSnapshot, CallError>> + Send>>;
 
+/// A stream of node lists; an `Err` item ends it.
+pub type NodeListStream =
+    Pin<Box<dyn Stream<Item = Result<proto::WatchNodesResponse, CallError>> + Send>>;
+
 /// A manager's answer to a [`Call`].
 pub enum Reply {
     Registered(proto::RegisterResponse),
@@ -59,6 +66,7 @@ pub enum Reply {
     Snapshot(proto::MetaSnapshot),
     Pushed(proto::PushMetaResponse),
     Watch(SnapshotStream),
+    NodeWatch(NodeListStream),
     History(proto::ListHistoryResponse),
     Deleted(proto::DeleteClusterResponse),
 }
@@ -73,6 +81,7 @@ impl std::fmt::Debug for Reply {
             Reply::Snapshot(s) => f.debug_tuple("Snapshot").field(&s.version).finish(),
             Reply::Pushed(p) => f.debug_tuple("Pushed").field(p).finish(),
             Reply::Watch(_) => f.write_str("Watch(..)"),
+            Reply::NodeWatch(_) => f.write_str("NodeWatch(..)"),
             Reply::History(h) => f.debug_tuple("History").field(&h.changes.len()).finish(),
             Reply::Deleted(d) => f.debug_tuple("Deleted").field(d).finish(),
         }
@@ -116,6 +125,14 @@ pub enum CallError {
         #[source]
         cause: Option<Cause>,
     },
+    /// The manager does not offer the call: an older version (gRPC
+    /// `UNIMPLEMENTED`), or the legacy protocol, which has no such call.
+    #[error("not offered by the manager: {what}")]
+    Unsupported {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
 }
 
 impl CallError {
@@ -147,12 +164,20 @@ impl CallError {
         }
     }
 
+    pub fn unsupported(what: impl Into<String>) -> Self {
+        CallError::Unsupported {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
     /// The same failure, caused by `e`.
     pub fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
         let (CallError::Transient { cause, .. }
         | CallError::NotFound { cause, .. }
         | CallError::Refused { cause, .. }
-        | CallError::Protocol { cause, .. }) = &mut self;
+        | CallError::Protocol { cause, .. }
+        | CallError::Unsupported { cause, .. }) = &mut self;
         *cause = Some(Box::new(e));
         self
     }
@@ -160,6 +185,11 @@ impl CallError {
     /// Whether the retry layer should try again.
     pub fn is_transient(&self) -> bool {
         matches!(self, CallError::Transient { .. })
+    }
+
+    /// Whether the manager does not offer the call at all.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, CallError::Unsupported { .. })
     }
 }
 
@@ -176,6 +206,7 @@ impl From<tonic::Status> for CallError {
             | Code::Unknown
             | Code::Cancelled => CallError::transient(what),
             Code::NotFound => CallError::not_found(what),
+            Code::Unimplemented => CallError::unsupported(what),
             _ => CallError::refused(what),
         };
         kind.caused_by(s)
@@ -195,3 +226,26 @@ macro_rules! expect_reply {
     };
 }
 pub(crate) use expect_reply;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_decide_the_kind_of_failure() {
+        let kind = |code| CallError::from(tonic::Status::new(code, "m"));
+        assert!(kind(tonic::Code::Unavailable).is_transient());
+        assert!(matches!(
+            kind(tonic::Code::NotFound),
+            CallError::NotFound { .. }
+        ));
+        // A manager without the call (an older version) says so: the caller
+        // does without it (the agent lists nodes instead of watching them).
+        let older = kind(tonic::Code::Unimplemented);
+        assert!(older.is_unsupported() && !older.is_transient(), "{older}");
+        assert!(matches!(
+            kind(tonic::Code::InvalidArgument),
+            CallError::Refused { .. }
+        ));
+    }
+}

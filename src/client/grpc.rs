@@ -95,6 +95,10 @@ impl GrpcTransport {
                 let stream = c.watch_meta(r).await?.into_inner();
                 Reply::Watch(Box::pin(stream.map(|item| item.map_err(CallError::from))))
             }
+            Call::WatchNodes(r) => {
+                let stream = c.watch_nodes(r).await?.into_inner();
+                Reply::NodeWatch(Box::pin(stream.map(|item| item.map_err(CallError::from))))
+            }
         })
     }
 }

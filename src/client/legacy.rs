@@ -209,6 +209,9 @@ impl LegacyTransport {
             Call::DeleteCluster(_) => Err(CallError::refused(
                 "the legacy protocol cannot delete clusters",
             )),
+            Call::WatchNodes(_) => Err(CallError::unsupported(
+                "the legacy protocol cannot watch nodes; list them instead",
+            )),
             Call::ListNodes(r) => {
                 let a = self
                     .send(

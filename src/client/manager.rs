@@ -16,7 +16,7 @@ use std::time::Duration;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::client::call::{expect_reply, Call, CallError, Reply, SnapshotStream};
+use crate::client::call::{expect_reply, Call, CallError, NodeListStream, Reply, SnapshotStream};
 use crate::client::grpc::GrpcTransport;
 use crate::client::legacy::LegacyTransport;
 use crate::client::retry::{RetryPolicy, RetrySettings};
@@ -295,6 +295,18 @@ impl ManagerClient {
             cluster: cluster.into(),
         };
         expect_reply!(self.call(Call::DeleteCluster(r)).await?, Deleted)
+    }
+
+    /// Opens a watch on the nodes of `cluster` (every cluster when empty):
+    /// the current list first, then the whole list again whenever its
+    /// membership changes. Opening goes through the retry layer like every
+    /// call; [`CallError::Unsupported`] from a manager that does not offer
+    /// it (an older version, the legacy protocol): list instead.
+    pub async fn watch_nodes(&self, cluster: &str) -> Result<NodeListStream, CallError> {
+        let r = proto::WatchNodesRequest {
+            cluster: cluster.into(),
+        };
+        expect_reply!(self.call(Call::WatchNodes(r)).await?, NodeWatch)
     }
 
     /// Opens a watch on the cluster's catalog from `version`.

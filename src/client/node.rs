@@ -200,6 +200,16 @@ impl<M: MetaClient> Client<M> {
         self.manager.list_nodes(&self.settings.cluster).await
     }
 
+    /// The nodes of this node's cluster, followed: the current list first,
+    /// then the whole list again whenever its membership changes
+    /// (`WatchNodes`). [`CallError::Unsupported`] from a manager that does
+    /// not offer it (an older version, the legacy protocol).
+    pub async fn watch_cluster_nodes(
+        &self,
+    ) -> Result<crate::client::call::NodeListStream, CallError> {
+        self.manager.watch_nodes(&self.settings.cluster).await
+    }
+
     /// The heartbeat interval the manager handed out (5 s until it has).
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))

@@ -1,5 +1,6 @@
 //! `cfluxctl catch-up NODE`: fills a node from a healthy peer while both
-//! keep serving (see [`crate::agent::catch_up`]). Progress goes to stderr,
+//! keep serving (see [`crate::agent::catch_up`]), once the node has joined
+//! (with the replication secret, it asks every alive peer first). Progress goes to stderr,
 //! the summary to stdout. Exit codes: 0 everything copied; 1 failed (the
 //! checkpoint stays: run it again to resume); [`super::status::NEEDS_ATTENTION`]
 //! copied, but the node refused some points (logged); 130 interrupted
@@ -17,8 +18,9 @@ use super::{ClusterArg, Context};
 use crate::agent::catch_up::copy::{CatchUp, Plan, Progress, Summary};
 use crate::agent::catch_up::counts::total;
 use crate::agent::catch_up::{base_url, SignedNode, Writer};
-use crate::agent::influxql::Influxd;
+use crate::agent::influxql::{Influxd, InfluxdError};
 use crate::proto::Node;
+use crate::telemetry::with_causes;
 
 /// The exit code of an interrupted copy (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
@@ -26,6 +28,8 @@ const INTERRUPTED: u8 = 130;
 const FILE_NAME: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 /// How often a progress line is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long a copy waits for the node to join before it gives up.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -72,6 +76,67 @@ fn parse_since(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("{s:?} is before 1970"))?
         .as_nanos();
     i64::try_from(ns).map_err(|_| format!("{s:?} is too far ahead"))
+}
+
+/// Waits (up to [`JOIN_WAIT`]) until every alive peer of `target` queues
+/// new writes for it (it has joined; see
+/// `agent::frontdoor::replication::joining`): a copy made earlier could
+/// miss what a peer acknowledges until then. A peer without the signed
+/// queues endpoint (not replicating, or an older agent) cannot tell, and
+/// is not waited for.
+async fn wait_joined(nodes: &[Node], target: &Node, secret: &[u8]) -> anyhow::Result<()> {
+    let peers: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.node_id != target.node_id && !n.http_addr.is_empty())
+        .collect();
+    let until = Instant::now() + JOIN_WAIT;
+    let mut told = false;
+    loop {
+        let answers = futures::future::join_all(peers.iter().map(|p| async {
+            SignedNode::new(&p.http_addr, secret.to_vec(), None)
+                .queues()
+                .await
+        }))
+        .await;
+        let missing: Vec<String> = peers
+            .iter()
+            .zip(answers)
+            .filter_map(|(p, answer)| match answer {
+                Ok(q)
+                    if q.queues
+                        .iter()
+                        .any(|q| q.peer == target.node_id && q.member) =>
+                {
+                    None
+                }
+                Ok(_) => Some(format!("{} does not queue writes for it yet", p.node_id)),
+                Err(InfluxdError::Status { status, .. })
+                    if status == http::StatusCode::NOT_FOUND =>
+                {
+                    None
+                }
+                Err(e) => Some(format!("{}: {}", p.node_id, with_causes(&e))),
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            bail!(
+                "{} has not joined within {JOIN_WAIT:?}: {}; a copy now could miss the writes those peers acknowledge until they queue for it (its /health says when it has joined)",
+                target.node_id,
+                missing.join("; ")
+            );
+        }
+        if !std::mem::replace(&mut told, true) {
+            eprintln!(
+                "waiting until every alive peer queues new writes for {}: {}",
+                target.node_id,
+                missing.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The node named by ID or host name.
@@ -133,6 +198,19 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     if candidates.is_empty() {
         bail!("cluster {cluster:?} has no other alive node to copy from");
     }
+    let secret = match &args.replication_secret_file {
+        Some(file) => {
+            let s = std::fs::read(file).with_context(|| {
+                format!("cannot read --replication-secret-file {}", file.display())
+            })?;
+            Some(s.trim_ascii().to_vec()).filter(|s| !s.is_empty())
+        }
+        None => None,
+    };
+    match &secret {
+        Some(secret) => wait_joined(&nodes, &target, secret).await?,
+        None => eprintln!("without --replication-secret-file the peers cannot be asked whether they queue new writes for {}: make sure it has joined (its /health says so) before copying", target.node_id),
+    }
     let counts = count_nodes(&candidates, &auth, args.database.as_deref(), window_seconds).await?;
     let (peer, counts) = candidates
         .iter()
@@ -143,15 +221,6 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
                 .then(b.registered_at_ms.cmp(&a.registered_at_ms))
         })
         .context("no peer to copy from")?;
-    let secret = match &args.replication_secret_file {
-        Some(file) => {
-            let s = std::fs::read(file).with_context(|| {
-                format!("cannot read --replication-secret-file {}", file.display())
-            })?;
-            Some(s.trim_ascii().to_vec()).filter(|s| !s.is_empty())
-        }
-        None => None,
-    };
     let writer = match secret {
         Some(secret) => Writer::Signed(SignedNode::new(
             &target.http_addr,

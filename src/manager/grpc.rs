@@ -15,6 +15,7 @@ use crate::manager::metrics::Metrics;
 use crate::manager::plane::{
     self, CatalogPush, ControlPlane, Deletion, ListedNode, PlaneError, Registration,
 };
+use crate::manager::roster::Listing;
 use crate::manager::store::{CasOutcome, HistoryEntry, Snapshot, SyncReport};
 use crate::proto::{self, clusterflux_server::Clusterflux, push_meta_response};
 use crate::telemetry::with_causes;
@@ -39,11 +40,12 @@ async fn answer<T>(
 
 /// The methods of the service, the only values of the `method` label (an
 /// unknown path must not grow the metric without bound).
-const METHODS: [&str; 12] = [
+const METHODS: [&str; 13] = [
     "Register",
     "Heartbeat",
     "Deregister",
     "ListNodes",
+    "WatchNodes",
     "ListClusters",
     "GetMeta",
     "WatchMeta",
@@ -130,6 +132,15 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+/// Keeps the open node-watch gauge right however a stream ends.
+struct NodeWatchGauge(Arc<ControlPlane>);
+
+impl Drop for NodeWatchGauge {
+    fn drop(&mut self) {
+        self.0.metrics.node_watch_streams.dec();
     }
 }
 
@@ -278,6 +289,36 @@ impl Clusterflux for GrpcService {
             })
         })
         .await
+    }
+
+    type WatchNodesStream =
+        futures::stream::BoxStream<'static, Result<proto::WatchNodesResponse, Status>>;
+
+    async fn watch_nodes(
+        &self,
+        request: Request<proto::WatchNodesRequest>,
+    ) -> Result<Response<Self::WatchNodesStream>, Status> {
+        use futures::StreamExt;
+        let r = request.into_inner();
+        let (first, sub) = self.plane.watch_nodes(&r.cluster).await?;
+        self.plane.metrics.node_watch_streams.inc();
+        let gauge = NodeWatchGauge(self.plane.clone());
+        tracing::debug!(cluster = %r.cluster, "node watch opened");
+        let later = futures::stream::unfold((sub, gauge), |(mut sub, gauge)| async move {
+            match sub.next().await? {
+                Listing::Nodes(nodes) => Some((nodes, (sub, gauge))),
+                // Only before the first list, which was sent already.
+                Listing::Failed(_) => None,
+            }
+        });
+        let lists = futures::stream::once(async move { first })
+            .chain(later)
+            .map(|nodes| {
+                Ok(proto::WatchNodesResponse {
+                    nodes: nodes.iter().cloned().map(node_message).collect(),
+                })
+            });
+        Ok(Response::new(lists.boxed()))
     }
 
     async fn list_clusters(

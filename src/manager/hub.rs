@@ -1,4 +1,5 @@
-//! Fan-out of catalog changes to everyone waiting on them.
+//! Fan-out of catalog changes to everyone waiting on them, and the signals
+//! that a cluster's nodes may have changed.
 //!
 //! Watch streams and legacy long polls subscribe to a cluster; the hub is the
 //! manager's [`CatalogFeed`]: the control plane publishes its accepted
@@ -11,12 +12,17 @@
 //! Subscribe first, then read the store and publish what was read: a change
 //! made between the two is then either in the read or published to the
 //! subscription, never lost.
+//!
+//! Node changes travel as signals only ([`Hub::nodes_changed`]): whoever
+//! follows a cluster's node list ([`crate::manager::roster`]) takes its
+//! signal first, then lists the store, and lists again after every signal;
+//! the same order makes a change either listed or signalled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::manager::encoded;
 use crate::manager::store::{CatalogFeed, Snapshot};
@@ -60,6 +66,9 @@ impl std::ops::Deref for Announced {
 #[derive(Default)]
 pub struct Hub {
     channels: Mutex<HashMap<String, watch::Sender<Slot>>>,
+    /// Per followed node list (a cluster, or "" for every cluster), the
+    /// signal that it may have changed.
+    node_signals: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// A subscription to one cluster's snapshots.
@@ -164,6 +173,46 @@ impl Hub {
         self.lock().clear();
     }
 
+    /// The signal that the nodes of `cluster` ("": of any cluster) may have
+    /// changed, for the one task that follows that node list. Signals sent
+    /// before this call are not kept: take it before listing.
+    pub fn node_signal(&self, cluster: &str) -> Arc<Notify> {
+        self.signals()
+            .entry(cluster.to_owned())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
+    }
+
+    /// Stops signalling a node list nobody follows any more.
+    pub fn forget_node_signal(&self, cluster: &str, signal: &Arc<Notify>) {
+        let mut signals = self.signals();
+        if signals.get(cluster).is_some_and(|s| Arc::ptr_eq(s, signal)) {
+            signals.remove(cluster);
+        }
+    }
+
+    /// Signals that the nodes of `cluster` (`None`: of any cluster) may have
+    /// changed: registered, deregistered, listed dead or alive again. The
+    /// follower of that cluster and the follower of every cluster wake (one
+    /// wake-up is kept for a follower that is busy listing).
+    pub fn nodes_changed(&self, cluster: Option<&str>) {
+        let signals = self.signals();
+        match cluster {
+            Some(c) => {
+                for key in [c, ""] {
+                    if let Some(s) = signals.get(key) {
+                        s.notify_one();
+                    }
+                }
+            }
+            None => signals.values().for_each(|s| s.notify_one()),
+        }
+    }
+
+    fn signals(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.node_signals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Slot>>> {
         // A panic while holding this lock leaves the map consistent (every
         // operation is a single insert/remove/send), so poisoning is ignored.
@@ -211,6 +260,10 @@ impl CatalogFeed for Hub {
 
     fn removed(&self, cluster: &str) {
         Hub::removed(self, cluster)
+    }
+
+    fn nodes_changed(&self, cluster: Option<&str>) {
+        Hub::nodes_changed(self, cluster)
     }
 }
 
@@ -355,6 +408,28 @@ mod tests {
         assert_eq!(hub.last_known("c").map(|s| s.version), Some(4));
         hub.removed("c");
         assert!(hub.last_known("c").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_node_change_wakes_its_cluster_and_every_cluster_followers() {
+        let hub = Hub::new();
+        let (prod, all, other) = (
+            hub.node_signal("prod"),
+            hub.node_signal(""),
+            hub.node_signal("other"),
+        );
+        hub.nodes_changed(Some("prod"));
+        use futures::FutureExt;
+        let woken = |s: &Arc<Notify>| s.notified().now_or_never().is_some();
+        assert!(woken(&prod) && woken(&all));
+        assert!(!woken(&other));
+        hub.nodes_changed(None);
+        assert!(woken(&prod) && woken(&all) && woken(&other));
+        // A forgotten signal wakes nothing; a new follower gets a new one.
+        hub.forget_node_signal("prod", &prod);
+        hub.nodes_changed(Some("prod"));
+        assert!(!woken(&prod));
+        assert!(!Arc::ptr_eq(&hub.node_signal("prod"), &prod));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub struct Metrics {
     nodes: IntGaugeVec,
     alive_nodes: IntGaugeVec,
     pub watch_streams: IntGauge,
+    pub node_watch_streams: IntGauge,
     pub long_polls: IntGauge,
     pub conflicts: IntCounter,
     store_errors: IntCounterVec,
@@ -67,6 +68,10 @@ impl Metrics {
             watch_streams: register(
                 &r,
                 IntGauge::new("cflux_watch_streams", "Open WatchMeta streams."),
+            ),
+            node_watch_streams: register(
+                &r,
+                IntGauge::new("cflux_node_watch_streams", "Open WatchNodes streams."),
             ),
             long_polls: register(
                 &r,

@@ -5,7 +5,8 @@
 //! - [`server`]: one port for gRPC, legacy HTTP and `/metrics`; TLS; shutdown.
 //! - [`console`]: the operator's web page at `/`, live through server-sent events.
 //! - [`store`]: where state lives (embedded redb or etcd); [`hub`]: change
-//!   fan-out; [`encoded`]: `WatchMeta` sending each snapshot encoded once.
+//!   fan-out; [`encoded`]: `WatchMeta` sending each snapshot encoded once;
+//!   [`roster`]: `WatchNodes`, one follower per watched node list.
 //! - [`summary`]: the one-line description of a change the history keeps.
 //! - [`config`]: flags, environment and TOML.
 
@@ -17,6 +18,7 @@ pub mod hub;
 pub mod legacy;
 pub mod metrics;
 pub mod plane;
+pub mod roster;
 pub mod server;
 pub mod store;
 pub mod summary;

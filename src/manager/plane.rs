@@ -15,6 +15,7 @@ use crate::influx::catalog::Catalog;
 use crate::influx::{meta_pb, validate_meta_data};
 use crate::manager::hub::{Hub, Subscription};
 use crate::manager::metrics::Metrics;
+use crate::manager::roster::{self, Listing, Roster};
 use crate::manager::store::{
     CasOutcome, ChangeNote, ClusterRemoval, HistoryEntry, NodeRecord, NodeStatus, RemovedCluster,
     Snapshot, Store, StoreError, StoreResult, SyncReport,
@@ -135,6 +136,8 @@ pub struct Limits {
 pub struct ControlPlane {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    /// The node lists `WatchNodes` streams follow.
+    roster: Roster,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
 }
@@ -165,9 +168,20 @@ impl ControlPlane {
         ControlPlane {
             store,
             hub,
+            roster: Roster::new(),
             limits,
             metrics,
         }
+    }
+
+    /// Where catalog changes are fanned out and node changes signalled.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The node lists followed for `WatchNodes`.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
     }
 
     /// Runs one store call within the store timeout, counting failures.
@@ -224,6 +238,7 @@ impl ControlPlane {
             sync: None,
         };
         self.call(self.store.put_node(record.clone())).await?;
+        self.hub.nodes_changed(Some(&record.cluster));
         tracing::info!(
             cluster = %record.cluster,
             node = %record.node_id,
@@ -253,6 +268,10 @@ impl ControlPlane {
             .call(self.store.heartbeat(cluster, node_id, now_ms(), sync))
             .await?
         {
+            if self.roster.listed_dead(cluster, node_id) {
+                // Alive again: a change of membership for its watchers.
+                self.hub.nodes_changed(Some(cluster));
+            }
             Ok(())
         } else {
             Err(unknown_node(cluster, node_id))
@@ -265,6 +284,7 @@ impl ControlPlane {
         validate_cluster(cluster)?;
         validate_node_id(node_id)?;
         if self.call(self.store.delete_node(cluster, node_id)).await? {
+            self.hub.nodes_changed(Some(cluster));
             tracing::info!(%cluster, node = %node_id, "node deregistered");
             Ok(())
         } else {
@@ -352,6 +372,30 @@ impl ControlPlane {
         let current = self.call(self.store.get_meta(cluster)).await?;
         self.hub.publish(current);
         Ok(sub)
+    }
+
+    /// Follows the nodes of `cluster` (every cluster when empty): the
+    /// current list, within the store timeout, and a subscription to every
+    /// later change of membership (see [`crate::manager::roster`]).
+    #[tracing::instrument(skip_all, fields(%cluster))]
+    pub async fn watch_nodes(
+        self: &Arc<Self>,
+        cluster: &str,
+    ) -> PlaneResult<(Arc<roster::NodeList>, roster::Subscription)> {
+        if !cluster.is_empty() {
+            validate_cluster(cluster)?;
+        }
+        let mut sub = self.roster.subscribe(self, &self.hub, cluster);
+        let bound = self.limits.store_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(bound, sub.next()).await {
+            Ok(Some(Listing::Nodes(nodes))) => Ok((nodes, sub)),
+            Ok(Some(Listing::Failed(why))) => Err(StoreError::unavailable(why).into()),
+            Ok(None) => Err(StoreError::unavailable("the manager is shutting down").into()),
+            Err(_) => Err(StoreError::unavailable(format!(
+                "the nodes were not listed within {bound:?}"
+            ))
+            .into()),
+        }
     }
 
     /// Compare-and-swap of a cluster's catalog: refused unless the data is a
@@ -534,6 +578,7 @@ impl ControlPlane {
         match self.call(self.store.delete_cluster(cluster)).await? {
             ClusterRemoval::Removed(removed) => {
                 self.hub.removed(cluster);
+                self.hub.nodes_changed(Some(cluster));
                 tracing::info!(%cluster, nodes = removed.nodes, versions = removed.versions, version = removed.version, "cluster deleted");
                 Ok(Deletion::Removed(removed))
             }
@@ -580,6 +625,7 @@ impl ControlPlane {
     /// Ends every watch stream and long poll (shutdown).
     pub fn end_watches(&self) {
         self.hub.close_all();
+        self.roster.close_all();
     }
 
     /// Releases the store (after the last request).

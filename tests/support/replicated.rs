@@ -111,6 +111,15 @@ impl Cluster {
     /// flags to node `i`'s agent.
     pub async fn start(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
         let manager = Manager::start_with(&["--heartbeat-interval", "1s"]).await;
+        Cluster::start_on(manager, n, extra).await
+    }
+
+    /// [`Cluster::start`] on a manager started as the caller wants it.
+    pub async fn start_on(
+        manager: Manager,
+        n: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
         let secret_dir = tempfile::tempdir().expect("a temp dir");
         let secret = secret_dir.path().join("replication.secret");
         std::fs::write(&secret, "members-only-credential\n").expect("write the secret");
@@ -123,6 +132,20 @@ impl Cluster {
         };
         c.bootstrap().await;
         c
+    }
+
+    /// The members' credential file (`--replication-secret-file`).
+    pub fn secret_file(&self) -> std::path::PathBuf {
+        self._secret_dir.path().join("replication.secret")
+    }
+
+    /// Starts `n` more replicating nodes in the cluster (nothing awaited
+    /// but their agents answering).
+    pub async fn add(&mut self, n: usize, extra: impl Fn(usize) -> Vec<String>) {
+        let influxd = InfluxdOptions::auth(SECRET);
+        let secret = self.secret_file();
+        let nodes = start_doors(n, &self.manager, CLUSTER, influxd, &secret, extra).await;
+        self.nodes.extend(nodes);
     }
 
     /// The first admin, the database and the users, known on every node,

@@ -115,6 +115,11 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+    // A copy made before every peer queues for this node could miss what
+    // they acknowledge until then; after it, nothing slips between.
+    if !replication.wait_joined().await {
+        return;
+    }
     loop {
         let checked = check(
             &settings,

@@ -88,6 +88,17 @@ impl SignedNode {
 
     /// Statements that change points still queued on the node, for any peer.
     pub async fn queued_statements(&self) -> Result<u64, InfluxdError> {
+        Ok(self
+            .queues()
+            .await?
+            .queues
+            .iter()
+            .map(|q| q.statements)
+            .sum())
+    }
+
+    /// The node's queues, as its front door shows them to a peer.
+    pub async fn queues(&self) -> Result<Queues, InfluxdError> {
         let response = self.post(PEER_QUEUES_PATH, Bytes::new()).await?;
         let (status, body) = self.answer(response).await?;
         let refused = |status, answer| InfluxdError::Status {
@@ -101,13 +112,12 @@ impl SignedNode {
                 String::from_utf8_lossy(&body).trim().to_owned(),
             ));
         }
-        let queues: Queues = serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(&body).map_err(|e| {
             refused(
                 http::StatusCode::BAD_GATEWAY,
                 format!("unreadable queues: {e}"),
             )
-        })?;
-        Ok(queues.queues.iter().map(|q| q.statements).sum())
+        })
     }
 
     /// A signed request's answer, read within [`SIGNED_TIMEOUT`].

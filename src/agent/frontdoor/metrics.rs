@@ -129,6 +129,9 @@ pub struct ReplicationMetrics {
     peers: IntGauge,
     barriers: IntCounterVec,
     barrier_seconds: Histogram,
+    membership_changes: IntCounterVec,
+    membership_watch: IntGauge,
+    joined: IntGauge,
 }
 
 impl Default for ReplicationMetrics {
@@ -248,6 +251,30 @@ impl Default for ReplicationMetrics {
                     .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 ),
             ),
+            membership_changes: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cflux_replication_membership_changes_total",
+                        "Changes of the nodes new writes are queued for, by how the manager told them: watch (WatchNodes, as they happen) or list (ListNodes every heartbeat, from a manager without WatchNodes).",
+                    ),
+                    &["source"],
+                ),
+            ),
+            membership_watch: register(
+                &r,
+                IntGauge::new(
+                    "cflux_replication_membership_watch",
+                    "1 while the front door follows the manager's WatchNodes stream; 0 while it has none open (or lists the nodes instead).",
+                ),
+            ),
+            joined: register(
+                &r,
+                IntGauge::new(
+                    "cflux_replication_joined",
+                    "1 once every alive peer's front door queues new writes for this node (it joined); 0 until then.",
+                ),
+            ),
             registry: r,
         }
     }
@@ -307,6 +334,19 @@ impl ReplicationMetrics {
 
     pub fn set_peers(&self, n: usize) {
         self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The members changed, as `source` ("watch" or "list") told.
+    pub fn membership_changed(&self, source: &str) {
+        self.membership_changes.with_label_values(&[source]).inc();
+    }
+
+    pub fn set_membership_watch(&self, open: bool) {
+        self.membership_watch.set(i64::from(open));
+    }
+
+    pub fn set_joined(&self, joined: bool) {
+        self.joined.set(i64::from(joined));
     }
 
     /// What each peer's counters hold so far (peers with no count yet are

@@ -314,8 +314,8 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Where catalog snapshots are announced to those waiting on them (the
-/// manager's hub). The control plane publishes its own writes; a store shared
-/// with other managers publishes theirs.
+/// manager's hub), and node changes signalled. The control plane publishes
+/// its own writes; a store shared with other managers publishes theirs.
 pub trait CatalogFeed: Send + Sync + 'static {
     /// Announces a snapshot; older or equal versions than one already
     /// announced are ignored.
@@ -325,6 +325,9 @@ pub trait CatalogFeed: Send + Sync + 'static {
     /// Announces that a cluster's catalog is gone (the cluster was deleted):
     /// those waiting on it are told so, and nothing announced before counts.
     fn removed(&self, cluster: &str);
+    /// Signals that the nodes of `cluster` (`None`: of any cluster) may have
+    /// changed through another manager, or turned dead or alive.
+    fn nodes_changed(&self, _cluster: Option<&str>) {}
 }
 
 /// Settings every store needs.

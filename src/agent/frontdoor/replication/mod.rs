@@ -72,9 +72,12 @@ use data_statements::QueryParams;
 mod catalog_barrier;
 mod data_statements;
 mod drops;
+mod joining;
+mod membership;
 mod origin_catalog;
 
 pub use catalog_barrier::{peer_catalog, AppliedCatalog, CatalogSync, PEER_CATALOG_PATH};
+pub use membership::{follow_members, Learned, MemberSource, WATCH_RETRY};
 pub use origin_catalog::OriginCatalog;
 
 /// Where a front door takes replicated writes from its peers.
@@ -96,8 +99,8 @@ pub const MAX_WRITE_BYTES: usize = 32 << 20;
 const MAX_PLAIN_WRITE_BYTES: usize = 4 * MAX_WRITE_BYTES;
 /// How long a write waits for its consistency (Enterprise's write-timeout).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a write waits for the first listing of the members when the
-/// front door starts with none remembered, before it is refused.
+/// How long a write waits for the first listing of the members (or, with
+/// no manager answering, for the remembered ones) before it is refused.
 const MEMBERS_WAIT: Duration = Duration::from_secs(10);
 /// How far a replication request's timestamp may be from the receiver's clock.
 const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
@@ -220,8 +223,9 @@ pub struct Replication {
     pending: Arc<Pending>,
     /// Node ID → address: who new writes are queued for.
     members: RwLock<BTreeMap<String, String>>,
-    /// Whether `members` is known: listed by a manager, or remembered
-    /// from the last run. Until then writes wait, then are refused.
+    /// Whether `members` is known: listed by a manager, or, when none
+    /// answers soon after the start, remembered from the last run (see
+    /// [`membership`]). Until then writes wait, then are refused.
     members_known: watch::Sender<bool>,
     /// This node's ID as a header value, once registered.
     own_id: RwLock<Option<HeaderValue>>,
@@ -232,6 +236,8 @@ pub struct Replication {
     couriers: std::sync::Mutex<HashMap<String, Courier>>,
     /// Woken after a failed delivery: ask the manager again.
     refresh: Notify,
+    /// Whether every alive peer queues new writes for this node yet.
+    join: joining::JoinState,
     upstream: Arc<Upstream>,
     identity: Arc<InfluxdIdentity>,
     http: Client<HttpConnector, Full<Bytes>>,
@@ -297,13 +303,14 @@ impl Replication {
             handoff,
             committer,
             pending,
-            members_known: watch::Sender::new(!known.is_empty()),
+            members_known: watch::Sender::new(false),
             members: RwLock::new(known.clone()),
             own_id: RwLock::new(None),
             alive: RwLock::new(BTreeSet::new()),
             addresses: RwLock::new(BTreeMap::new()),
             couriers: std::sync::Mutex::new(HashMap::new()),
             refresh: Notify::new(),
+            join: joining::JoinState::default(),
             upstream,
             identity,
             http,
@@ -321,6 +328,9 @@ impl Replication {
             shutdown,
         });
         replication.metrics.set_peers(known.len());
+        if !known.is_empty() {
+            tokio::spawn(replication.clone().remembered_unless_listed(known.len()));
+        }
         let mut addresses = known;
         addresses.insert(LOCAL.to_owned(), replication.own_address.clone());
         replication.set_addresses(addresses);
@@ -329,34 +339,9 @@ impl Replication {
         Ok(replication)
     }
 
-    /// Keeps the membership current: asks `members` every `interval()` (the
-    /// heartbeat interval) and right after a failed delivery, until shutdown.
-    pub async fn follow<F, Fut>(self: Arc<Self>, mut members: F, interval: impl Fn() -> Duration)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<Members>>,
-    {
-        loop {
-            let wait = match members().await {
-                Some(m) => {
-                    self.set_members(m).await;
-                    interval()
-                }
-                // Not registered yet, or no manager answered: soon again.
-                None => interval().min(Duration::from_secs(1)),
-            };
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.refresh.notified() => {
-                    // A burst of failures asks once.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-
-    async fn set_members(self: &Arc<Self>, m: Members) {
+    /// Takes the manager's word on the members (`learned` from its watch or
+    /// a listing): who new writes are queued for, and who is alive.
+    async fn set_members(self: &Arc<Self>, m: Members, learned: Learned) {
         *self.own_id.write().unwrap_or_else(|e| e.into_inner()) =
             HeaderValue::from_str(&m.node_id).ok();
         *self.alive.write().unwrap_or_else(|e| e.into_inner()) = m.alive.clone();
@@ -365,7 +350,8 @@ impl Replication {
             self.members_known.send_replace(true);
             return;
         }
-        tracing::info!(peers = ?m.peers, "replicating to these peers");
+        tracing::info!(peers = ?m.peers, from = learned.label(), "replicating to these peers");
+        self.metrics.membership_changed(learned.label());
         self.metrics.set_peers(m.peers.len());
         *self.members.write().unwrap_or_else(|e| e.into_inner()) = m.peers.clone();
         let mut addresses = self

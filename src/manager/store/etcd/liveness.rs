@@ -567,6 +567,9 @@ impl Inner {
                 }
             }
         }
+        // What changed while nobody watched was read: the node lists
+        // followed for WatchNodes are listed again.
+        self.feed.nodes_changed(None);
         let (_watcher, mut stream) = match self.open_watch(prefix, revision + 1).await {
             Ok(pair) => pair,
             Err(e) => return e,
@@ -576,15 +579,28 @@ impl Inner {
                 Ok(resp) => resp,
                 Err(e) => return e,
             };
-            let mut beats = self.liveness.lock();
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                let lease = match event.event_type() {
-                    EventType::Delete => 0,
-                    EventType::Put => kv.lease(),
-                };
-                self.liveness
-                    .learn(&mut beats, kv.key(), lease, kv.mod_revision());
+            let mut changed = HashSet::new();
+            {
+                let mut beats = self.liveness.lock();
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let lease = match event.event_type() {
+                        EventType::Delete => 0,
+                        EventType::Put => kv.lease(),
+                    };
+                    self.liveness
+                        .learn(&mut beats, kv.key(), lease, kv.mod_revision());
+                    changed.insert(self.cluster_of_alive_key(kv.key()));
+                }
+            }
+            // A node registered, died or came alive again, through any
+            // manager (a key bound anew to another lease, too: listed
+            // again, and nothing announced when nothing changed).
+            for cluster in changed {
+                match cluster {
+                    Some(c) => self.feed.nodes_changed(Some(&c)),
+                    None => self.feed.nodes_changed(None),
+                }
             }
         }
     }

@@ -36,7 +36,10 @@
 //! from the read's revision + 1 and publishes every new head it sees (a
 //! deleted head: the cluster was deleted, its watchers are told). When
 //! the watch breaks (a member died, the history was compacted) it reads again
-//! and watches again, backing off while etcd stays unreachable.
+//! and watches again, backing off while etcd stays unreachable. The
+//! liveness watch (below) signals node changes the same way: every `alive/`
+//! key put or deleted, by any manager or by a lease running out, tells the
+//! feed that its cluster's nodes may have changed (for `WatchNodes`).
 //!
 //! *Compaction.* Writes (pushes, registrations, binds) leave a revision behind each, and
 //! etcd keeps every one until someone compacts: its database would grow to
@@ -435,6 +438,15 @@ impl Inner {
         })?;
         String::from_utf8(raw)
             .map_err(|e| StoreError::internal("cluster name is not UTF-8").caused_by(e))
+    }
+
+    /// The cluster of an `alive/{hexcluster}/{node_id}` key; `None` for a
+    /// key that is not one.
+    fn cluster_of_alive_key(&self, key: &[u8]) -> Option<String> {
+        let alive = self.key("alive/");
+        let rest = key.strip_prefix(alive.as_slice())?;
+        let hexname = &rest[..rest.iter().position(|b| *b == b'/')?];
+        String::from_utf8(hex::decode(hexname).ok()?).ok()
     }
 
     fn closed(&self) -> StoreResult<()> {
