@@ -73,7 +73,7 @@ mod drops;
 mod joining;
 mod membership;
 
-pub use membership::{follow_members, Learned, MemberSource, WATCH_RETRY};
+pub use membership::{Learned, MemberSource};
 
 /// Where a front door takes replicated writes from its peers.
 pub const REPLICATE_PATH: &str = "/cflux/v1/replicate";
