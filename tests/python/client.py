@@ -7,7 +7,8 @@ Generates Python stubs from proto/clusterflux/v1/clusterflux.proto with
 grpc_tools.protoc into a temporary directory, then, against a running
 cflux-manager: registers a node, heartbeats, opens WatchMeta, pushes with
 PushMeta and checks the watch receives each pushed version, checks a
-compare-and-swap conflict, an INVALID_ARGUMENT and NOT_FOUND, and that server
+compare-and-swap conflict, follows the node list with WatchNodes (at once,
+then the deregistration), an INVALID_ARGUMENT and NOT_FOUND, and that server
 reflection describes the service (what `grpcurl list` relies on).
 
 Exits 0 when every check passes; prints each step as it goes.
@@ -94,6 +95,7 @@ def check_reflection(channel):
             "Heartbeat",
             "Deregister",
             "ListNodes",
+            "WatchNodes",
             "ListClusters",
             "GetMeta",
             "WatchMeta",
@@ -195,6 +197,14 @@ def main():
         reader.join(timeout=DEADLINE)
         check(not reader.is_alive(), "the watch ends when the client leaves")
 
+        # The node list at once, then again on every change of membership.
+        nodes_watch = stub.WatchNodes(pb.WatchNodesRequest(cluster=cluster), timeout=DEADLINE)
+        first = next(nodes_watch)
+        check(
+            [(n.node_id, n.alive) for n in first.nodes] == [(reg.node_id, True)],
+            "WatchNodes sends the node list at once",
+        )
+
         # Errors are status codes.
         expect_error(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -209,6 +219,8 @@ def main():
             pb.HeartbeatRequest(cluster=cluster, node_id="nobody"),
         )
         stub.Deregister(pb.DeregisterRequest(cluster=cluster, node_id=reg.node_id), timeout=DEADLINE)
+        check(len(next(nodes_watch).nodes) == 0, "WatchNodes sends the deregistration")
+        nodes_watch.cancel()
         expect_error(
             grpc.StatusCode.NOT_FOUND,
             "a second deregistration",

@@ -77,7 +77,7 @@ mod membership;
 mod origin_catalog;
 
 pub use catalog_barrier::{peer_catalog, AppliedCatalog, CatalogSync, PEER_CATALOG_PATH};
-pub use membership::{follow_members, Learned, MemberSource, WATCH_RETRY};
+pub use membership::{Learned, MemberSource};
 pub use origin_catalog::OriginCatalog;
 
 /// Where a front door takes replicated writes from its peers.
