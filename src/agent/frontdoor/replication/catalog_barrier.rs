@@ -26,7 +26,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -212,16 +212,7 @@ pub async fn peer_catalog(
     State(replication): State<Arc<Replication>>,
     request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, 4096).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return replication
-                .identity
-                .error(StatusCode::BAD_REQUEST, "cannot read the request")
-        }
-    };
-    if let Some(refused) = replication.refuse_unsigned(&parts, &body) {
+    if let Err(refused) = replication.signed_question(request).await {
         return refused;
     }
     let state = replication

@@ -691,6 +691,22 @@ impl Replication {
         axum::Json(receipt).into_response()
     }
 
+    /// A peer's question without a body to speak of ([`PEER_QUEUES_PATH`],
+    /// [`PEER_CATALOG_PATH`]): `Err` with the answer to one that cannot be
+    /// read or does not carry the members' credential.
+    async fn signed_question(&self, request: Request) -> Result<(), Response> {
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, 4096).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return Err(self
+                    .identity
+                    .error(StatusCode::BAD_REQUEST, "cannot read the request"))
+            }
+        };
+        self.refuse_unsigned(&parts, &body).map_or(Ok(()), Err)
+    }
+
     /// The refusal of a request that does not carry the members' credential.
     fn refuse_unsigned(&self, parts: &http::request::Parts, body: &[u8]) -> Option<Response> {
         let timestamp = parts
@@ -1238,16 +1254,7 @@ pub async fn peer_queues(
     State(replication): State<Arc<Replication>>,
     request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, 4096).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return replication
-                .identity
-                .error(StatusCode::BAD_REQUEST, "cannot read the request")
-        }
-    };
-    if let Some(refused) = replication.refuse_unsigned(&parts, &body) {
+    if let Err(refused) = replication.signed_question(request).await {
         return refused;
     }
     axum::Json(replication.queues()).into_response()
