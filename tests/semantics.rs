@@ -18,7 +18,7 @@
 //!   created again, and does not hold up the writes behind it.
 //! - A catalog change answered at one front door is in effect at every
 //!   node when the client has its answer (a node whose influxd is down is
-//!   not waited for).
+//!   not waited for, a paused one no longer than `--catalog-wait`).
 //! - A database created while the manager is out of reach keeps the writes
 //!   made to it: the peers wait for it past `--hh-missing-database-wait`
 //!   and never refuse them for good.
@@ -409,6 +409,29 @@ async fn a_write_before_a_drop_never_reappears_after_it() {
             n.door
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_holds_a_catalog_change_no_longer_than_catalog_wait() {
+    let c = Cluster::start(3, |_| vec!["--catalog-wait".into(), "2s".into()]).await;
+    // C takes the question and never answers: the wait is the bound, not
+    // the peer request's own 15 s timeout.
+    let paused = c.nodes[2].node.agent.pid();
+    signal(paused, "STOP");
+    let started = std::time::Instant::now();
+    run(&c.nodes[0].door, "CREATE DATABASE while_c_is_paused").await;
+    let took = started.elapsed();
+    signal(paused, "CONT");
+    assert!(
+        took < Duration::from_secs(10),
+        "answered after {took:?} with --catalog-wait 2s"
+    );
+    assert!(c.nodes[1].databases().await.contains("while_c_is_paused"));
+    let timeouts = metric(
+        &c.nodes[0].metrics().await,
+        "cflux_catalog_barrier_total{outcome=\"timeout\"}",
+    );
+    assert_eq!(timeouts, Some(1.0), "the answer went out past the wait");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

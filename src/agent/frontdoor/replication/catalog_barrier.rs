@@ -62,7 +62,13 @@ pub struct AppliedCatalog {
 }
 
 impl AppliedCatalog {
-    fn of(state: Option<&proto::SyncState>) -> AppliedCatalog {
+    /// Whether versions of `history` compare with this one's (either
+    /// unknown counts as the same).
+    pub(super) fn same_history(&self, history: &str) -> bool {
+        history.is_empty() || self.history_id.is_empty() || self.history_id == history
+    }
+
+    pub(super) fn of(state: Option<&proto::SyncState>) -> AppliedCatalog {
         state.map_or_else(
             || AppliedCatalog {
                 sync_error: "not synced yet".to_owned(),
@@ -165,12 +171,14 @@ impl Replication {
         deadline: Instant,
     ) -> Peer {
         loop {
-            let answer = match self.peer_catalog(address).await {
-                Ok(a) => a,
-                Err(e) => return Peer::Skipped(e),
+            // A peer that takes the question but does not answer (paused)
+            // holds the answer no longer than the wait.
+            let answer = match tokio::time::timeout_at(deadline, self.peer_catalog(address)).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => return Peer::Skipped(e),
+                Err(_) => return Peer::TimedOut,
             };
-            if !history.is_empty() && !answer.history_id.is_empty() && answer.history_id != history
-            {
+            if !answer.same_history(history) {
                 return Peer::Skipped(format!("on another history ({})", answer.history_id));
             }
             if answer.version >= version {

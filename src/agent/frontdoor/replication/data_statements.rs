@@ -14,9 +14,11 @@
 //! reached is refused too, never run on a peer alone.
 //!
 //! On the receiving end a queued statement runs on the local influxd as
-//! the user who sent it. A database or policy the node does not have yet is
-//! "not yet" (its catalog may be behind) until `--hh-missing-database-wait`;
-//! any other error refuses the statement for good, logged.
+//! the user who sent it, in turn with catalog applies
+//! ([`crate::agent::turns`]). A database or policy the node does not have
+//! yet is "not yet" until its catalog has caught up with the origin's
+//! ([`super::origin_catalog`]); any other error refuses the statement for
+//! good, logged.
 
 use std::collections::BTreeSet;
 
@@ -24,10 +26,11 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use http::header;
 use http::StatusCode;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 
 use super::{now_ns, Consistency, Hint, OriginCatalog, Replication, UpstreamUnreachable, Writer};
 use crate::agent::frontdoor::statements::{self, Kind, Statement};
@@ -263,13 +266,44 @@ fn replicated_path(params: &QueryParams) -> String {
 /// and the statements (by position) it answered with an error; none when
 /// the answer cannot be read that way (influxd may have run them all).
 pub(super) async fn failures(local: Response, statements: usize) -> (Response, BTreeSet<usize>) {
-    let (head, answer) = local.into_parts();
-    let answer = match Limited::new(answer, MAX_ANSWER_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let failed = failed_statements(&answer, statements).unwrap_or_default();
-    (Response::from_parts(head, Body::from(answer)), failed)
+    let (local, answer) = read_whole(local).await;
+    let failed = answer
+        .and_then(|a| failed_statements(&a, statements))
+        .unwrap_or_default();
+    (local, failed)
+}
+
+/// `response` read to its end (influxd has then run every statement), and
+/// what it said; an answer over [`MAX_ANSWER_BYTES`], or one that broke
+/// off, is given back as it comes (what was read, then the rest), unread.
+pub(super) async fn read_whole(response: Response) -> (Response, Option<Bytes>) {
+    let (head, mut body) = response.into_parts();
+    let mut read = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => {
+                let whole = read.freeze();
+                return (
+                    Response::from_parts(head, Body::from(whole.clone())),
+                    Some(whole),
+                );
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
+                }
+                if read.len() <= MAX_ANSWER_BYTES {
+                    continue;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "influxd's answer broke off");
+            }
+        }
+        let first = futures::stream::once(std::future::ready(Ok::<_, axum::Error>(read.freeze())));
+        let rest = first.chain(body.into_data_stream());
+        return (Response::from_parts(head, Body::from_stream(rest)), None);
+    }
 }
 
 /// The statements (by position) influxd answered with an error; `None`

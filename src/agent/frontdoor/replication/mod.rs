@@ -769,7 +769,7 @@ impl Replication {
         let params = QueryParams::read(&parts, &body);
         let statements = params.get("q").map(statements::split).unwrap_or_default();
         let changes_catalog = statements.iter().any(|s| s.kind.changes_catalog());
-        let count = statements.len();
+        // Both read influxd's answer to its end.
         let response = if statements
             .iter()
             .any(|s| s.kind.is_replicated() || s.kind == Kind::DropShard)
@@ -778,15 +778,16 @@ impl Replication {
                 .await
         } else if statements.iter().any(|s| s.dropped().is_some()) {
             self.drop_statements(parts, body, &statements, next).await
+        } else if changes_catalog {
+            // influxd answers 200 before it runs the statements: read to
+            // its end, the change is in `meta.db` when the barrier pushes.
+            let response = self.read_or_change(parts, body, writer, next).await;
+            data_statements::read_whole(response).await.0
         } else {
-            self.read_or_change(parts, body, writer, next).await
+            return self.read_or_change(parts, body, writer, next).await;
         };
         if changes_catalog && response.status().is_success() {
-            // influxd answers 200 before it runs the statements: its answer
-            // is read whole first, so the change is in `meta.db` by then.
-            let (response, _) = data_statements::failures(response, count).await;
             self.catalog_barrier().await;
-            return response;
         }
         response
     }
@@ -1067,16 +1068,8 @@ impl Replication {
             for q in &batch {
                 hints.push(Hint::decode(&q.hint[..]).map_err(|e| e.to_string())?);
             }
-            let batch_origin = origin.clone();
-            let receipt = self
-                .send(
-                    &address,
-                    Batch {
-                        hints,
-                        origin: batch_origin,
-                    },
-                )
-                .await;
+            let origin = origin.clone();
+            let receipt = self.send(&address, Batch { hints, origin }).await;
             let receipt = match receipt {
                 Ok(r) => r,
                 Err(e) => {

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use super::catalog_barrier::AppliedCatalog;
 use super::Replication;
 use crate::clock::now_ms;
 
@@ -110,18 +111,13 @@ fn refused_by_age(status: StatusCode, age: Duration, missing_database_wait: Dura
 }
 
 /// Whether this node's catalog (`state`, as its sync task reported it) has
-/// caught up with the origin's pushed one.
+/// caught up with the origin's pushed one, its last sync step successful.
 fn caught_up(state: Option<&crate::proto::SyncState>, origin: &OriginCatalog) -> bool {
-    let Some(state) = state else {
-        return false;
-    };
-    let same_history = origin.history_id.is_empty()
-        || state.applied_history_id.is_empty()
-        || origin.history_id == state.applied_history_id;
+    let here = AppliedCatalog::of(state);
     origin.pushed
-        && state.sync_error.is_empty()
-        && same_history
-        && state.applied_version >= origin.version
+        && here.sync_error.is_empty()
+        && here.same_history(&origin.history_id)
+        && here.version >= origin.version
 }
 
 #[cfg(test)]
