@@ -125,11 +125,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                         state: client.sync_state(),
                     }),
                 };
-                replication = Some(
-                    door.start_replication(settings, shutdown.clone())
-                        .await
-                        .context("cannot open the hinted-handoff queues")?,
-                );
+                let replicating = door
+                    .start_replication(settings, shutdown.clone())
+                    .await
+                    .context("cannot open the hinted-handoff queues")?;
+                client.count_queued_statements_with({
+                    let replicating = replicating.clone();
+                    move || replicating.queued_statements()
+                });
+                replication = Some(replicating);
                 tracing::info!(max_size = r.max_size, max_age = ?r.max_age, "replicating writes to the cluster's nodes");
             }
             tracing::info!(listen = %fd.listen, tls = tls.is_some(), "front door open");
@@ -179,19 +183,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .await;
         }
     };
-    let count_statements = async {
-        if let Some(r) = &replication {
-            // For the heartbeats: `cfluxctl status` tells nodes that may
-            // differ by a deletion on its way.
-            while !shutdown.is_cancelled() {
-                state.client.report_queued_statements(r.queued_statements());
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    };
     let follow = async {
         if let Some(r) = replication.clone() {
             r.follow(&state.client).await;
@@ -211,14 +202,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .await;
         }
     };
-    let (served, (), (), (), (), (), ()) = tokio::join!(
+    let (served, (), (), (), (), ()) = tokio::join!(
         async { server.await },
         state.client.run(shutdown.clone()),
         front,
         follow,
         check,
-        watch_subscriber,
-        count_statements
+        watch_subscriber
     );
     served.context("the health and metrics server failed")?;
     tracing::info!("agent stopped");

@@ -81,10 +81,13 @@ pub struct Client<M> {
     heartbeat_ms: AtomicU64,
     /// Pushes on request, served by the sync task.
     pub(crate) push_now: Arc<PushNow>,
-    /// Statements that change points queued for other nodes, as the agent
-    /// last counted them; every heartbeat carries it.
-    queued_statements: AtomicU64,
+    /// Counts the statements that change points queued for other nodes,
+    /// when a heartbeat is sent (set by the agent with `--replicate`).
+    queued_statements: std::sync::OnceLock<QueuedStatements>,
 }
+
+/// Counts the statements a node has queued for others.
+type QueuedStatements = Box<dyn Fn() -> u64 + Send + Sync>;
 
 impl<M: MetaClient> Client<M> {
     pub fn new(
@@ -114,7 +117,7 @@ impl<M: MetaClient> Client<M> {
             node_id: watch::channel(None).0,
             heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
             push_now: Arc::default(),
-            queued_statements: AtomicU64::new(0),
+            queued_statements: std::sync::OnceLock::new(),
         })
     }
 
@@ -151,10 +154,11 @@ impl<M: MetaClient> Client<M> {
             crate::names::sync_error_line(reason);
     }
 
-    /// How many statements that change points the node has queued for
-    /// other nodes, for the next heartbeats.
-    pub fn report_queued_statements(&self, n: u64) {
-        self.queued_statements.store(n, Ordering::Relaxed);
+    /// How the heartbeats count the statements that change points the node
+    /// has queued for other nodes (`cfluxctl status` shows nodes that may
+    /// differ by a deletion on its way); set once, later calls are ignored.
+    pub fn count_queued_statements_with(&self, count: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.queued_statements.set(Box::new(count));
     }
 
     /// Where the node's metadata is pushed on request (see [`PushNow`]).
@@ -265,7 +269,7 @@ impl<M: MetaClient> Client<M> {
                         .clone();
                     let sync = self.sync_state.borrow().clone().map(|s| proto::SyncState {
                         catch_up,
-                        queued_statements: self.queued_statements.load(Ordering::Relaxed),
+                        queued_statements: self.queued_statements.get().map_or(0, |count| count()),
                         ..s
                     });
                     match self
