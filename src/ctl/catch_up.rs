@@ -18,9 +18,9 @@ use super::{ClusterArg, Context};
 use crate::agent::catch_up::copy::{CatchUp, Plan, Progress, Summary};
 use crate::agent::catch_up::counts::total;
 use crate::agent::catch_up::{base_url, SignedNode, Writer};
-use crate::agent::influxql::{Influxd, InfluxdError};
+use crate::agent::frontdoor::replication::PeerAnswer;
+use crate::agent::influxql::Influxd;
 use crate::proto::Node;
-use crate::telemetry::with_causes;
 
 /// The exit code of an interrupted copy (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
@@ -92,31 +92,16 @@ async fn wait_joined(nodes: &[Node], target: &Node, secret: &[u8]) -> anyhow::Re
     let until = Instant::now() + JOIN_WAIT;
     let mut told = false;
     loop {
-        let answers = futures::future::join_all(peers.iter().map(|p| async {
-            SignedNode::new(&p.http_addr, secret.to_vec(), None)
-                .queues()
-                .await
-        }))
+        let answers = futures::future::join_all(
+            peers
+                .iter()
+                .map(|p| PeerAnswer::of(&p.http_addr, secret, &target.node_id)),
+        )
         .await;
         let missing: Vec<String> = peers
             .iter()
             .zip(answers)
-            .filter_map(|(p, answer)| match answer {
-                Ok(q)
-                    if q.queues
-                        .iter()
-                        .any(|q| q.peer == target.node_id && q.member) =>
-                {
-                    None
-                }
-                Ok(_) => Some(format!("{} does not queue writes for it yet", p.node_id)),
-                Err(InfluxdError::Status { status, .. })
-                    if status == http::StatusCode::NOT_FOUND =>
-                {
-                    None
-                }
-                Err(e) => Some(format!("{}: {}", p.node_id, with_causes(&e))),
-            })
+            .filter_map(|(p, answer)| answer.missing(&p.node_id))
             .collect();
         if missing.is_empty() {
             return Ok(());

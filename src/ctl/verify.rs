@@ -141,11 +141,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let mut report = compare(cluster, &ids, &counts, bucket_seconds);
     if !report.same {
         let queues = super::front_door_queues::ask_all(&nodes, &auth).await;
-        let read: Vec<u64> = queues
-            .iter()
-            .flatten()
-            .map(|q| q.queues.iter().map(|q| q.statements).sum())
-            .collect();
+        let read: Vec<u64> = queues.iter().flatten().map(|q| q.statements()).collect();
         report.statements_queued = (!read.is_empty()).then(|| read.iter().sum());
     }
     ctx.output.print(&report, print_table)?;

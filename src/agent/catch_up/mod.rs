@@ -88,13 +88,7 @@ impl SignedNode {
 
     /// Statements that change points still queued on the node, for any peer.
     pub async fn queued_statements(&self) -> Result<u64, InfluxdError> {
-        Ok(self
-            .queues()
-            .await?
-            .queues
-            .iter()
-            .map(|q| q.statements)
-            .sum())
+        Ok(self.queues().await?.statements())
     }
 
     /// The node's queues, as its front door shows them to a peer.

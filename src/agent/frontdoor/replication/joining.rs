@@ -59,13 +59,42 @@ impl JoinState {
     }
 }
 
-/// What one peer said about this node.
-enum Answer {
+/// What one peer says about a node: whether it queues new writes for it.
+pub enum PeerAnswer {
     Lists,
     DoesNotList,
     /// An agent without the endpoint: it cannot tell.
     Older,
     Failed(String),
+}
+
+impl PeerAnswer {
+    /// Asks the peer at `addr` (signed with the members' `secret`) whether
+    /// it queues new writes for `node_id`.
+    pub async fn of(addr: &str, secret: &[u8], node_id: &str) -> PeerAnswer {
+        let node = SignedNode::new(addr, secret.to_vec(), None);
+        match tokio::time::timeout(ASK_TIMEOUT, node.queues()).await {
+            Err(_) => PeerAnswer::Failed(format!("no answer within {ASK_TIMEOUT:?}")),
+            Ok(Ok(q)) if q.queues_for(node_id) => PeerAnswer::Lists,
+            Ok(Ok(_)) => PeerAnswer::DoesNotList,
+            Ok(Err(InfluxdError::Status { status, .. }))
+                if status == http::StatusCode::NOT_FOUND =>
+            {
+                PeerAnswer::Older
+            }
+            Ok(Err(e)) => PeerAnswer::Failed(crate::telemetry::with_causes(&e)),
+        }
+    }
+
+    /// Why `peer` keeps the node from having joined; `None` when it does
+    /// not (it lists the node, or cannot tell).
+    pub fn missing(&self, peer: &str) -> Option<String> {
+        match self {
+            PeerAnswer::Lists | PeerAnswer::Older => None,
+            PeerAnswer::DoesNotList => Some(format!("{peer} does not queue writes for it yet")),
+            PeerAnswer::Failed(why) => Some(format!("{peer} cannot be asked: {why}")),
+        }
+    }
 }
 
 impl Replication {
@@ -149,22 +178,18 @@ impl Replication {
                 .map(|(id, addr)| (id.clone(), addr.clone()))
                 .collect()
         };
-        let answers =
-            futures::future::join_all(peers.iter().map(|(_, addr)| self.ask(addr, &own))).await;
+        let answers = futures::future::join_all(
+            peers
+                .iter()
+                .map(|(_, addr)| PeerAnswer::of(addr, &self.secret, &own)),
+        )
+        .await;
         let mut missing = Vec::new();
         for ((peer, _), answer) in peers.iter().zip(answers) {
-            match answer {
-                Answer::Lists => {}
-                Answer::Older => {
-                    if older_told.insert(peer.clone()) {
-                        tracing::warn!(%peer, "the peer's agent cannot say whether it replicates to this node (an older version): taken as joined");
-                    }
-                }
-                Answer::DoesNotList => {
-                    missing.push(format!("{peer} does not queue writes for it yet"))
-                }
-                Answer::Failed(why) => missing.push(format!("{peer} cannot be asked: {why}")),
+            if matches!(answer, PeerAnswer::Older) && older_told.insert(peer.clone()) {
+                tracing::warn!(%peer, "the peer's agent cannot say whether it replicates to this node (an older version): taken as joined");
             }
+            missing.extend(answer.missing(peer));
         }
         if missing.is_empty() {
             Ok(peers.len())
@@ -175,21 +200,6 @@ impl Replication {
                 peers.len(),
                 missing.join("; ")
             ))
-        }
-    }
-
-    async fn ask(&self, addr: &str, own: &str) -> Answer {
-        let node = SignedNode::new(addr, self.secret.clone(), None);
-        match tokio::time::timeout(ASK_TIMEOUT, node.queues()).await {
-            Err(_) => Answer::Failed(format!("no answer within {ASK_TIMEOUT:?}")),
-            Ok(Ok(q)) if q.queues.iter().any(|q| q.peer == own && q.member) => Answer::Lists,
-            Ok(Ok(_)) => Answer::DoesNotList,
-            Ok(Err(InfluxdError::Status { status, .. }))
-                if status == http::StatusCode::NOT_FOUND =>
-            {
-                Answer::Older
-            }
-            Ok(Err(e)) => Answer::Failed(crate::telemetry::with_causes(&e)),
         }
     }
 }

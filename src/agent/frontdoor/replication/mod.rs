@@ -77,6 +77,7 @@ mod membership;
 mod origin_catalog;
 
 pub use catalog_barrier::{peer_catalog, AppliedCatalog, CatalogSync, PEER_CATALOG_PATH};
+pub use joining::PeerAnswer;
 pub use membership::{Learned, MemberSource};
 pub use origin_catalog::OriginCatalog;
 
@@ -1186,6 +1187,19 @@ pub struct Queues {
     /// `None` before the node registered.
     pub node_id: Option<String>,
     pub queues: Vec<Queue>,
+}
+
+impl Queues {
+    /// Statements that change points queued, for any peer.
+    pub fn statements(&self) -> u64 {
+        self.queues.iter().map(|q| q.statements).sum()
+    }
+
+    /// Whether new writes are queued for `node_id` (the node has it as a
+    /// member).
+    pub fn queues_for(&self, node_id: &str) -> bool {
+        self.queues.iter().any(|q| q.peer == node_id && q.member)
+    }
 }
 
 /// One peer's queue and what was done for that peer since the agent started.
